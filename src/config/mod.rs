@@ -1,0 +1,474 @@
+//! The rules: every threshold and switch, loaded from a TOML file and
+//! checked once, so the engine only ever sees a valid [`Config`].
+//!
+//! Values are parsed into their real types while the file is read (ports,
+//! CIDRs, durations, actions), so a bad value is reported by TOML with its
+//! line and column. Unknown keys are errors too. `rules/default.toml` lists
+//! every key with its default; a test checks that it equals
+//! [`Config::default`].
+
+mod types;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+pub use self::types::{Action, Cidr, ClosedPorts, Dur, PortList, Toggle};
+use crate::track::RECENT_SLOTS;
+
+/// Why a rules file could not be loaded.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read rules file {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a bad value. The message names the key
+    /// and its line.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and where.
+        message: String,
+    },
+}
+
+/// The whole rules file.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Ports that are open, and whether to learn more from replies.
+    pub services: Services,
+    /// Networks never dropped or banned, and networks always dropped.
+    pub lists: Lists,
+    /// Scan detection thresholds.
+    pub scan: Scan,
+    /// Ban lengths and guards.
+    pub ban: BanRules,
+    /// What to do with each packet class.
+    pub policy: Policy,
+    /// Stealth and illegal-flag probes, and nmap's OS probes.
+    pub probes: Probes,
+    /// Scanner tool fingerprints.
+    pub fingerprints: Fingerprints,
+    /// ICMP handling.
+    pub icmp: IcmpRules,
+    /// Table sizes.
+    pub tracking: Tracking,
+}
+
+/// `[services]`
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Services {
+    /// Open TCP ports.
+    pub tcp: PortList,
+    /// Open UDP ports.
+    pub udp: PortList,
+    /// Open SCTP ports.
+    pub sctp: PortList,
+    /// Treat a port as open once the host answers a SYN on it with a SYN-ACK
+    /// (or a UDP datagram with a reply).
+    pub learn_from_replies: bool,
+}
+
+/// `[lists]`
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Lists {
+    /// Never dropped, never banned.
+    pub allow: Vec<Cidr>,
+    /// Always dropped.
+    pub deny: Vec<Cidr>,
+}
+
+/// `[scan]`
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Scan {
+    /// Weighted distinct closed ports within `window` that ban a source.
+    pub closed_port_threshold: u32,
+    /// The short sliding window.
+    pub window: Dur,
+    /// Distinct closed ports within `slow_window` that ban a source.
+    pub slow_threshold: u32,
+    /// The long horizon.
+    pub slow_window: Dur,
+    /// Weight of a SYN to a closed TCP port.
+    pub weight_tcp: u8,
+    /// Weight of a datagram to a closed UDP port.
+    pub weight_udp: u8,
+    /// Weight of an SCTP packet to a closed port.
+    pub weight_sctp: u8,
+    /// Weight of a stealth probe that did not ban at once.
+    pub weight_stealth: u8,
+}
+
+/// `[ban]`
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BanRules {
+    /// First ban length.
+    pub duration: Dur,
+    /// Longest ban; each repeat offence doubles the length up to this.
+    pub max_duration: Dur,
+    /// How long an offence is remembered after its ban ends.
+    pub remember: Dur,
+    /// A source that completed a TCP handshake this recently is not banned
+    /// on a single-packet signature.
+    pub handshake_grace: Dur,
+    /// New bans per second, over all sources.
+    pub max_new_per_second: u32,
+}
+
+/// `[policy]`
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// A SYN or datagram to a closed port: drop silently, or let the kernel answer.
+    pub closed_ports: ClosedPorts,
+    /// Later IP fragments, which carry no transport header.
+    pub fragments: Toggle,
+    /// Packets that cannot be parsed.
+    pub malformed: Toggle,
+    /// IP protocols other than TCP, UDP, ICMP and SCTP.
+    pub other_protocols: Toggle,
+    /// A SYN-ACK that answers no connection of ours.
+    pub unsolicited_syn_ack: Toggle,
+}
+
+/// `[probes]`
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Probes {
+    /// No flags at all.
+    pub null: Action,
+    /// FIN outside a flow.
+    pub fin: Action,
+    /// FIN+URG(+PSH) and supersets.
+    pub xmas: Action,
+    /// FIN+ACK outside a flow.
+    pub maimon: Action,
+    /// ACK outside a flow.
+    pub ack: Action,
+    /// RST outside a flow.
+    pub rst: Action,
+    /// SYN+FIN.
+    pub syn_fin: Action,
+    /// SYN+RST.
+    pub syn_rst: Action,
+    /// PSH or URG alone outside a flow.
+    pub illegal: Action,
+    /// nmap's OS-detection probes.
+    pub os_detection: Action,
+}
+
+/// `[fingerprints]`
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fingerprints {
+    /// nmap's raw SYN.
+    pub nmap_syn: Action,
+    /// masscan.
+    pub masscan: Action,
+    /// zmap.
+    pub zmap: Action,
+    /// hping3 (non-zero ack without ACK).
+    pub hping3: Action,
+    /// nmap's empty ICMP echo.
+    pub nmap_echo: Action,
+}
+
+/// `[icmp]`
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IcmpRules {
+    /// Echo requests per second per source.
+    pub echo_rate: f64,
+    /// Echo requests a source may send at once.
+    pub echo_burst: u32,
+    /// ICMP timestamp requests.
+    pub timestamp: Action,
+    /// ICMP address-mask requests.
+    pub address_mask: Action,
+}
+
+/// `[tracking]`
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tracking {
+    /// Sources tracked at once.
+    pub sources: usize,
+    /// Connections tracked at once.
+    pub flows: usize,
+    /// Ban records held at once.
+    pub bans: usize,
+    /// Shards; a power of two.
+    pub shards: usize,
+    /// IPv6 sources are grouped by this prefix length.
+    pub ipv6_prefix: u8,
+    /// A flow idle this long is forgotten.
+    pub flow_idle: Dur,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Self {
+            tcp: PortList::default(),
+            udp: PortList::default(),
+            sctp: PortList::default(),
+            learn_from_replies: true,
+        }
+    }
+}
+
+impl Default for Scan {
+    fn default() -> Self {
+        Self {
+            closed_port_threshold: 6,
+            window: Dur::secs(60),
+            slow_threshold: 20,
+            slow_window: Dur::secs(3600),
+            weight_tcp: 1,
+            weight_udp: 1,
+            weight_sctp: 1,
+            weight_stealth: 2,
+        }
+    }
+}
+
+impl Default for BanRules {
+    fn default() -> Self {
+        Self {
+            duration: Dur::secs(3600),
+            max_duration: Dur::secs(86_400),
+            remember: Dur::secs(86_400),
+            handshake_grace: Dur::secs(600),
+            max_new_per_second: 20,
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            closed_ports: ClosedPorts::Drop,
+            fragments: Toggle::Accept,
+            malformed: Toggle::Drop,
+            other_protocols: Toggle::Drop,
+            unsolicited_syn_ack: Toggle::Drop,
+        }
+    }
+}
+
+impl Default for Probes {
+    fn default() -> Self {
+        Self {
+            null: Action::Ban,
+            fin: Action::Ban,
+            xmas: Action::Ban,
+            maimon: Action::Ban,
+            ack: Action::Ban,
+            rst: Action::Drop,
+            syn_fin: Action::Ban,
+            syn_rst: Action::Ban,
+            illegal: Action::Ban,
+            os_detection: Action::Ban,
+        }
+    }
+}
+
+impl Default for Fingerprints {
+    fn default() -> Self {
+        Self {
+            nmap_syn: Action::Ban,
+            masscan: Action::Ban,
+            zmap: Action::Ban,
+            hping3: Action::Ban,
+            nmap_echo: Action::Ban,
+        }
+    }
+}
+
+impl Default for IcmpRules {
+    fn default() -> Self {
+        Self {
+            echo_rate: 1.0,
+            echo_burst: 4,
+            timestamp: Action::Drop,
+            address_mask: Action::Drop,
+        }
+    }
+}
+
+impl Default for Tracking {
+    fn default() -> Self {
+        Self {
+            sources: 131_072,
+            flows: 262_144,
+            bans: 65_536,
+            shards: 64,
+            ipv6_prefix: 64,
+            flow_idle: Dur::secs(600),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a rules file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses and checks rules from TOML text. The error names the key and its line.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| describe(text, &e))?;
+        config.check(text)?;
+        Ok(config)
+    }
+
+    /// Checks the rules that involve more than one value.
+    fn check(&self, text: &str) -> Result<(), String> {
+        let fail = |section: &str, key: &str, why: String| Err(at_key(text, section, key, &why));
+        let s = &self.scan;
+        if !(1..=RECENT_SLOTS as u32).contains(&s.closed_port_threshold) {
+            return fail(
+                "scan",
+                "closed_port_threshold",
+                format!("must be between 1 and {RECENT_SLOTS}"),
+            );
+        }
+        if s.slow_threshold == 0 {
+            return fail("scan", "slow_threshold", "must be at least 1".to_owned());
+        }
+        if s.window.get() < Duration::from_secs(1) {
+            return fail("scan", "window", "must be at least 1s".to_owned());
+        }
+        if s.slow_window.get() < Duration::from_secs(2) {
+            return fail("scan", "slow_window", "must be at least 2s".to_owned());
+        }
+        let b = &self.ban;
+        if b.duration.get().is_zero() {
+            return fail("ban", "duration", "must be longer than 0s".to_owned());
+        }
+        if b.max_duration.get() < b.duration.get() {
+            return fail(
+                "ban",
+                "max_duration",
+                "must not be shorter than ban.duration".to_owned(),
+            );
+        }
+        if b.max_new_per_second == 0 {
+            return fail("ban", "max_new_per_second", "must be at least 1".to_owned());
+        }
+        let i = &self.icmp;
+        if !(i.echo_rate.is_finite() && i.echo_rate >= 0.0) {
+            return fail(
+                "icmp",
+                "echo_rate",
+                "must be a non-negative number".to_owned(),
+            );
+        }
+        let t = &self.tracking;
+        for (key, value) in [("sources", t.sources), ("flows", t.flows), ("bans", t.bans)] {
+            if value == 0 || value > 1 << 26 {
+                return fail(
+                    "tracking",
+                    key,
+                    format!("must be between 1 and {}", 1 << 26),
+                );
+            }
+        }
+        if !t.shards.is_power_of_two() || t.shards > 4096 {
+            return fail(
+                "tracking",
+                "shards",
+                "must be a power of two up to 4096".to_owned(),
+            );
+        }
+        if !(1..=128).contains(&t.ipv6_prefix) {
+            return fail(
+                "tracking",
+                "ipv6_prefix",
+                "must be between 1 and 128".to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Turns a TOML error into one line naming the key (`section.key`, when
+/// TOML points at one) and its line, plus TOML's own explanation.
+fn describe(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim();
+    let Some(span) = err.span() else {
+        return message.to_owned();
+    };
+    let line = text
+        .get(..span.start)
+        .map_or(1, |t| t.matches('\n').count() + 1);
+    let section = section_of_line(text, line);
+    let qualify = |key: &str| match &section {
+        Some(s) => format!("{s}.{key}"),
+        None => key.to_owned(),
+    };
+    if message.starts_with("unknown field") {
+        let key = text.get(span).unwrap_or("").trim();
+        format!("line {line}: unknown key `{}`: {message}", qualify(key))
+    } else {
+        match key_on_line(text, line) {
+            Some(key) => format!(
+                "line {line}: bad value for key `{}`: {message}",
+                qualify(&key)
+            ),
+            None => format!("line {line}: {message}"),
+        }
+    }
+}
+
+/// The `[section]` a line belongs to.
+fn section_of_line(text: &str, line: usize) -> Option<String> {
+    text.lines()
+        .take(line)
+        .filter_map(|l| l.trim().strip_prefix('[').and_then(|r| r.strip_suffix(']')))
+        .last()
+        .map(|s| s.trim().to_owned())
+}
+
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let l = text.lines().nth(line.checked_sub(1)?)?;
+    let (key, _) = l.split_once('=')?;
+    let key = key.trim();
+    (!key.is_empty() && !key.starts_with('#')).then(|| key.to_owned())
+}
+
+/// Formats an error about `section.key`, with the line it is on if present.
+fn at_key(text: &str, section: &str, key: &str, why: &str) -> String {
+    let mut current = "";
+    for (n, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            current = name.trim();
+        } else if current == section && l.split_once('=').is_some_and(|(k, _)| k.trim() == key) {
+            return format!("line {}: key `{section}.{key}` {why}", n + 1);
+        }
+    }
+    format!("key `{section}.{key}` {why}")
+}
+
+#[cfg(test)]
+mod tests;

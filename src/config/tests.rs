@@ -1,0 +1,90 @@
+use super::*;
+
+#[test]
+fn empty_file_is_the_defaults() {
+    assert_eq!(Config::from_toml("").unwrap(), Config::default());
+}
+
+#[test]
+fn values_are_parsed() {
+    let c = Config::from_toml(
+        r#"
+[services]
+tcp = [22, "8000-8002"]
+udp = [53]
+[lists]
+allow = ["198.18.0.0/15", "fd5c:a11::/32"]
+[scan]
+window = "90s"
+[ban]
+duration = "30m"
+max_duration = "2d"
+[policy]
+closed_ports = "reject"
+[probes]
+ack = "off"
+"#,
+    )
+    .unwrap();
+    assert!(
+        c.services.tcp.contains(22)
+            && c.services.tcp.contains(8001)
+            && !c.services.tcp.contains(8003)
+    );
+    assert_eq!(c.services.tcp.len(), 4);
+    assert!(c.lists.allow[0].contains("198.19.1.1".parse().unwrap()));
+    assert_eq!(c.scan.window.get(), Duration::from_secs(90));
+    assert_eq!(c.ban.max_duration.get(), Duration::from_secs(2 * 86_400));
+    assert_eq!(c.policy.closed_ports, ClosedPorts::Reject);
+    assert_eq!(c.probes.ack, Action::Off);
+}
+
+fn error(text: &str) -> String {
+    Config::from_toml(text).unwrap_err()
+}
+
+#[test]
+fn unknown_keys_name_the_key_and_line() {
+    let e = error("[scan]\nwindow = \"60s\"\nwindw = \"5s\"\n");
+    assert!(e.starts_with("line 3: unknown key `scan.windw`"), "{e}");
+    let e = error("\n[nosuch]\nx = 1\n");
+    assert!(e.contains("line 2") && e.contains("nosuch"), "{e}");
+}
+
+#[test]
+fn bad_values_name_the_key_and_line() {
+    for (text, line, key) in [
+        ("[scan]\n\nwindow = \"60x\"\n", 3, "scan.window"),
+        ("[services]\ntcp = [0]\n", 2, "services.tcp"),
+        ("[services]\ntcp = [\"90-80\"]\n", 2, "services.tcp"),
+        ("[lists]\nallow = [\"10.0.0.0/40\"]\n", 2, "lists.allow"),
+        (
+            "[policy]\nclosed_ports = \"maybe\"\n",
+            2,
+            "policy.closed_ports",
+        ),
+        ("[probes]\nnull = true\n", 2, "probes.null"),
+        (
+            "[scan]\nclosed_port_threshold = 99\n",
+            2,
+            "scan.closed_port_threshold",
+        ),
+        (
+            "[ban]\nduration = \"2h\"\nmax_duration = \"1h\"\n",
+            3,
+            "ban.max_duration",
+        ),
+        ("[tracking]\nshards = 3\n", 2, "tracking.shards"),
+        ("[tracking]\nipv6_prefix = 0\n", 2, "tracking.ipv6_prefix"),
+    ] {
+        let e = error(text);
+        assert!(e.starts_with(&format!("line {line}:")), "{text:?}: {e}");
+        assert!(e.contains(&format!("`{key}`")), "{text:?}: {e}");
+    }
+}
+
+#[test]
+fn syntax_errors_have_a_line() {
+    let e = error("[scan]\nwindow = \n");
+    assert!(e.contains("line 2"), "{e}");
+}

@@ -1,0 +1,477 @@
+//! The engine: one call per packet, the same for the NFQUEUE daemon and for
+//! replay. It wires the stages together and owns nothing but them.
+//!
+//! `Engine::handle(now, direction, &mut bytes)`: `wire::parse` →
+//! shard lock → flow lookup → `classify` → `track` update → `policy`
+//! decision → [`Outcome`]. No I/O, no clock, no allocation per packet.
+//! `Engine::sweep(now)` expires idle state and reports lifted bans.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::classify::{self, PortProto, ProbeKind, Signature};
+use crate::config::Config;
+use crate::policy::{Decision, GuardCounters, Inbound, Policy, PortMap, Reason, Verdict};
+use crate::time::Timestamp;
+use crate::track::{
+    Ban, BanReason, Flow, FlowKey, FlowState, Shard, SourceKey, Sweep, Table, TableLimits,
+    TableStats,
+};
+use crate::wire::{self, Checksum, PacketView, TcpFlags, Transport};
+
+/// Which way a packet travels, seen from the protected host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// To the host.
+    Inbound,
+    /// From the host.
+    Outbound,
+}
+
+/// How far the packet's checksums were already checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChecksumCheck {
+    /// Verify here; a truncated packet cannot be, and is taken as good.
+    #[default]
+    Verify,
+    /// The kernel vouched for them (conntrack marks bad ones INVALID and
+    /// the daemon's rules drop those), so skip the work.
+    Kernel,
+}
+
+/// What the caller knows about a packet besides its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// Its direction.
+    pub direction: Direction,
+    /// Who checks checksums.
+    pub checksum: ChecksumCheck,
+}
+
+impl Meta {
+    /// A packet in `direction` whose checksums the engine verifies.
+    pub const fn new(direction: Direction) -> Self {
+        Self {
+            direction,
+            checksum: ChecksumCheck::Verify,
+        }
+    }
+}
+
+/// The result of one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Accept or drop.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// The remote party's source key, when the packet parsed.
+    pub source: Option<SourceKey>,
+    /// What the packet was, for inbound packets that reached classification.
+    pub kind: Option<ProbeKind>,
+    /// Its signature, if one matched.
+    pub signature: Option<Signature>,
+    /// Destination port (inbound) or source port (outbound).
+    pub port: Option<(PortProto, u16)>,
+    /// A ban this packet caused.
+    pub ban: Option<Ban>,
+    /// True when the engine rewrote the buffer in place. No rewrite rules
+    /// exist yet, so this is always false; OS personas will set it.
+    pub rewritten: bool,
+}
+
+impl Outcome {
+    fn bare(decision: Decision) -> Self {
+        Self {
+            verdict: decision.verdict,
+            reason: decision.reason,
+            source: None,
+            kind: None,
+            signature: None,
+            port: None,
+            ban: decision.ban,
+            rewritten: false,
+        }
+    }
+}
+
+/// Counters of the engine's tables and guards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    /// Table sizes and evictions.
+    pub tables: TableStats,
+    /// Bans held back by the guards.
+    pub guards: GuardCounters,
+}
+
+/// The inspection engine. `Sync`: workers share one behind an `Arc`.
+#[derive(Debug)]
+pub struct Engine {
+    policy: Policy,
+    table: Table,
+}
+
+impl Engine {
+    /// An engine enforcing `config`, with empty tables.
+    pub fn new(config: Config) -> Self {
+        let t = &config.tracking;
+        let table = Table::new(TableLimits {
+            shards: t.shards,
+            sources: t.sources,
+            flows: t.flows,
+            bans: t.bans,
+        });
+        Self {
+            policy: Policy::new(config),
+            table,
+        }
+    }
+
+    /// The rules in force.
+    pub fn config(&self) -> &Config {
+        self.policy.config()
+    }
+
+    /// The open-port map: the seam for replay's pre-pass and the daemon's
+    /// listening-socket reader.
+    pub fn ports(&self) -> &PortMap {
+        self.policy.ports()
+    }
+
+    /// Handles one packet whose checksums the engine verifies.
+    pub fn handle(&self, now: Timestamp, direction: Direction, packet: &mut [u8]) -> Outcome {
+        self.handle_with(now, Meta::new(direction), packet)
+    }
+
+    /// Handles one packet, with what the caller knows about it.
+    pub fn handle_with(&self, now: Timestamp, meta: Meta, packet: &mut [u8]) -> Outcome {
+        let view = match wire::parse(packet) {
+            Ok(view) => view,
+            Err(e) => {
+                return match meta.direction {
+                    Direction::Inbound => Outcome::bare(self.policy.malformed(e)),
+                    Direction::Outbound => Outcome::bare(accept(Reason::Outbound)),
+                };
+            }
+        };
+        match meta.direction {
+            Direction::Inbound => self.inbound(now, meta, &view),
+            Direction::Outbound => self.outbound(now, &view),
+        }
+    }
+
+    fn key(&self, ip: IpAddr) -> SourceKey {
+        SourceKey::new(ip, self.config().tracking.ipv6_prefix)
+    }
+
+    fn inbound(&self, now: Timestamp, meta: Meta, view: &PacketView<'_>) -> Outcome {
+        let src = view.ip.src;
+        let key = self.key(src);
+        let mut out = Outcome {
+            source: Some(key),
+            ..Outcome::bare(accept(Reason::Flow))
+        };
+        if meta.checksum == ChecksumCheck::Verify && view.checksum == Checksum::Bad {
+            return Outcome {
+                verdict: Verdict::Drop,
+                reason: Reason::BadChecksum,
+                ..out
+            };
+        }
+        let lists = &self.config().lists;
+        if lists.deny.iter().any(|c| c.contains(src)) {
+            return Outcome {
+                verdict: Verdict::Drop,
+                reason: Reason::Denylisted,
+                ..out
+            };
+        }
+        let flow_key = flow_key(view, Direction::Inbound);
+        let allowed = lists.allow.iter().any(|c| c.contains(src));
+        let mut shard = self.table.lock(&key);
+        let idle = self.config().tracking.flow_idle.get();
+        if !allowed && shard.active_ban(&key, now).is_some() {
+            // Classified for reports only: no state of a banned source changes.
+            let in_flow = flow_key.is_some_and(|fk| shard.peek_flow(&fk, now, idle));
+            drop(shard);
+            let probe = classify::classify(view, in_flow);
+            return Outcome {
+                verdict: Verdict::Drop,
+                reason: Reason::Banned,
+                kind: Some(probe.kind),
+                signature: probe.signature,
+                port: probe.port,
+                ..out
+            };
+        }
+        let flow = flow_key.map_or(FlowMatch::None, |fk| {
+            track_inbound_flow(&mut shard, fk, view, now, idle)
+        });
+        let in_flow = flow != FlowMatch::None;
+        let probe = classify::classify(view, in_flow);
+        out.kind = Some(probe.kind);
+        out.signature = probe.signature;
+        out.port = probe.port;
+        if allowed {
+            open_flow(&mut shard, flow_key, view, now);
+            return Outcome {
+                reason: Reason::Allowlisted,
+                ..out
+            };
+        }
+        shard.source(key, now).seen(now, probe.kind);
+        let ctx = Inbound {
+            now,
+            key,
+            kind: probe.kind,
+            signature: probe.signature,
+            port: probe.port,
+            in_flow,
+        };
+        let decision = self.policy.inbound(ctx, &mut shard);
+        if decision.verdict == Verdict::Accept
+            && matches!(
+                probe.kind,
+                ProbeKind::TcpSyn | ProbeKind::Udp | ProbeKind::Sctp
+            )
+        {
+            open_flow(&mut shard, flow_key, view, now);
+        }
+        if flow == FlowMatch::Handshake {
+            shard.source(key, now).last_handshake = Some(now);
+        }
+        Outcome {
+            verdict: decision.verdict,
+            reason: decision.reason,
+            ban: decision.ban,
+            ..out
+        }
+    }
+
+    fn outbound(&self, now: Timestamp, view: &PacketView<'_>) -> Outcome {
+        let key = self.key(view.ip.dst);
+        let mut out = Outcome {
+            source: Some(key),
+            ..Outcome::bare(accept(Reason::Outbound))
+        };
+        let mut shard = self.table.lock(&key);
+        if shard.active_ban(&key, now).is_some()
+            && !self
+                .config()
+                .lists
+                .allow
+                .iter()
+                .any(|c| c.contains(view.ip.dst))
+        {
+            return Outcome {
+                verdict: Verdict::Drop,
+                reason: Reason::Banned,
+                ..out
+            };
+        }
+        let Some(fk) = flow_key(view, Direction::Outbound) else {
+            return out;
+        };
+        let idle = self.config().tracking.flow_idle.get();
+        match view.transport {
+            Transport::Tcp(tcp) => {
+                out.port = Some((PortProto::Tcp, tcp.src_port));
+                let syn = tcp.flags.has(TcpFlags::SYN);
+                let ack = tcp.flags.has(TcpFlags::ACK);
+                if syn && ack && tcp.flags.classic() & (TcpFlags::RST | TcpFlags::FIN) == 0 {
+                    self.ports().learn(PortProto::Tcp, tcp.src_port);
+                }
+                match shard.flow(&fk, now, idle) {
+                    Some(flow) => {
+                        flow.last = now;
+                        if syn && ack && flow.state == FlowState::SynSeen {
+                            flow.state = FlowState::SynAckSeen;
+                        }
+                    }
+                    None if syn && !ack => {
+                        shard.insert_flow(
+                            fk,
+                            Flow {
+                                state: FlowState::SynSeen,
+                                inbound: false,
+                                last: now,
+                            },
+                        );
+                    }
+                    None => {}
+                }
+            }
+            Transport::Udp(udp) => {
+                out.port = Some((PortProto::Udp, udp.src_port));
+                match shard.flow(&fk, now, idle) {
+                    Some(flow) => {
+                        flow.last = now;
+                        if flow.inbound {
+                            self.ports().learn(PortProto::Udp, udp.src_port);
+                        }
+                    }
+                    None => shard.insert_flow(
+                        fk,
+                        Flow {
+                            state: FlowState::Established,
+                            inbound: false,
+                            last: now,
+                        },
+                    ),
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Expires idle flows and sources and ban records past their memory, and
+    /// reports the bans that ended since the last sweep.
+    pub fn sweep(&self, now: Timestamp) -> Sweep {
+        let c = self.config();
+        let source_idle = c
+            .scan
+            .slow_window
+            .get()
+            .max(c.ban.handshake_grace.get())
+            .max(c.scan.window.get());
+        self.table.sweep(
+            now,
+            c.tracking.flow_idle.get(),
+            source_idle,
+            c.ban.remember.get(),
+        )
+    }
+
+    /// Every active ban, sorted by source.
+    pub fn bans(&self, now: Timestamp) -> Vec<(SourceKey, Ban)> {
+        self.table.active_bans(now)
+    }
+
+    /// Bans `ip` by hand for `length`. Returns false when the ban table is full.
+    pub fn ban(&self, now: Timestamp, ip: IpAddr, length: Duration) -> bool {
+        let key = self.key(ip);
+        let mut shard = self.table.lock(&key);
+        let offences = shard.offences(&key).saturating_add(1);
+        let ban = Ban {
+            reason: BanReason::Manual,
+            since: now,
+            until: now.saturating_add(length),
+            offences,
+        };
+        shard.insert_ban(key, ban, now)
+    }
+
+    /// Lifts the ban on `ip` and forgets its offences.
+    pub fn unban(&self, ip: IpAddr) -> Option<Ban> {
+        let key = self.key(ip);
+        self.table.lock(&key).remove_ban(&key)
+    }
+
+    /// Table sizes and counters.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            tables: self.table.stats(),
+            guards: self.policy.guard_counters(),
+        }
+    }
+}
+
+const fn accept(reason: Reason) -> Decision {
+    Decision {
+        verdict: Verdict::Accept,
+        reason,
+        ban: None,
+    }
+}
+
+/// The flow key of a TCP, UDP or SCTP packet, from this host's side.
+fn flow_key(view: &PacketView<'_>, direction: Direction) -> Option<FlowKey> {
+    let (sport, dport) = match view.transport {
+        Transport::Tcp(t) => (t.src_port, t.dst_port),
+        Transport::Udp(u) => (u.src_port, u.dst_port),
+        Transport::Sctp { src_port, dst_port } => (src_port, dst_port),
+        _ => return None,
+    };
+    let protocol = view.ip.protocol;
+    Some(match direction {
+        Direction::Inbound => FlowKey {
+            remote: view.ip.src,
+            local: view.ip.dst,
+            remote_port: sport,
+            local_port: dport,
+            protocol,
+        },
+        Direction::Outbound => FlowKey {
+            remote: view.ip.dst,
+            local: view.ip.src,
+            remote_port: dport,
+            local_port: sport,
+            protocol,
+        },
+    })
+}
+
+/// An inbound packet's relation to the flow table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FlowMatch {
+    /// Belongs to no known flow.
+    None,
+    /// Belongs to a known flow.
+    Known,
+    /// The ACK that completes a handshake the remote end started.
+    Handshake,
+}
+
+/// Looks the packet's flow up, refreshes it and advances its handshake.
+fn track_inbound_flow(
+    shard: &mut Shard,
+    fk: FlowKey,
+    view: &PacketView<'_>,
+    now: Timestamp,
+    idle: Duration,
+) -> FlowMatch {
+    let Some(flow) = shard.flow(&fk, now, idle) else {
+        return FlowMatch::None;
+    };
+    flow.last = now;
+    let Transport::Tcp(t) = view.transport else {
+        return FlowMatch::Known;
+    };
+    let f = t.flags.classic();
+    // A new SYN on a remembered 4-tuple is a new connection, not part of the old one.
+    if f == TcpFlags::SYN && flow.state != FlowState::SynSeen {
+        return FlowMatch::None;
+    }
+    let pure_ack =
+        f & (TcpFlags::SYN | TcpFlags::RST | TcpFlags::FIN) == 0 && f & TcpFlags::ACK != 0;
+    if pure_ack && flow.inbound && flow.state == FlowState::SynAckSeen {
+        flow.state = FlowState::Established;
+        return FlowMatch::Handshake;
+    }
+    FlowMatch::Known
+}
+
+/// Starts tracking the flow an accepted SYN or datagram opens.
+fn open_flow(shard: &mut Shard, fk: Option<FlowKey>, view: &PacketView<'_>, now: Timestamp) {
+    let Some(fk) = fk else { return };
+    let state = match view.transport {
+        Transport::Tcp(t) if t.flags.classic() == TcpFlags::SYN => FlowState::SynSeen,
+        Transport::Tcp(_) => return,
+        _ => FlowState::Established,
+    };
+    shard.insert_flow(
+        fk,
+        Flow {
+            state,
+            inbound: true,
+            last: now,
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests;

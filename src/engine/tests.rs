@@ -1,0 +1,646 @@
+//! Engine tests with synthetic time: each drives `Engine::handle` the way
+//! the daemon and replay do, with crafted packets.
+
+use std::net::IpAddr;
+
+use super::*;
+use crate::classify::{Fingerprint, OsProbe};
+use crate::config::{Action, ClosedPorts, PortList};
+use crate::wire::TcpFlags as F;
+use crate::wire::craft::Craft;
+
+const SERVER: [u8; 4] = [198, 18, 1, 1];
+
+fn server() -> IpAddr {
+    IpAddr::from(SERVER)
+}
+
+fn host(last: u8) -> IpAddr {
+    IpAddr::from([198, 18, 2, last])
+}
+
+fn at(ms: u64) -> Timestamp {
+    Timestamp::from_micros(1_000_000_000 + ms * 1000)
+}
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.services.tcp = PortList::from_ports([22, 80]);
+    c.services.udp = PortList::from_ports([53]);
+    c
+}
+
+fn syn(src: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
+    Craft::tcp(src, server(), sport, dport, F::SYN)
+        .window(64_240)
+        .options(&[2, 4, 5, 180, 4, 2, 1, 3, 3, 7])
+        .build()
+}
+
+fn run(e: &Engine, now: Timestamp, dir: Direction, mut bytes: Vec<u8>) -> Outcome {
+    e.handle(now, dir, &mut bytes)
+}
+
+/// A full client connection: SYN, SYN-ACK, ACK, data, FIN exchange.
+fn connect(e: &Engine, now: Timestamp, src: IpAddr, sport: u16, dport: u16) -> Vec<Outcome> {
+    let mut out = vec![run(e, now, Direction::Inbound, syn(src, sport, dport))];
+    out.push(run(
+        e,
+        now,
+        Direction::Outbound,
+        Craft::tcp(server(), src, dport, sport, F::SYN | F::ACK).build(),
+    ));
+    for flags in [F::ACK, F::ACK | F::PSH, F::ACK | F::FIN] {
+        out.push(run(
+            e,
+            now,
+            Direction::Inbound,
+            Craft::tcp(src, server(), sport, dport, flags)
+                .seq_ack(2, 2)
+                .build(),
+        ));
+    }
+    out.push(run(
+        e,
+        now,
+        Direction::Outbound,
+        Craft::tcp(server(), src, dport, sport, F::ACK | F::FIN).build(),
+    ));
+    out.push(run(
+        e,
+        now,
+        Direction::Inbound,
+        Craft::tcp(src, server(), sport, dport, F::ACK)
+            .seq_ack(3, 3)
+            .build(),
+    ));
+    out
+}
+
+#[test]
+fn closed_port_threshold_bans_and_the_ban_expires() {
+    let e = Engine::new(config());
+    let attacker = host(9);
+    for (i, port) in (1000..1005).enumerate() {
+        let o = run(
+            &e,
+            at(i as u64 * 100),
+            Direction::Inbound,
+            syn(attacker, 40_000, port),
+        );
+        assert_eq!(
+            (o.verdict, o.reason, o.ban),
+            (Verdict::Drop, Reason::ClosedPort, None),
+            "port {port}"
+        );
+    }
+    // The sixth distinct closed port within the window bans.
+    let o = run(&e, at(600), Direction::Inbound, syn(attacker, 40_000, 1005));
+    let ban = o.ban.expect("banned");
+    assert_eq!(ban.reason, BanReason::ClosedPorts(6));
+    assert_eq!(
+        ban.until.saturating_since(ban.since),
+        Duration::from_secs(3600)
+    );
+    // From then on everything from it is dropped, open ports included.
+    let o = run(&e, at(700), Direction::Inbound, syn(attacker, 40_001, 80));
+    assert_eq!((o.verdict, o.reason), (Verdict::Drop, Reason::Banned));
+    // Replies to it are suppressed too.
+    let o = run(
+        &e,
+        at(700),
+        Direction::Outbound,
+        Craft::tcp(server(), attacker, 80, 40_001, F::SYN | F::ACK).build(),
+    );
+    assert_eq!((o.verdict, o.reason), (Verdict::Drop, Reason::Banned));
+    // Other sources are untouched.
+    assert!(
+        connect(&e, at(800), host(7), 50_000, 80)
+            .iter()
+            .all(|o| o.verdict == Verdict::Accept)
+    );
+    // After the ban, the source is accepted again, and the sweep reports the lift.
+    let after = at(600 + 3_600_000 + 1);
+    let lifted = e.sweep(after).lifted;
+    assert_eq!(lifted.len(), 1);
+    assert_eq!(
+        run(&e, after, Direction::Inbound, syn(attacker, 40_002, 80)).verdict,
+        Verdict::Accept
+    );
+}
+
+#[test]
+fn repeat_offences_double_up_to_the_cap() {
+    let e = Engine::new(config());
+    let scanner = host(9);
+    let nmap = |t| {
+        let bytes = Craft::tcp(scanner, server(), 40_000, 1, F::SYN)
+            .window(1024)
+            .options(&[2, 4, 5, 180])
+            .df(false)
+            .build();
+        run(&e, t, Direction::Inbound, bytes)
+    };
+    let mut now = at(0);
+    let mut lengths = Vec::new();
+    for _ in 0..7 {
+        let ban = nmap(now).ban.expect("banned");
+        lengths.push(ban.until.saturating_since(ban.since).as_secs() / 3600);
+        now = ban.until;
+    }
+    assert_eq!(lengths, vec![1, 2, 4, 8, 16, 24, 24]);
+}
+
+#[test]
+fn legitimate_clients_are_never_dropped() {
+    let e = Engine::new(config());
+    // A browser opening 150 connections within a few seconds, a NAT of 20
+    // users, and a monitor polling every service.
+    for i in 0..150u16 {
+        let outs = connect(&e, at(u64::from(i) * 20), host(10), 30_000 + i, 80);
+        assert!(
+            outs.iter().all(|o| o.verdict == Verdict::Accept),
+            "{outs:?}"
+        );
+    }
+    for user in 0..20u16 {
+        for i in 0..10u16 {
+            let outs = connect(
+                &e,
+                at(5000 + u64::from(i)),
+                host(11),
+                20_000 + user * 100 + i,
+                22,
+            );
+            assert!(outs.iter().all(|o| o.verdict == Verdict::Accept));
+        }
+    }
+    for round in 0..50u64 {
+        for port in [22, 80] {
+            assert!(
+                connect(
+                    &e,
+                    at(10_000 + round * 1000),
+                    host(12),
+                    40_000 + port + round as u16 * 3,
+                    port
+                )
+                .iter()
+                .all(|o| o.verdict == Verdict::Accept)
+            );
+        }
+        let q = Craft::udp(host(12), server(), 41_000 + round as u16, 53)
+            .payload(b"q")
+            .build();
+        assert_eq!(
+            run(&e, at(10_000 + round * 1000), Direction::Inbound, q).verdict,
+            Verdict::Accept
+        );
+    }
+    assert!(e.bans(at(100_000)).is_empty());
+}
+
+#[test]
+fn stealth_probes_ban_at_once_unless_switched_off() {
+    for (flags, kind) in [
+        (0, ProbeKind::TcpNull),
+        (F::FIN, ProbeKind::TcpFin),
+        (F::FIN | F::PSH | F::URG, ProbeKind::TcpXmas),
+        (F::FIN | F::ACK, ProbeKind::TcpMaimon),
+        (F::ACK, ProbeKind::TcpAck),
+        (F::SYN | F::FIN, ProbeKind::TcpSynFin),
+        (F::SYN | F::RST, ProbeKind::TcpSynRst),
+    ] {
+        let e = Engine::new(config());
+        let probe = Craft::tcp(host(9), server(), 40_000, 1, flags)
+            .window(1024)
+            .build();
+        let o = run(&e, at(0), Direction::Inbound, probe.clone());
+        assert_eq!((o.verdict, o.kind), (Verdict::Drop, Some(kind)));
+        assert_eq!(
+            o.ban.map(|b| b.reason),
+            Some(BanReason::Probe(kind)),
+            "{kind}"
+        );
+
+        let mut c = config();
+        c.probes = crate::config::Probes {
+            null: Action::Off,
+            fin: Action::Off,
+            xmas: Action::Off,
+            maimon: Action::Off,
+            ack: Action::Off,
+            rst: Action::Off,
+            syn_fin: Action::Off,
+            syn_rst: Action::Off,
+            illegal: Action::Off,
+            os_detection: Action::Off,
+        };
+        let e = Engine::new(c);
+        let o = run(&e, at(0), Direction::Inbound, probe);
+        assert_eq!(
+            (o.verdict, o.reason, o.ban),
+            (Verdict::Accept, Reason::RuleOff, None),
+            "{kind} off"
+        );
+    }
+}
+
+#[test]
+fn rst_outside_a_flow_is_dropped_not_banned() {
+    let e = Engine::new(config());
+    let o = run(
+        &e,
+        at(0),
+        Direction::Inbound,
+        Craft::tcp(host(9), server(), 1, 80, F::RST).build(),
+    );
+    assert_eq!(
+        (o.verdict, o.reason, o.ban),
+        (Verdict::Drop, Reason::Probe, None)
+    );
+}
+
+#[test]
+fn fingerprints_can_be_switched_off() {
+    let nmap = || {
+        Craft::tcp(host(9), server(), 40_000, 80, F::SYN)
+            .window(1024)
+            .options(&[2, 4, 5, 180])
+            .df(false)
+            .build()
+    };
+    let e = Engine::new(config());
+    let o = run(&e, at(0), Direction::Inbound, nmap());
+    assert_eq!(o.signature, Some(Signature::Tool(Fingerprint::NmapSyn)));
+    assert_eq!((o.verdict, o.reason), (Verdict::Drop, Reason::Signature));
+    assert!(o.ban.is_some());
+
+    let mut c = config();
+    c.fingerprints.nmap_syn = Action::Off;
+    let e = Engine::new(c);
+    let o = run(&e, at(0), Direction::Inbound, nmap());
+    assert_eq!(
+        (o.verdict, o.reason, o.ban),
+        (Verdict::Accept, Reason::OpenPort, None),
+        "to open port 80"
+    );
+}
+
+#[test]
+fn handshake_guard_blocks_single_packet_bans_only() {
+    let e = Engine::new(config());
+    let client = host(20);
+    assert!(
+        connect(&e, at(0), client, 33_000, 80)
+            .iter()
+            .all(|o| o.verdict == Verdict::Accept)
+    );
+    // A forged nmap SYN "from" the client: dropped, not banned.
+    let forged = Craft::tcp(client, server(), 40_000, 1, F::SYN)
+        .window(1024)
+        .options(&[2, 4, 5, 180])
+        .df(false)
+        .build();
+    let o = run(&e, at(1000), Direction::Inbound, forged);
+    assert_eq!((o.verdict, o.ban), (Verdict::Drop, None));
+    assert_eq!(e.stats().guards.handshake_grace, 1);
+    // The closed-port threshold still bans it.
+    let mut banned = None;
+    for port in 2000..2010 {
+        banned = banned.or(run(&e, at(2000), Direction::Inbound, syn(client, 40_001, port)).ban);
+    }
+    assert!(matches!(
+        banned.map(|b| b.reason),
+        Some(BanReason::ClosedPorts(_))
+    ));
+    // Once the grace has passed, a single packet bans again.
+    let e = Engine::new(config());
+    connect(&e, at(0), client, 33_000, 80);
+    let forged = Craft::tcp(client, server(), 40_000, 1, 0).build();
+    assert!(
+        run(&e, at(11 * 60 * 1000), Direction::Inbound, forged)
+            .ban
+            .is_some()
+    );
+}
+
+#[test]
+fn new_bans_per_second_are_capped() {
+    let mut c = config();
+    c.ban.max_new_per_second = 5;
+    let e = Engine::new(c);
+    let mut bans = 0;
+    for i in 0..100u32 {
+        let src = IpAddr::from((0xc612_0000u32 | i).to_be_bytes());
+        let o = run(
+            &e,
+            at(10),
+            Direction::Inbound,
+            Craft::tcp(src, server(), 1, 1, 0).build(),
+        );
+        assert_eq!(o.verdict, Verdict::Drop);
+        bans += usize::from(o.ban.is_some());
+    }
+    assert_eq!(bans, 5);
+    assert_eq!(e.stats().guards.rate_capped, 95);
+    // The next second allows more.
+    let o = run(
+        &e,
+        at(1010),
+        Direction::Inbound,
+        Craft::tcp(host(99), server(), 1, 1, 0).build(),
+    );
+    assert!(o.ban.is_some());
+}
+
+#[test]
+fn closed_ports_reject_lets_the_kernel_answer() {
+    let mut c = config();
+    c.policy.closed_ports = ClosedPorts::Reject;
+    let e = Engine::new(c);
+    let o = run(&e, at(0), Direction::Inbound, syn(host(9), 40_000, 9999));
+    assert_eq!(
+        (o.verdict, o.reason),
+        (Verdict::Accept, Reason::ClosedPortReject)
+    );
+}
+
+#[test]
+fn allow_and_deny_lists() {
+    let mut c = config();
+    c.lists.allow = vec!["198.18.2.0/28".parse().unwrap()];
+    c.lists.deny = vec!["198.18.3.0/24".parse().unwrap()];
+    let e = Engine::new(c);
+    for port in 1..100 {
+        let o = run(
+            &e,
+            at(0),
+            Direction::Inbound,
+            Craft::tcp(host(5), server(), 1, port, 0).build(),
+        );
+        assert_eq!(
+            (o.verdict, o.reason),
+            (Verdict::Accept, Reason::Allowlisted)
+        );
+    }
+    assert!(e.bans(at(1)).is_empty());
+    let o = run(
+        &e,
+        at(0),
+        Direction::Inbound,
+        syn(IpAddr::from([198, 18, 3, 4]), 1, 80),
+    );
+    assert_eq!((o.verdict, o.reason), (Verdict::Drop, Reason::Denylisted));
+}
+
+#[test]
+fn echo_is_rate_limited_and_empty_echo_bans() {
+    let e = Engine::new(config());
+    let echo = || {
+        Craft::icmp(host(9), server(), 8, 0)
+            .payload(&[0x42; 56])
+            .build()
+    };
+    let verdicts: Vec<Verdict> = (0..6)
+        .map(|_| run(&e, at(0), Direction::Inbound, echo()).verdict)
+        .collect();
+    assert_eq!(
+        verdicts.iter().filter(|v| **v == Verdict::Accept).count(),
+        4
+    );
+    assert_eq!(
+        run(&e, at(1000), Direction::Inbound, echo()).verdict,
+        Verdict::Accept
+    );
+    assert!(e.bans(at(2000)).is_empty(), "rate limiting is not a ban");
+    let o = run(
+        &e,
+        at(2000),
+        Direction::Inbound,
+        Craft::icmp(host(8), server(), 8, 0).build(),
+    );
+    assert_eq!(
+        o.ban.map(|b| b.reason),
+        Some(BanReason::Signature(Signature::Tool(Fingerprint::NmapEcho)))
+    );
+    let o = run(
+        &e,
+        at(2000),
+        Direction::Inbound,
+        Craft::icmp(host(7), server(), 13, 0)
+            .payload(&[0; 12])
+            .build(),
+    );
+    assert_eq!((o.verdict, o.ban), (Verdict::Drop, None));
+}
+
+#[test]
+fn os_probes_ban() {
+    let e = Engine::new(config());
+    let u1 = Craft::udp(host(9), server(), 40_000, 9)
+        .id(0x1042)
+        .payload(&[b'C'; 300])
+        .build();
+    let o = run(&e, at(0), Direction::Inbound, u1);
+    assert_eq!(
+        o.ban.map(|b| b.reason),
+        Some(BanReason::Signature(Signature::OsProbe(OsProbe::U1)))
+    );
+}
+
+#[test]
+fn bad_checksums_are_dropped_and_never_count() {
+    let e = Engine::new(config());
+    for port in 1..50 {
+        let bytes = Craft::tcp(host(9), server(), 1, port, 0)
+            .bad_checksum()
+            .build();
+        let o = run(&e, at(0), Direction::Inbound, bytes);
+        assert_eq!(
+            (o.verdict, o.reason, o.ban),
+            (Verdict::Drop, Reason::BadChecksum, None)
+        );
+    }
+    let bytes = Craft::tcp(host(9), server(), 1, 80, F::SYN)
+        .bad_checksum()
+        .build();
+    assert_eq!(
+        run(&e, at(0), Direction::Inbound, bytes).reason,
+        Reason::BadChecksum
+    );
+    assert_eq!(e.stats().tables.sources, 0, "never tracked");
+    // The kernel-checked path skips verification.
+    let mut bytes = syn(host(9), 1, 80);
+    bytes[37] ^= 0xff;
+    let meta = Meta {
+        direction: Direction::Inbound,
+        checksum: ChecksumCheck::Kernel,
+    };
+    assert_eq!(
+        e.handle_with(at(0), meta, &mut bytes).verdict,
+        Verdict::Accept
+    );
+}
+
+#[test]
+fn stray_segments_of_known_flows_pass_and_unknown_ones_do_not() {
+    let e = Engine::new(config());
+    let client = host(30);
+    connect(&e, at(0), client, 44_000, 80);
+    let late = Craft::tcp(client, server(), 44_000, 80, F::ACK | F::RST).build();
+    assert_eq!(
+        run(&e, at(10), Direction::Inbound, late).verdict,
+        Verdict::Accept
+    );
+    // A host-initiated connection: its replies are part of a flow.
+    run(
+        &e,
+        at(0),
+        Direction::Outbound,
+        Craft::tcp(server(), host(31), 55_000, 443, F::SYN).build(),
+    );
+    let reply = Craft::tcp(host(31), server(), 443, 55_000, F::SYN | F::ACK)
+        .seq_ack(1, 1)
+        .build();
+    assert_eq!(
+        run(&e, at(1), Direction::Inbound, reply).reason,
+        Reason::Flow
+    );
+    // The host's own DNS query: the answer comes back to a closed port but is a flow.
+    run(
+        &e,
+        at(0),
+        Direction::Outbound,
+        Craft::udp(server(), host(32), 40_053, 53)
+            .payload(b"q")
+            .build(),
+    );
+    let answer = Craft::udp(host(32), server(), 53, 40_053)
+        .payload(b"a")
+        .build();
+    assert_eq!(
+        run(&e, at(1), Direction::Inbound, answer).reason,
+        Reason::Flow
+    );
+    // An unsolicited SYN-ACK is dropped, never banned.
+    let backscatter = Craft::tcp(host(33), server(), 80, 12_345, F::SYN | F::ACK)
+        .seq_ack(1, 1)
+        .build();
+    let o = run(&e, at(1), Direction::Inbound, backscatter);
+    assert_eq!(
+        (o.verdict, o.reason, o.ban),
+        (Verdict::Drop, Reason::UnsolicitedSynAck, None)
+    );
+}
+
+#[test]
+fn open_ports_are_learned_from_syn_acks() {
+    let e = Engine::new(Config::default());
+    assert_eq!(
+        run(&e, at(0), Direction::Inbound, syn(host(1), 1, 8443)).reason,
+        Reason::ClosedPort
+    );
+    run(
+        &e,
+        at(1),
+        Direction::Outbound,
+        Craft::tcp(server(), host(1), 8443, 1, F::SYN | F::ACK).build(),
+    );
+    assert_eq!(
+        run(&e, at(2), Direction::Inbound, syn(host(2), 2, 8443)).reason,
+        Reason::OpenPort
+    );
+    // The daemon's seam: listening sockets.
+    e.ports()
+        .set_listening(PortProto::Tcp, &PortList::from_ports([9000]));
+    assert_eq!(
+        run(&e, at(3), Direction::Inbound, syn(host(3), 3, 9000)).reason,
+        Reason::OpenPort
+    );
+}
+
+#[test]
+fn ipv6_sources_are_tracked_per_prefix() {
+    let e = Engine::new(config());
+    let from = |i: u16| IpAddr::from([0xfd5c, 0x0a11, 1, 0, 0xaaaa, 0, 0, i]);
+    let dst = IpAddr::from([0xfd5c, 0x0a11, 1, 0, 0, 0, 0, 1]);
+    let mut ban = None;
+    // A new address per probe does not escape the /64.
+    for i in 0..6u16 {
+        let bytes = Craft::tcp(from(i), dst, 40_000, 1000 + i, F::SYN)
+            .window(64_800)
+            .options(&[2, 4, 5, 160, 4, 2])
+            .build();
+        ban = ban.or(run(&e, at(u64::from(i)), Direction::Inbound, bytes).ban);
+    }
+    assert_eq!(ban.map(|b| b.reason), Some(BanReason::ClosedPorts(6)));
+    assert_eq!(
+        e.bans(at(10))[0].0.to_string(),
+        "fd5c:a11:1:0::/64".replace(":0::", "::")
+    );
+}
+
+#[test]
+fn flood_of_spoofed_sources_keeps_tables_bounded_and_bans() {
+    let mut c = config();
+    c.tracking.sources = 1024;
+    c.tracking.flows = 1024;
+    c.tracking.shards = 4;
+    let e = Engine::new(c);
+    assert!(e.ban(at(0), host(66), Duration::from_secs(3600)));
+    for i in 0..20_000u32 {
+        let src = IpAddr::from((0x0a00_0000u32 | i).to_be_bytes());
+        run(&e, at(1), Direction::Inbound, syn(src, 1, 80));
+    }
+    let s = e.stats().tables;
+    assert!(s.sources <= 1024 && s.flows <= 1024, "{s:?}");
+    assert!(
+        s.source_evictions >= 18_000 && s.flow_evictions >= 18_000,
+        "{s:?}"
+    );
+    assert_eq!(
+        run(&e, at(2), Direction::Inbound, syn(host(66), 1, 80)).reason,
+        Reason::Banned
+    );
+    assert!(e.unban(host(66)).is_some());
+    assert_eq!(
+        run(&e, at(3), Direction::Inbound, syn(host(66), 2, 80)).verdict,
+        Verdict::Accept
+    );
+}
+
+#[test]
+fn no_packet_bytes_panic_the_engine() {
+    let e = Engine::new(config());
+    let samples = [
+        syn(host(1), 1, 80),
+        Craft::udp(host(1), server(), 1, 53).payload(b"abc").build(),
+        Craft::icmp(server(), host(1), 3, 3)
+            .payload(&syn(host(1), 1, 80))
+            .build(),
+        Craft::tcp(
+            IpAddr::from([0xfd5c, 0x0a11, 0, 0, 0, 0, 0, 2]),
+            IpAddr::from([0xfd5c, 0x0a11, 0, 0, 0, 0, 0, 1]),
+            1,
+            2,
+            F::ACK,
+        )
+        .build(),
+    ];
+    for (n, sample) in samples.iter().enumerate() {
+        for end in 0..=sample.len() {
+            for dir in [Direction::Inbound, Direction::Outbound] {
+                let mut cut = sample[..end].to_vec();
+                e.handle(at(n as u64), dir, &mut cut);
+                for i in 0..cut.len() {
+                    let mut flipped = sample.clone();
+                    flipped[i] = flipped[i].wrapping_add(0x5b);
+                    e.handle(at(n as u64), dir, &mut flipped);
+                }
+            }
+        }
+    }
+    let o = run(&e, at(9), Direction::Inbound, vec![0x45, 0, 0]);
+    assert_eq!((o.verdict, o.reason), (Verdict::Drop, Reason::Malformed));
+}

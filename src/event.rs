@@ -1,0 +1,135 @@
+//! EVENTS: what a run reports beyond plain accepts, as JSON lines.
+//!
+//! One event per dropped packet (with its reason), per ban, and per lifted
+//! ban. A rewrite event exists for the OS-persona work, which will set
+//! `Outcome::rewritten`.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::classify::{PortProto, ProbeKind, Signature};
+use crate::engine::{Direction, Outcome};
+use crate::policy::{Reason, Verdict};
+use crate::time::Timestamp;
+use crate::track::{Ban, BanReason, SourceKey};
+
+/// A reportable event.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// A packet was dropped.
+    Drop {
+        /// Time, in seconds.
+        ts: f64,
+        /// Direction.
+        direction: Direction,
+        /// Packet source address.
+        src: Option<IpAddr>,
+        /// Packet destination address.
+        dst: Option<IpAddr>,
+        /// Tracked source (the remote party).
+        source: Option<SourceKey>,
+        /// Why.
+        reason: Reason,
+        /// Probe kind.
+        kind: Option<ProbeKind>,
+        /// Signature.
+        signature: Option<Signature>,
+        /// Protocol of `port`.
+        proto: Option<PortProto>,
+        /// Destination port.
+        port: Option<u16>,
+    },
+    /// A source was banned.
+    Ban {
+        /// Time, in seconds.
+        ts: f64,
+        /// Who.
+        source: SourceKey,
+        /// Why.
+        reason: BanReason,
+        /// Ban length in seconds.
+        seconds: u64,
+        /// Offence count, this one included.
+        offences: u16,
+    },
+    /// A ban ended.
+    Unban {
+        /// Time, in seconds.
+        ts: f64,
+        /// Who.
+        source: SourceKey,
+    },
+    /// A packet was rewritten in place.
+    Rewrite {
+        /// Time, in seconds.
+        ts: f64,
+        /// Direction.
+        direction: Direction,
+        /// Packet destination address.
+        dst: Option<IpAddr>,
+    },
+}
+
+fn secs(t: Timestamp) -> f64 {
+    t.micros() as f64 / 1e6
+}
+
+impl Event {
+    /// The events one outcome gives rise to, in order: drop or rewrite, then ban.
+    pub fn from_outcome(
+        now: Timestamp,
+        direction: Direction,
+        addrs: Option<(IpAddr, IpAddr)>,
+        outcome: &Outcome,
+    ) -> impl Iterator<Item = Self> {
+        let ts = secs(now);
+        let first = if outcome.verdict == Verdict::Drop {
+            Some(Self::Drop {
+                ts,
+                direction,
+                src: addrs.map(|a| a.0),
+                dst: addrs.map(|a| a.1),
+                source: outcome.source,
+                reason: outcome.reason,
+                kind: outcome.kind,
+                signature: outcome.signature,
+                proto: outcome.port.map(|p| p.0),
+                port: outcome.port.map(|p| p.1),
+            })
+        } else if outcome.rewritten {
+            Some(Self::Rewrite {
+                ts,
+                direction,
+                dst: addrs.map(|a| a.1),
+            })
+        } else {
+            None
+        };
+        let ban = outcome
+            .ban
+            .zip(outcome.source)
+            .map(|(ban, source)| Self::ban(source, &ban));
+        first.into_iter().chain(ban)
+    }
+
+    /// The event for a ban.
+    pub fn ban(source: SourceKey, ban: &Ban) -> Self {
+        Self::Ban {
+            ts: secs(ban.since),
+            source,
+            reason: ban.reason,
+            seconds: ban.until.saturating_since(ban.since).as_secs(),
+            offences: ban.offences,
+        }
+    }
+
+    /// The event for a lifted ban.
+    pub fn unban(now: Timestamp, source: SourceKey) -> Self {
+        Self::Unban {
+            ts: secs(now),
+            source,
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! DECIDE: from a classified packet and its source's state, a verdict, and
+//! sometimes a ban.
+//!
+//! Every threshold comes from [`Config`]; nothing here reads a clock or does
+//! I/O. The functions run under the source's shard lock, which `engine`
+//! holds for the whole decision.
+//!
+//! # Why bans are guarded
+//!
+//! Single-packet signatures are cheap to forge with a spoofed source
+//! address: anyone could send one nmap-looking SYN "from" a customer's
+//! resolver and get it banned. Two guards bound that harm:
+//!
+//! - a source that completed a TCP handshake within `ban.handshake_grace`
+//!   (10 minutes by default) has shown it really owns its address; it is
+//!   not banned on one packet, only on the closed-port threshold, which
+//!   needs many packets and whose SYNs to closed ports a real client rarely
+//!   sends. Its forged probes are still dropped.
+//! - new bans per second are capped (`ban.max_new_per_second`), so a spoofed
+//!   flood cannot fill the ban table or push thousands of addresses into the
+//!   kernel set. Probes over the cap are still dropped; only the ban is
+//!   skipped, and counted.
+
+mod ports;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use self::ports::PortMap;
+use crate::classify::{Fingerprint, PortProto, ProbeKind, Signature};
+use crate::config::{Action, Config};
+use crate::time::Timestamp;
+use crate::track::{Ban, BanReason, Scores, Shard, SourceKey, SourceState};
+use crate::wire;
+
+/// Accept or drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Let the packet through.
+    Accept,
+    /// Drop it silently.
+    Drop,
+}
+
+/// Why a verdict was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// Part of a known connection.
+    Flow,
+    /// A new connection or datagram to an open port.
+    OpenPort,
+    /// To a closed port, let through so the kernel answers (`closed_ports = "reject"`).
+    ClosedPortReject,
+    /// From an allowlisted network.
+    Allowlisted,
+    /// ICMP within its limits.
+    Icmp,
+    /// A later fragment, accepted by `policy.fragments`.
+    Fragment,
+    /// Another IP protocol, accepted by `policy.other_protocols`.
+    OtherProtocol,
+    /// A rule matched but is switched off.
+    RuleOff,
+    /// Sent by this host.
+    Outbound,
+    /// A malformed packet, accepted by `policy.malformed`.
+    Malformed,
+    /// From a banned source, or to one.
+    Banned,
+    /// From a denylisted network.
+    Denylisted,
+    /// A wrong IP, TCP, UDP or ICMP checksum.
+    BadChecksum,
+    /// To a closed port.
+    ClosedPort,
+    /// A stealth or illegal-flag probe.
+    Probe,
+    /// A scanner fingerprint or an nmap OS probe.
+    Signature,
+    /// ICMP over its rate.
+    RateLimited,
+    /// A SYN-ACK answering nothing.
+    UnsolicitedSynAck,
+}
+
+impl Reason {
+    /// A short stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Flow => "flow",
+            Self::OpenPort => "open-port",
+            Self::ClosedPortReject => "closed-port-reject",
+            Self::Allowlisted => "allowlisted",
+            Self::Icmp => "icmp",
+            Self::Fragment => "fragment",
+            Self::OtherProtocol => "other-protocol",
+            Self::RuleOff => "rule-off",
+            Self::Outbound => "outbound",
+            Self::Malformed => "malformed",
+            Self::Banned => "banned",
+            Self::Denylisted => "denylisted",
+            Self::BadChecksum => "bad-checksum",
+            Self::ClosedPort => "closed-port",
+            Self::Probe => "probe",
+            Self::Signature => "signature",
+            Self::RateLimited => "rate-limited",
+            Self::UnsolicitedSynAck => "unsolicited-syn-ack",
+        }
+    }
+}
+
+/// What policy decided for one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Accept or drop.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// A ban this packet caused.
+    pub ban: Option<Ban>,
+}
+
+impl Decision {
+    const fn accept(reason: Reason) -> Self {
+        Self {
+            verdict: Verdict::Accept,
+            reason,
+            ban: None,
+        }
+    }
+
+    const fn drop(reason: Reason) -> Self {
+        Self {
+            verdict: Verdict::Drop,
+            reason,
+            ban: None,
+        }
+    }
+}
+
+/// Bans that were not issued, by guard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GuardCounters {
+    /// Skipped because the source completed a handshake recently.
+    pub handshake_grace: u64,
+    /// Skipped because the new-bans-per-second cap was reached.
+    pub rate_capped: u64,
+    /// Skipped because the ban table was full of active bans.
+    pub table_full: u64,
+}
+
+/// Caps new bans per second across all workers, lock-free.
+#[derive(Debug)]
+struct BanLimiter {
+    second: AtomicU64,
+    count: AtomicU32,
+    cap: u32,
+}
+
+impl BanLimiter {
+    fn allow(&self, now: Timestamp) -> bool {
+        let s = now.micros() / 1_000_000;
+        let current = self.second.load(Ordering::Relaxed);
+        if s > current
+            && self
+                .second
+                .compare_exchange(current, s, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.count.store(0, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed) < self.cap
+    }
+}
+
+/// The decision maker: the rules, the open ports and the ban guards.
+#[derive(Debug)]
+pub struct Policy {
+    config: Config,
+    ports: PortMap,
+    limiter: BanLimiter,
+    guarded: AtomicU64,
+    capped: AtomicU64,
+    full: AtomicU64,
+}
+
+impl Policy {
+    /// A policy enforcing `config`.
+    pub fn new(config: Config) -> Self {
+        let ports = PortMap::new(&config.services);
+        let limiter = BanLimiter {
+            second: AtomicU64::new(0),
+            count: AtomicU32::new(0),
+            cap: config.ban.max_new_per_second,
+        };
+        Self {
+            config,
+            ports,
+            limiter,
+            guarded: AtomicU64::new(0),
+            capped: AtomicU64::new(0),
+            full: AtomicU64::new(0),
+        }
+    }
+
+    /// The rules.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The open-port map.
+    pub fn ports(&self) -> &PortMap {
+        &self.ports
+    }
+
+    /// Bans the guards held back.
+    pub fn guard_counters(&self) -> GuardCounters {
+        GuardCounters {
+            handshake_grace: self.guarded.load(Ordering::Relaxed),
+            rate_capped: self.capped.load(Ordering::Relaxed),
+            table_full: self.full.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The action configured for a signature.
+    pub fn signature_action(&self, signature: Signature) -> Action {
+        let f = &self.config.fingerprints;
+        match signature {
+            Signature::OsProbe(_) => self.config.probes.os_detection,
+            Signature::Tool(Fingerprint::NmapSyn) => f.nmap_syn,
+            Signature::Tool(Fingerprint::Masscan) => f.masscan,
+            Signature::Tool(Fingerprint::Zmap) => f.zmap,
+            Signature::Tool(Fingerprint::Hping3) => f.hping3,
+            Signature::Tool(Fingerprint::NmapEcho) => f.nmap_echo,
+        }
+    }
+
+    /// The action configured for a stealth kind, or `None` for other kinds.
+    pub fn probe_action(&self, kind: ProbeKind) -> Option<Action> {
+        let p = &self.config.probes;
+        Some(match kind {
+            ProbeKind::TcpNull => p.null,
+            ProbeKind::TcpFin => p.fin,
+            ProbeKind::TcpXmas => p.xmas,
+            ProbeKind::TcpMaimon => p.maimon,
+            ProbeKind::TcpAck => p.ack,
+            ProbeKind::TcpRst => p.rst,
+            ProbeKind::TcpSynFin => p.syn_fin,
+            ProbeKind::TcpSynRst => p.syn_rst,
+            ProbeKind::TcpIllegal => p.illegal,
+            ProbeKind::IcmpTimestamp => self.config.icmp.timestamp,
+            ProbeKind::IcmpAddressMask => self.config.icmp.address_mask,
+            _ => return None,
+        })
+    }
+
+    /// Decides an inbound packet from a source that is not banned, allowed
+    /// or denied. The caller has already recorded the packet in `state`'s
+    /// last-seen time and kind mask.
+    pub fn inbound(&self, ctx: Inbound, shard: &mut Shard) -> Decision {
+        let Inbound {
+            now,
+            key,
+            kind,
+            signature,
+            port,
+            in_flow,
+        } = ctx;
+        if let Some(sig) = signature {
+            let drop = Decision::drop(Reason::Signature);
+            match self.signature_action(sig) {
+                Action::Ban => {
+                    return self.ban_or_touch(
+                        shard,
+                        key,
+                        now,
+                        BanReason::Signature(sig),
+                        port,
+                        drop,
+                    );
+                }
+                Action::Drop => {
+                    return self.touch(shard, key, now, port, self.config.scan.weight_stealth, drop);
+                }
+                Action::Off => {}
+            }
+        }
+        if let Some(action) = self.probe_action(kind) {
+            let drop = Decision::drop(Reason::Probe);
+            return match action {
+                Action::Ban => {
+                    self.ban_or_touch(shard, key, now, BanReason::Probe(kind), port, drop)
+                }
+                Action::Drop => {
+                    self.touch(shard, key, now, port, self.config.scan.weight_stealth, drop)
+                }
+                Action::Off => Decision::accept(Reason::RuleOff),
+            };
+        }
+        let scan = &self.config.scan;
+        match kind {
+            ProbeKind::TcpFlow | ProbeKind::UdpFlow => Decision::accept(Reason::Flow),
+            ProbeKind::TcpSyn | ProbeKind::Udp | ProbeKind::Sctp => {
+                let Some((proto, number)) = port else {
+                    return Decision::accept(Reason::OpenPort);
+                };
+                if self.ports.is_open(proto, number) {
+                    return Decision::accept(Reason::OpenPort);
+                }
+                let weight = match proto {
+                    PortProto::Tcp => scan.weight_tcp,
+                    PortProto::Udp => scan.weight_udp,
+                    PortProto::Sctp => scan.weight_sctp,
+                };
+                let closed = match self.config.policy.closed_ports {
+                    crate::config::ClosedPorts::Drop => Decision::drop(Reason::ClosedPort),
+                    crate::config::ClosedPorts::Reject => {
+                        Decision::accept(Reason::ClosedPortReject)
+                    }
+                };
+                self.touch(shard, key, now, port, weight, closed)
+            }
+            ProbeKind::TcpSynAck if !in_flow => toggle(
+                self.config.policy.unsolicited_syn_ack,
+                Reason::UnsolicitedSynAck,
+            ),
+            ProbeKind::IcmpEcho => {
+                let icmp = &self.config.icmp;
+                if shard
+                    .source(key, now)
+                    .take_echo(now, icmp.echo_rate, icmp.echo_burst)
+                {
+                    Decision::accept(Reason::Icmp)
+                } else {
+                    Decision::drop(Reason::RateLimited)
+                }
+            }
+            ProbeKind::Fragment => toggle(self.config.policy.fragments, Reason::Fragment),
+            ProbeKind::OtherProtocol => {
+                toggle(self.config.policy.other_protocols, Reason::OtherProtocol)
+            }
+            _ => Decision::accept(Reason::Icmp),
+        }
+    }
+
+    /// The verdict for a packet that could not be parsed.
+    pub fn malformed(&self, _error: wire::Error) -> Decision {
+        toggle(self.config.policy.malformed, Reason::Malformed)
+    }
+
+    /// Records a closed-port touch and bans on a crossed threshold.
+    fn touch(
+        &self,
+        shard: &mut Shard,
+        key: SourceKey,
+        now: Timestamp,
+        port: Option<(PortProto, u16)>,
+        weight: u8,
+        mut decision: Decision,
+    ) -> Decision {
+        let Some((proto, number)) = port else {
+            return decision;
+        };
+        let scan = &self.config.scan;
+        let Scores { recent, slow } = shard.source(key, now).touch_closed(
+            now,
+            scan.window.get(),
+            scan.slow_window.get(),
+            proto,
+            number,
+            weight,
+        );
+        let reason = if recent >= scan.closed_port_threshold {
+            Some(BanReason::ClosedPorts(recent))
+        } else if slow >= scan.slow_threshold {
+            Some(BanReason::SlowScan(slow))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            decision.ban = self.ban(shard, key, now, reason);
+        }
+        decision
+    }
+
+    /// Bans at once, unless the handshake guard holds; then the probe only
+    /// counts as a touch of a closed port.
+    fn ban_or_touch(
+        &self,
+        shard: &mut Shard,
+        key: SourceKey,
+        now: Timestamp,
+        reason: BanReason,
+        port: Option<(PortProto, u16)>,
+        decision: Decision,
+    ) -> Decision {
+        if self.in_grace(shard.source(key, now), now) {
+            self.guarded.fetch_add(1, Ordering::Relaxed);
+            return self.touch(
+                shard,
+                key,
+                now,
+                port,
+                self.config.scan.weight_stealth,
+                decision,
+            );
+        }
+        Decision {
+            ban: self.ban(shard, key, now, reason),
+            ..decision
+        }
+    }
+
+    fn in_grace(&self, state: &SourceState, now: Timestamp) -> bool {
+        state
+            .last_handshake
+            .is_some_and(|t| now.saturating_since(t) < self.config.ban.handshake_grace.get())
+    }
+
+    /// Issues a ban, doubling with each repeat offence, unless capped.
+    fn ban(
+        &self,
+        shard: &mut Shard,
+        key: SourceKey,
+        now: Timestamp,
+        reason: BanReason,
+    ) -> Option<Ban> {
+        if !self.limiter.allow(now) {
+            self.capped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let offences = shard.offences(&key).saturating_add(1);
+        let ban = Ban {
+            reason,
+            since: now,
+            until: now.saturating_add(self.ban_length(offences)),
+            offences,
+        };
+        if shard.insert_ban(key, ban, now) {
+            Some(ban)
+        } else {
+            self.full.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
+    /// Length of the ban for the `offences`-th offence.
+    pub fn ban_length(&self, offences: u16) -> Duration {
+        let b = &self.config.ban;
+        let doublings = u32::from(offences.saturating_sub(1)).min(32);
+        b.duration
+            .get()
+            .saturating_mul(1u32 << doublings.min(31))
+            .min(b.max_duration.get())
+    }
+}
+
+/// What `Policy::inbound` needs to know about a packet.
+#[derive(Clone, Copy, Debug)]
+pub struct Inbound {
+    /// Arrival time.
+    pub now: Timestamp,
+    /// Its source.
+    pub key: SourceKey,
+    /// Its kind.
+    pub kind: ProbeKind,
+    /// Its signature, if any.
+    pub signature: Option<Signature>,
+    /// Destination port.
+    pub port: Option<(PortProto, u16)>,
+    /// Whether it belongs to a known flow.
+    pub in_flow: bool,
+}
+
+fn toggle(t: crate::config::Toggle, reason: Reason) -> Decision {
+    match t {
+        crate::config::Toggle::Accept => Decision::accept(reason),
+        crate::config::Toggle::Drop => Decision::drop(reason),
+    }
+}
+
+/// The tool a signature belongs to.
+pub fn signature_tool(signature: Signature) -> &'static str {
+    match signature {
+        Signature::Tool(f) => f.tool(),
+        Signature::OsProbe(_) => "nmap",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,26 @@
+use super::*;
+
+#[test]
+fn ban_lengths_double_and_cap() {
+    let p = Policy::new(Config::default());
+    let hours: Vec<u64> = (1..=8).map(|n| p.ban_length(n).as_secs() / 3600).collect();
+    assert_eq!(hours, vec![1, 2, 4, 8, 16, 24, 24, 24]);
+    assert_eq!(p.ban_length(u16::MAX).as_secs(), 86_400);
+}
+
+#[test]
+fn limiter_resets_each_second() {
+    let l = BanLimiter {
+        second: AtomicU64::new(0),
+        count: AtomicU32::new(0),
+        cap: 2,
+    };
+    let t = |s| Timestamp::from_secs(s);
+    assert!(l.allow(t(5)) && l.allow(t(5)) && !l.allow(t(5)));
+    assert!(l.allow(t(6)), "a new second resets the count");
+    assert!(
+        l.allow(t(5)),
+        "an older time counts against the current second"
+    );
+    assert!(!l.allow(t(5)) && !l.allow(t(6)), "and never resets it");
+}

@@ -1,0 +1,586 @@
+//! Offline replay: a capture taken at the protected host, driven through the
+//! engine with the capture's own timestamps.
+//!
+//! A capture records what the host really did without portcloak. To show
+//! what portcloak would have changed, replay:
+//!
+//! 1. finds the host's own addresses (`--local`, or the senders of SYN-ACKs,
+//!    else of ICMP replies and errors, else of RSTs, else the busiest
+//!    destination), so each packet gets a direction;
+//! 2. learns the open ports from the capture first (a SYN answered by a
+//!    SYN-ACK; a datagram answered by a datagram), unless
+//!    `services.learn_from_replies` is off;
+//! 3. skips every reply whose request portcloak dropped: inline, the host
+//!    would never have seen the request, so it would never have answered.
+//!    Replies that do go out to a source that ends up banned are counted as
+//!    "answered probes": what the scanner learned before its ban.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::io::{IsTerminal, Write};
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use lru::LruCache;
+use serde::Serialize;
+
+use crate::classify::{PortProto, ProbeKind};
+use crate::config::Cidr;
+use crate::engine::{Direction, Engine};
+use crate::event::Event;
+use crate::io::pcap::{PcapReader, SourceError};
+use crate::policy::{Reason, Verdict};
+use crate::time::Timestamp;
+use crate::track::{Ban, SourceKey};
+use crate::wire::{self, LinkType, PacketView, TcpFlags, Transport};
+
+/// How to replay.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The host's own networks; inferred from each capture when empty.
+    pub local: Vec<Cidr>,
+    /// Write one JSON line per event to the event writer.
+    pub json: bool,
+    /// Show a progress bar on stderr for large inputs (only on a terminal).
+    pub progress: bool,
+}
+
+/// What happened to one source over the run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SourceReport {
+    /// Inbound packets from it.
+    pub packets: u64,
+    /// Of those, dropped.
+    pub dropped: u64,
+    /// Inbound packets per probe kind.
+    pub kinds: BTreeMap<ProbeKind, u64>,
+    /// Signatures it matched.
+    pub signatures: BTreeSet<String>,
+    /// Distinct (protocol, port) pairs it sent new connections or probes to.
+    pub ports: usize,
+    /// Replies the host sent it that portcloak let out.
+    pub answered: u64,
+    /// Its first ban in this run.
+    pub ban: Option<Ban>,
+}
+
+/// Totals of a replay run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// Frames read.
+    pub frames: u64,
+    /// Frames that carried no IP packet (ARP, unknown link types).
+    pub not_ip: u64,
+    /// Inbound packets handled.
+    pub inbound: u64,
+    /// Outbound packets handled.
+    pub outbound: u64,
+    /// Outbound replies skipped because their request was dropped.
+    pub replies_suppressed: u64,
+    /// Verdict counts over handled packets.
+    pub accepted: u64,
+    /// Dropped packets.
+    pub dropped: u64,
+    /// Drops by reason.
+    pub drops: BTreeMap<Reason, u64>,
+    /// Sources, by key.
+    pub sources: BTreeMap<SourceKey, SourceReport>,
+    /// Every ban issued, in order.
+    pub bans: Vec<(SourceKey, Ban)>,
+    /// First and last capture time.
+    pub span: Option<(Timestamp, Timestamp)>,
+    /// The local addresses used for direction.
+    pub local: Vec<String>,
+}
+
+impl Report {
+    /// The report of one source, if it sent anything.
+    pub fn source(&self, ip: IpAddr, engine: &Engine) -> Option<&SourceReport> {
+        self.sources
+            .get(&SourceKey::new(ip, engine.config().tracking.ipv6_prefix))
+    }
+}
+
+/// A 5-tuple as the inbound request carried it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Tuple {
+    src: IpAddr,
+    dst: IpAddr,
+    protocol: u8,
+    sport: u16,
+    dport: u16,
+}
+
+/// Remembered request tuples (bounded, so a huge capture cannot exhaust memory).
+const TUPLES: usize = 1 << 20;
+
+/// Replays `files` in order through `engine`. JSON events go to `events`.
+pub fn run(
+    engine: &Engine,
+    files: &[PathBuf],
+    options: &Options,
+    events: &mut dyn Write,
+) -> Result<Report, ReplayError> {
+    let mut report = Report::default();
+    let mut fates: LruCache<Tuple, bool> =
+        LruCache::new(NonZeroUsize::new(TUPLES).unwrap_or(NonZeroUsize::MIN));
+    let mut ports: HashMap<SourceKey, HashSet<(PortProto, u16)>> = HashMap::new();
+    for path in files {
+        let local = if options.local.is_empty() {
+            infer_local(path)?
+        } else {
+            options.local.clone()
+        };
+        report.local.extend(local.iter().map(ToString::to_string));
+        if engine.config().services.learn_from_replies {
+            learn_ports(engine, path, &local)?;
+        }
+        let mut reader = PcapReader::open(path)?;
+        let progress = progress_bar(path, options.progress);
+        let mut buf = Vec::with_capacity(2048);
+        let mut next_sweep = Timestamp::ZERO;
+        while let Some(frame) = reader.next_frame()? {
+            report.frames += 1;
+            let now = frame.ts;
+            report.span = Some(
+                report
+                    .span
+                    .map_or((now, now), |(a, b)| (a.min(now), b.max(now))),
+            );
+            let Some(ip) = ip_bytes(frame.linktype, frame.data) else {
+                report.not_ip += 1;
+                continue;
+            };
+            buf.clear();
+            buf.extend_from_slice(ip);
+            if now >= next_sweep {
+                for (source, _) in engine.sweep(now).lifted {
+                    if options.json {
+                        write_event(events, &Event::unban(now, source))?;
+                    }
+                }
+                next_sweep = now.saturating_add(std::time::Duration::from_secs(1));
+            }
+            let Some((src, dst)) = wire::addresses(&buf) else {
+                report.not_ip += 1;
+                continue;
+            };
+            let direction = if local.iter().any(|c| c.contains(src)) {
+                Direction::Outbound
+            } else {
+                Direction::Inbound
+            };
+            let (request, reply) = tuples(&buf, direction);
+            if direction == Direction::Outbound
+                && reply.is_some_and(|t| fates.peek(&t) == Some(&true))
+            {
+                report.replies_suppressed += 1;
+                continue;
+            }
+            let outcome = engine.handle(now, direction, &mut buf);
+            let dropped = outcome.verdict == Verdict::Drop;
+            if let Some(t) = request {
+                fates.put(t, dropped);
+            }
+            match direction {
+                Direction::Inbound => report.inbound += 1,
+                Direction::Outbound => report.outbound += 1,
+            }
+            if dropped {
+                report.dropped += 1;
+                *report.drops.entry(outcome.reason).or_default() += 1;
+            } else {
+                report.accepted += 1;
+            }
+            if let Some(key) = outcome.source {
+                let entry = report.sources.entry(key).or_default();
+                match direction {
+                    Direction::Inbound => {
+                        entry.packets += 1;
+                        entry.dropped += u64::from(dropped);
+                        if let Some(kind) = outcome.kind {
+                            *entry.kinds.entry(kind).or_default() += 1;
+                            if is_probe_kind(kind) {
+                                if let Some(port) = outcome.port {
+                                    ports.entry(key).or_default().insert(port);
+                                }
+                            }
+                        }
+                        if let Some(sig) = outcome.signature {
+                            entry.signatures.insert(sig.to_string());
+                        }
+                    }
+                    Direction::Outbound => entry.answered += u64::from(!dropped && reply.is_some()),
+                }
+                if let Some(ban) = outcome.ban {
+                    entry.ban.get_or_insert(ban);
+                    report.bans.push((key, ban));
+                }
+            }
+            if options.json {
+                for event in Event::from_outcome(now, direction, Some((src, dst)), &outcome) {
+                    write_event(events, &event)?;
+                }
+            }
+            if let Some(bar) = &progress {
+                if report.frames % 4096 == 0 {
+                    bar.set_position(reader.bytes_read());
+                }
+            }
+        }
+        if let Some(bar) = progress {
+            bar.finish_and_clear();
+        }
+    }
+    for (key, set) in ports {
+        if let Some(entry) = report.sources.get_mut(&key) {
+            entry.ports = set.len();
+        }
+    }
+    Ok(report)
+}
+
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// A capture could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Events could not be written.
+    #[error("cannot write events: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+fn write_event(out: &mut dyn Write, event: &Event) -> Result<(), ReplayError> {
+    serde_json::to_writer(&mut *out, event).map_err(std::io::Error::from)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+fn is_probe_kind(kind: ProbeKind) -> bool {
+    !matches!(
+        kind,
+        ProbeKind::TcpFlow | ProbeKind::UdpFlow | ProbeKind::IcmpOther | ProbeKind::Fragment
+    )
+}
+
+fn progress_bar(path: &Path, wanted: bool) -> Option<ProgressBar> {
+    const LARGE: u64 = 16 << 20;
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if !wanted || size < LARGE || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(size);
+    let style = ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})")
+        .map(|s| s.progress_chars("=> "));
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar.set_message(path.display().to_string());
+    Some(bar)
+}
+
+/// The IP packet inside a captured frame.
+fn ip_bytes(linktype: u32, frame: &[u8]) -> Option<&[u8]> {
+    let link = LinkType::from_pcap(linktype)?;
+    frame.get(wire::link::ip_offset(link, frame)?..)
+}
+
+/// For an inbound packet, the request tuple it opens; for an outbound one,
+/// the request tuple it answers, if it is a reply.
+fn tuples(bytes: &[u8], direction: Direction) -> (Option<Tuple>, Option<Tuple>) {
+    let Ok(view) = wire::parse(bytes) else {
+        return (None, None);
+    };
+    match direction {
+        Direction::Inbound => (request_tuple(&view), None),
+        Direction::Outbound => (None, reply_tuple(&view)),
+    }
+}
+
+fn request_tuple(view: &PacketView<'_>) -> Option<Tuple> {
+    let (sport, dport) = match view.transport {
+        Transport::Tcp(t) => (t.src_port, t.dst_port),
+        Transport::Udp(u) => (u.src_port, u.dst_port),
+        Transport::Sctp { src_port, dst_port } => (src_port, dst_port),
+        Transport::Icmp(i) if is_icmp_request(i.v6, i.kind) => (i.ident(), 0),
+        _ => return None,
+    };
+    Some(Tuple {
+        src: view.ip.src,
+        dst: view.ip.dst,
+        protocol: view.ip.protocol,
+        sport,
+        dport,
+    })
+}
+
+fn is_icmp_request(v6: bool, kind: u8) -> bool {
+    if v6 {
+        kind == 128
+    } else {
+        matches!(kind, 8 | 13 | 17)
+    }
+}
+
+/// The request a reply answers: reversed ports for TCP and UDP, the quoted
+/// packet for ICMP errors, the identifier for ICMP replies.
+fn reply_tuple(view: &PacketView<'_>) -> Option<Tuple> {
+    let (src, dst, protocol) = (view.ip.dst, view.ip.src, view.ip.protocol);
+    match view.transport {
+        Transport::Tcp(t) => {
+            let reply = t.flags.has(TcpFlags::SYN | TcpFlags::ACK) || t.flags.has(TcpFlags::RST);
+            reply.then_some(Tuple {
+                src,
+                dst,
+                protocol,
+                sport: t.dst_port,
+                dport: t.src_port,
+            })
+        }
+        Transport::Udp(u) => Some(Tuple {
+            src,
+            dst,
+            protocol,
+            sport: u.dst_port,
+            dport: u.src_port,
+        }),
+        Transport::Sctp { src_port, dst_port } => Some(Tuple {
+            src,
+            dst,
+            protocol,
+            sport: dst_port,
+            dport: src_port,
+        }),
+        Transport::Icmp(i) => {
+            if let Some(q) = wire::quoted(&i) {
+                return Some(Tuple {
+                    src: q.src,
+                    dst: q.dst,
+                    protocol: q.protocol,
+                    sport: q.src_port,
+                    dport: q.dst_port,
+                });
+            }
+            let is_reply = if i.v6 {
+                i.kind == 129
+            } else {
+                matches!(i.kind, 0 | 14 | 18)
+            };
+            let request_proto = protocol;
+            is_reply.then_some(Tuple {
+                src,
+                dst,
+                protocol: request_proto,
+                sport: i.ident(),
+                dport: 0,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Finds the capturing host's own addresses: the senders of SYN-ACKs; else
+/// the address that was sent to the most distinct ports (a scan target);
+/// else the busiest destination.
+fn infer_local(path: &Path) -> Result<Vec<Cidr>, ReplayError> {
+    let mut synack = BTreeSet::new();
+    let mut ports: HashMap<IpAddr, HashSet<(u8, u16)>> = HashMap::new();
+    let mut destinations: HashMap<IpAddr, u64> = HashMap::new();
+    let mut reader = PcapReader::open(path)?;
+    while let Some(frame) = reader.next_frame()? {
+        let Some(view) = ip_bytes(frame.linktype, frame.data).and_then(|b| wire::parse(b).ok())
+        else {
+            continue;
+        };
+        *destinations.entry(view.ip.dst).or_default() += 1;
+        match view.transport {
+            Transport::Tcp(t) if t.flags.classic() == TcpFlags::SYN | TcpFlags::ACK => {
+                synack.insert(view.ip.src);
+            }
+            Transport::Tcp(t) => {
+                ports
+                    .entry(view.ip.dst)
+                    .or_default()
+                    .insert((6, t.dst_port));
+            }
+            Transport::Udp(u) => {
+                ports
+                    .entry(view.ip.dst)
+                    .or_default()
+                    .insert((17, u.dst_port));
+            }
+            _ => {}
+        }
+    }
+    let most = |counts: Vec<(IpAddr, usize)>| {
+        counts
+            .into_iter()
+            .max_by_key(|(ip, n)| (*n, *ip))
+            .map(|(ip, _)| ip)
+    };
+    let chosen: Vec<IpAddr> = if !synack.is_empty() {
+        synack.into_iter().collect()
+    } else if let Some(ip) = most(ports.into_iter().map(|(ip, set)| (ip, set.len())).collect()) {
+        vec![ip]
+    } else {
+        most(
+            destinations
+                .into_iter()
+                .map(|(ip, n)| (ip, n as usize))
+                .collect(),
+        )
+        .into_iter()
+        .collect()
+    };
+    Ok(chosen
+        .into_iter()
+        .filter_map(|ip| ip.to_string().parse().ok())
+        .collect())
+}
+
+/// Marks the ports the capture shows the host answering on as open.
+fn learn_ports(engine: &Engine, path: &Path, local: &[Cidr]) -> Result<(), ReplayError> {
+    let mut udp_requests: HashSet<(IpAddr, u16, u16)> = HashSet::new();
+    let mut reader = PcapReader::open(path)?;
+    while let Some(frame) = reader.next_frame()? {
+        let Some(view) = ip_bytes(frame.linktype, frame.data).and_then(|b| wire::parse(b).ok())
+        else {
+            continue;
+        };
+        let outbound = local.iter().any(|c| c.contains(view.ip.src));
+        match (view.transport, outbound) {
+            (Transport::Tcp(t), true) if t.flags.classic() == TcpFlags::SYN | TcpFlags::ACK => {
+                engine.ports().learn(PortProto::Tcp, t.src_port);
+            }
+            (Transport::Udp(u), false) => {
+                udp_requests.insert((view.ip.src, u.src_port, u.dst_port));
+            }
+            (Transport::Udp(u), true)
+                if udp_requests.contains(&(view.ip.dst, u.dst_port, u.src_port)) =>
+            {
+                engine.ports().learn(PortProto::Udp, u.src_port);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Writes the human summary.
+pub fn write_summary(
+    out: &mut dyn Write,
+    files: &[PathBuf],
+    report: &Report,
+) -> std::io::Result<()> {
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    writeln!(out, "replay     {}", names.join(", "))?;
+    writeln!(
+        out,
+        "local      {}",
+        if report.local.is_empty() {
+            "(none found)".to_owned()
+        } else {
+            report.local.join(", ")
+        }
+    )?;
+    if let Some((a, b)) = report.span {
+        writeln!(
+            out,
+            "span       {a} .. {b} ({:.3}s)",
+            b.saturating_since(a).as_secs_f64()
+        )?;
+    }
+    writeln!(
+        out,
+        "packets    {} frames: {} inbound, {} outbound, {} not IP, {} replies suppressed (their request was dropped)",
+        report.frames, report.inbound, report.outbound, report.not_ip, report.replies_suppressed
+    )?;
+    writeln!(
+        out,
+        "verdicts   accept {}, drop {}",
+        report.accepted, report.dropped
+    )?;
+    if !report.drops.is_empty() {
+        let drops: Vec<String> = report
+            .drops
+            .iter()
+            .map(|(r, n)| format!("{} {n}", r.name()))
+            .collect();
+        writeln!(out, "drops      {}", drops.join(", "))?;
+    }
+    let mut kinds: BTreeMap<ProbeKind, u64> = BTreeMap::new();
+    for s in report.sources.values() {
+        for (k, n) in &s.kinds {
+            *kinds.entry(*k).or_default() += n;
+        }
+    }
+    let kinds: Vec<String> = kinds
+        .iter()
+        .map(|(k, n)| format!("{} {n}", k.name()))
+        .collect();
+    writeln!(out, "kinds      {}", kinds.join(", "))?;
+    let banned: Vec<_> = report
+        .sources
+        .iter()
+        .filter(|(_, s)| s.ban.is_some())
+        .collect();
+    writeln!(out, "bans       {}", banned.len())?;
+    let start = report.span.map_or(Timestamp::ZERO, |s| s.0);
+    for (key, s) in banned {
+        let Some(ban) = s.ban else { continue };
+        writeln!(
+            out,
+            "  {key}  banned at {} (+{:.3}s) for {}, offence {}: {}",
+            ban.since,
+            ban.since.saturating_since(start).as_secs_f64(),
+            crate::time::format_duration(ban.until.saturating_since(ban.since)),
+            ban.offences,
+            ban.reason
+        )?;
+        writeln!(out, "      scanner    {}", scanner_name(s))?;
+        let kinds: Vec<String> = s
+            .kinds
+            .iter()
+            .map(|(k, n)| format!("{} {n}", k.name()))
+            .collect();
+        writeln!(out, "      scan kinds {}", kinds.join(", "))?;
+        writeln!(
+            out,
+            "      probes     {} packets, {} ports probed, {} dropped, {} answered",
+            s.packets, s.ports, s.dropped, s.answered
+        )?;
+    }
+    Ok(())
+}
+
+/// Names the tool behind a source, from its signatures, or the scan style.
+pub fn scanner_name(s: &SourceReport) -> String {
+    if !s.signatures.is_empty() {
+        let sigs: Vec<&str> = s.signatures.iter().map(String::as_str).collect();
+        let tools: BTreeSet<&str> = s
+            .signatures
+            .iter()
+            .map(|sig| {
+                if sig.starts_with("nmap") {
+                    "nmap"
+                } else {
+                    sig.as_str()
+                }
+            })
+            .collect();
+        let tools: Vec<&str> = tools.into_iter().collect();
+        return format!("{} (signatures: {})", tools.join(", "), sigs.join(", "));
+    }
+    let stealth: Vec<&str> = s
+        .kinds
+        .keys()
+        .filter(|k| k.is_stealth())
+        .map(|k| k.name())
+        .collect();
+    if !stealth.is_empty() {
+        return format!("port scanner ({} probes)", stealth.join(", "));
+    }
+    "port scanner (closed-port threshold; no tool signature)".to_owned()
+}

@@ -1,0 +1,521 @@
+//! TRACK: what portcloak remembers between packets, in sharded, bounded,
+//! counted tables.
+//!
+//! NFQUEUE's `--queue-balance` hashes on (saddr, daddr, protocol), so one
+//! scanner's TCP, UDP and ICMP probes can reach different workers. State is
+//! therefore shared by all workers and split into shards by source, each
+//! behind its own mutex; a packet takes exactly one shard lock. A shard holds:
+//!
+//! - `sources`: an LRU of [`SourceState`], bounded; evictions are counted.
+//! - `bans`: active bans and the offence history of banned sources. Bans
+//!   are rate-capped by policy and never evicted while active, so a flood of
+//!   spoofed sources that churns `sources` cannot unban anyone.
+//! - `flows`: an LRU of connections seen to start, keyed by 4-tuple and
+//!   sharded by the remote end, so replay can tell a stray ACK from a live
+//!   connection without conntrack.
+//!
+//! No I/O and no clock: every call takes `now`.
+
+mod key;
+mod source;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::num::NonZeroUsize;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use lru::LruCache;
+use serde::Serialize;
+
+use crate::classify::{ProbeKind, Signature};
+use crate::time::Timestamp;
+
+pub use self::key::{FlowKey, SourceKey};
+pub use self::source::{RECENT_SLOTS, Scores, SourceState};
+
+/// Why a source was banned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "type", content = "detail")]
+pub enum BanReason {
+    /// A scanner fingerprint or an nmap OS probe.
+    Signature(Signature),
+    /// A stealth or illegal-flag probe.
+    Probe(ProbeKind),
+    /// Too many distinct closed ports within the short window.
+    ClosedPorts(u32),
+    /// Too many distinct closed ports within the long horizon.
+    SlowScan(u32),
+    /// Banned by an operator.
+    Manual,
+}
+
+impl std::fmt::Display for BanReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Signature(s) => write!(f, "signature {s}"),
+            Self::Probe(k) => write!(f, "probe {k}"),
+            Self::ClosedPorts(n) => write!(f, "closed-ports {n}"),
+            Self::SlowScan(n) => write!(f, "slow-scan {n}"),
+            Self::Manual => f.write_str("manual"),
+        }
+    }
+}
+
+/// A ban, with the offence history that sets the next one's length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Ban {
+    /// Why.
+    pub reason: BanReason,
+    /// When this ban started.
+    pub since: Timestamp,
+    /// When it ends.
+    pub until: Timestamp,
+    /// How many bans this source has had, this one included.
+    pub offences: u16,
+}
+
+impl Ban {
+    /// True while the ban holds.
+    pub fn is_active(&self, now: Timestamp) -> bool {
+        now < self.until
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct BanRecord {
+    ban: Ban,
+    /// Set once the ban's end has been reported by a sweep.
+    lifted: bool,
+}
+
+/// Where a tracked connection stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowState {
+    /// The opening SYN was accepted.
+    SynSeen,
+    /// The SYN-ACK went back.
+    SynAckSeen,
+    /// The handshake completed, or the flow is not TCP.
+    Established,
+}
+
+/// A connection the engine saw start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// Handshake progress.
+    pub state: FlowState,
+    /// True when the remote end opened it.
+    pub inbound: bool,
+    /// Latest packet.
+    pub last: Timestamp,
+}
+
+/// Table sizes and counters, summed over shards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TableStats {
+    /// Sources tracked now.
+    pub sources: usize,
+    /// Source capacity.
+    pub source_capacity: usize,
+    /// Sources evicted to make room.
+    pub source_evictions: u64,
+    /// Flows tracked now.
+    pub flows: usize,
+    /// Flow capacity.
+    pub flow_capacity: usize,
+    /// Flows evicted to make room.
+    pub flow_evictions: u64,
+    /// Ban records held (active bans and remembered offenders).
+    pub ban_records: usize,
+    /// Bans refused because the ban table was full of active bans.
+    pub bans_refused_full: u64,
+}
+
+/// Sizes of the tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableLimits {
+    /// Number of shards; rounded up to a power of two.
+    pub shards: usize,
+    /// Sources, over all shards.
+    pub sources: usize,
+    /// Flows, over all shards.
+    pub flows: usize,
+    /// Ban records, over all shards.
+    pub bans: usize,
+}
+
+/// One shard: the state of every source that hashes to it.
+#[derive(Debug)]
+pub struct Shard {
+    sources: LruCache<SourceKey, SourceState, RandomState>,
+    flows: LruCache<FlowKey, Flow, RandomState>,
+    bans: HashMap<SourceKey, BanRecord, RandomState>,
+    ban_capacity: usize,
+    source_evictions: u64,
+    flow_evictions: u64,
+    bans_refused_full: u64,
+}
+
+impl Shard {
+    fn new(sources: usize, flows: usize, bans: usize) -> Self {
+        let nz = |n: usize| NonZeroUsize::new(n.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            sources: LruCache::with_hasher(nz(sources), RandomState::new()),
+            flows: LruCache::with_hasher(nz(flows), RandomState::new()),
+            bans: HashMap::with_hasher(RandomState::new()),
+            ban_capacity: bans.max(1),
+            source_evictions: 0,
+            flow_evictions: 0,
+            bans_refused_full: 0,
+        }
+    }
+
+    /// The state of `key`, created at `now` if it is not tracked.
+    pub fn source(&mut self, key: SourceKey, now: Timestamp) -> &mut SourceState {
+        if !self.sources.contains(&key) {
+            if let Some((evicted, _)) = self.sources.push(key, SourceState::new(now)) {
+                if evicted != key {
+                    self.source_evictions += 1;
+                }
+            }
+        }
+        self.sources
+            .get_or_insert_mut(key, || SourceState::new(now))
+    }
+
+    /// The state of `key` if tracked, without creating or promoting it.
+    pub fn peek_source(&self, key: &SourceKey) -> Option<&SourceState> {
+        self.sources.peek(key)
+    }
+
+    /// The active ban on `key`, if any.
+    pub fn active_ban(&self, key: &SourceKey, now: Timestamp) -> Option<Ban> {
+        self.bans
+            .get(key)
+            .map(|r| r.ban)
+            .filter(|b| b.is_active(now))
+    }
+
+    /// Offences on record for `key` (active or remembered bans).
+    pub fn offences(&self, key: &SourceKey) -> u16 {
+        self.bans.get(key).map_or(0, |r| r.ban.offences)
+    }
+
+    /// Records a ban. Returns false, and counts it, when the shard's ban
+    /// table is full of active bans; an active ban is never displaced.
+    pub fn insert_ban(&mut self, key: SourceKey, ban: Ban, now: Timestamp) -> bool {
+        if !self.bans.contains_key(&key) && self.bans.len() >= self.ban_capacity {
+            let lifted = self
+                .bans
+                .iter()
+                .find(|(_, r)| !r.ban.is_active(now))
+                .map(|(k, _)| *k);
+            match lifted {
+                Some(old) => {
+                    self.bans.remove(&old);
+                }
+                None => {
+                    self.bans_refused_full += 1;
+                    return false;
+                }
+            }
+        }
+        self.bans.insert(key, BanRecord { ban, lifted: false });
+        true
+    }
+
+    /// Ends the ban on `key` now and forgets its offences. Returns the ban it lifted.
+    pub fn remove_ban(&mut self, key: &SourceKey) -> Option<Ban> {
+        self.bans.remove(key).map(|r| r.ban)
+    }
+
+    /// The flow `key`, if tracked and not idle for longer than `idle`.
+    pub fn flow(&mut self, key: &FlowKey, now: Timestamp, idle: Duration) -> Option<&mut Flow> {
+        let stale = self
+            .flows
+            .peek(key)
+            .is_some_and(|f| now.saturating_since(f.last) > idle);
+        if stale {
+            self.flows.pop(key);
+            return None;
+        }
+        self.flows.get_mut(key)
+    }
+
+    /// True when the flow `key` is tracked and fresh; changes nothing.
+    pub fn peek_flow(&self, key: &FlowKey, now: Timestamp, idle: Duration) -> bool {
+        self.flows
+            .peek(key)
+            .is_some_and(|f| now.saturating_since(f.last) <= idle)
+    }
+
+    /// Starts tracking a flow.
+    pub fn insert_flow(&mut self, key: FlowKey, flow: Flow) {
+        if let Some((evicted, _)) = self.flows.push(key, flow) {
+            if evicted != key {
+                self.flow_evictions += 1;
+            }
+        }
+    }
+}
+
+/// The shared, sharded tables.
+#[derive(Debug)]
+pub struct Table {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    mask: usize,
+    limits: TableLimits,
+}
+
+/// What a sweep found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Bans that ended since the last sweep.
+    pub lifted: Vec<(SourceKey, Ban)>,
+    /// Idle sources dropped.
+    pub sources_expired: usize,
+    /// Idle flows dropped.
+    pub flows_expired: usize,
+}
+
+impl Table {
+    /// Empty tables of the given sizes.
+    pub fn new(limits: TableLimits) -> Self {
+        let n = limits.shards.clamp(1, 1 << 16).next_power_of_two();
+        let per = |total: usize| total.div_ceil(n);
+        let shards = (0..n)
+            .map(|_| {
+                Mutex::new(Shard::new(
+                    per(limits.sources),
+                    per(limits.flows),
+                    per(limits.bans),
+                ))
+            })
+            .collect();
+        let limits = TableLimits {
+            shards: n,
+            ..limits
+        };
+        Self {
+            shards,
+            hasher: RandomState::new(),
+            mask: n - 1,
+            limits,
+        }
+    }
+
+    /// The limits in force (shards rounded to a power of two).
+    pub fn limits(&self) -> TableLimits {
+        self.limits
+    }
+
+    /// Locks the shard that holds `key`.
+    pub fn lock(&self, key: &SourceKey) -> MutexGuard<'_, Shard> {
+        let i = (self.hasher.hash_one(key) as usize) & self.mask;
+        // `i` is masked below the shard count, so the fallback never runs.
+        let shard = self.shards.get(i).or_else(|| self.shards.first());
+        match shard {
+            Some(m) => lock(m),
+            None => unreachable_shard(),
+        }
+    }
+
+    /// Sizes and counters.
+    pub fn stats(&self) -> TableStats {
+        let mut s = TableStats {
+            source_capacity: self.limits.sources,
+            flow_capacity: self.limits.flows,
+            ..TableStats::default()
+        };
+        for shard in self.shards.iter() {
+            let g = lock(shard);
+            s.sources += g.sources.len();
+            s.source_evictions += g.source_evictions;
+            s.flows += g.flows.len();
+            s.flow_evictions += g.flow_evictions;
+            s.ban_records += g.bans.len();
+            s.bans_refused_full += g.bans_refused_full;
+        }
+        s
+    }
+
+    /// Every active ban, sorted by source.
+    pub fn active_bans(&self, now: Timestamp) -> Vec<(SourceKey, Ban)> {
+        let mut out: Vec<_> = self
+            .shards
+            .iter()
+            .flat_map(|m| {
+                let g = lock(m);
+                g.bans
+                    .iter()
+                    .filter(|(_, r)| r.ban.is_active(now))
+                    .map(|(k, r)| (*k, r.ban))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort_by_key(|(k, _)| *k);
+        out
+    }
+
+    /// Drops what has expired: flows idle for `flow_idle`, sources silent for
+    /// `source_idle`, and ban records whose ban ended more than `memory` ago.
+    /// Reports each ban that ended since the previous sweep.
+    pub fn sweep(
+        &self,
+        now: Timestamp,
+        flow_idle: Duration,
+        source_idle: Duration,
+        memory: Duration,
+    ) -> Sweep {
+        let mut out = Sweep::default();
+        for shard in self.shards.iter() {
+            let mut g = lock(shard);
+            while g
+                .flows
+                .peek_lru()
+                .is_some_and(|(_, f)| now.saturating_since(f.last) > flow_idle)
+            {
+                g.flows.pop_lru();
+                out.flows_expired += 1;
+            }
+            while g
+                .sources
+                .peek_lru()
+                .is_some_and(|(_, s)| now.saturating_since(s.last_seen) > source_idle)
+            {
+                g.sources.pop_lru();
+                out.sources_expired += 1;
+            }
+            for (key, record) in g.bans.iter_mut() {
+                if !record.lifted && !record.ban.is_active(now) {
+                    record.lifted = true;
+                    out.lifted.push((*key, record.ban));
+                }
+            }
+            g.bans
+                .retain(|_, r| now.saturating_since(r.ban.until) <= memory);
+        }
+        out.lifted.sort_by_key(|(k, _)| *k);
+        out
+    }
+}
+
+/// Locks a shard, recovering it if a panicking thread poisoned the lock:
+/// the tables hold plain counters and timestamps, valid at every step.
+fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cold]
+fn unreachable_shard() -> ! {
+    // `Table::new` always builds at least one shard.
+    unreachable!("a table always has at least one shard")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+
+    fn key(i: u32) -> SourceKey {
+        SourceKey::new(IpAddr::V4(Ipv4Addr::from(0xc612_0000 | i)), 64)
+    }
+
+    fn table(sources: usize, bans: usize) -> Table {
+        Table::new(TableLimits {
+            shards: 1,
+            sources,
+            flows: 8,
+            bans,
+        })
+    }
+
+    #[test]
+    fn sources_are_bounded_and_evictions_counted() {
+        let t = table(100, 10);
+        for i in 0..1000 {
+            t.lock(&key(i))
+                .source(key(i), Timestamp::from_secs(1))
+                .seen(Timestamp::from_secs(1), ProbeKind::TcpSyn);
+        }
+        let s = t.stats();
+        assert_eq!(s.sources, 100);
+        assert_eq!(s.source_evictions, 900);
+    }
+
+    #[test]
+    fn active_bans_are_never_displaced() {
+        let t = table(10, 2);
+        let now = Timestamp::from_secs(10);
+        let ban = |until| Ban {
+            reason: BanReason::Manual,
+            since: now,
+            until: Timestamp::from_secs(until),
+            offences: 1,
+        };
+        assert!(t.lock(&key(1)).insert_ban(key(1), ban(100), now));
+        assert!(t.lock(&key(2)).insert_ban(key(2), ban(100), now));
+        assert!(
+            !t.lock(&key(3)).insert_ban(key(3), ban(100), now),
+            "full of active bans"
+        );
+        assert_eq!(t.stats().bans_refused_full, 1);
+        let later = Timestamp::from_secs(200);
+        assert!(
+            t.lock(&key(3)).insert_ban(key(3), ban(300), later),
+            "a lifted ban makes room"
+        );
+        assert_eq!(t.active_bans(later).len(), 1);
+    }
+
+    #[test]
+    fn sweep_reports_lifted_bans_once_and_forgets_later() {
+        let t = table(10, 10);
+        let ban = Ban {
+            reason: BanReason::Manual,
+            since: Timestamp::ZERO,
+            until: Timestamp::from_secs(5),
+            offences: 1,
+        };
+        t.lock(&key(1)).insert_ban(key(1), ban, Timestamp::ZERO);
+        let d = Duration::from_secs(60);
+        assert!(t.sweep(Timestamp::from_secs(1), d, d, d).lifted.is_empty());
+        assert_eq!(
+            t.sweep(Timestamp::from_secs(6), d, d, d).lifted,
+            vec![(key(1), ban)]
+        );
+        assert!(t.sweep(Timestamp::from_secs(7), d, d, d).lifted.is_empty());
+        assert_eq!(t.lock(&key(1)).offences(&key(1)), 1, "remembered");
+        t.sweep(Timestamp::from_secs(100), d, d, d);
+        assert_eq!(
+            t.lock(&key(1)).offences(&key(1)),
+            0,
+            "forgotten after the memory"
+        );
+    }
+
+    #[test]
+    fn stale_flows_are_gone() {
+        let t = table(10, 10);
+        let fk = FlowKey {
+            remote: key(1).ip(),
+            local: key(2).ip(),
+            remote_port: 1,
+            local_port: 2,
+            protocol: 6,
+        };
+        let flow = Flow {
+            state: FlowState::SynSeen,
+            inbound: true,
+            last: Timestamp::from_secs(1),
+        };
+        let idle = Duration::from_secs(10);
+        let mut g = t.lock(&key(1));
+        g.insert_flow(fk, flow);
+        assert!(g.flow(&fk, Timestamp::from_secs(5), idle).is_some());
+        assert!(g.flow(&fk, Timestamp::from_secs(50), idle).is_none());
+    }
+}

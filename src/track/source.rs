@@ -1,0 +1,285 @@
+//! Per-source state: fixed size, never grows with the packets a source sends.
+//!
+//! A [`SourceState`] remembers the distinct closed ports a source touched in
+//! a short sliding window (exact, with weights), an estimate of the distinct
+//! closed ports over a long horizon for slow scans, when it was first and
+//! last seen, when it last completed a TCP handshake, and its ICMP echo
+//! allowance. Bans and offence counts live beside it in the shard's ban map
+//! (see `track::Shard`), so that losing this state to LRU eviction never
+//! loses a ban.
+
+use std::time::Duration;
+
+use crate::classify::{PortProto, ProbeKind};
+use crate::time::Timestamp;
+
+/// Slots of the short window. Thresholds above this cannot be represented;
+/// the rules loader rejects them.
+pub const RECENT_SLOTS: usize = 16;
+
+/// One closed-port touch in the short window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PortHit {
+    /// Second of the last touch; 0 marks an empty slot.
+    at_s: u32,
+    port: u16,
+    proto: u8,
+    weight: u8,
+}
+
+/// Bits in each long-horizon bucket.
+const SLOW_BITS: u32 = 512;
+
+/// Distinct closed ports over a long horizon, as two half-horizon bitmaps.
+///
+/// The count is `popcount(current | previous)`: the distinct ports seen in
+/// the last one to two half-horizons. Hash collisions can only undercount,
+/// by about one port at the default threshold of 20 in 512 bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SlowWindow {
+    start_s: u32,
+    current: [u64; 8],
+    previous: [u64; 8],
+}
+
+impl SlowWindow {
+    fn add(&mut self, now_s: u32, half_s: u32, proto: PortProto, port: u16) -> u32 {
+        let elapsed = now_s.saturating_sub(self.start_s);
+        if elapsed >= half_s.saturating_mul(2) {
+            *self = Self {
+                start_s: now_s,
+                ..Self::default()
+            };
+        } else if elapsed >= half_s {
+            self.previous = self.current;
+            self.current = [0; 8];
+            self.start_s = self.start_s.saturating_add(half_s);
+        }
+        // Fibonacci hashing spreads ports that differ in low bits.
+        let key = (u32::from(port) | ((proto.index() as u32) << 16)).wrapping_mul(0x9e37_79b9);
+        let bit = (key >> 23) % SLOW_BITS;
+        if let Some(word) = self.current.get_mut((bit / 64) as usize) {
+            *word |= 1 << (bit % 64);
+        }
+        self.current
+            .iter()
+            .zip(&self.previous)
+            .map(|(c, p)| (c | p).count_ones())
+            .sum()
+    }
+}
+
+/// A token bucket in thousandths of a token, for ICMP echo.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Bucket {
+    milli: u32,
+    last: Timestamp,
+}
+
+/// Everything portcloak remembers about one source between packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceState {
+    /// First packet seen from this source.
+    pub first_seen: Timestamp,
+    /// Latest packet seen from this source.
+    pub last_seen: Timestamp,
+    /// Latest completed TCP handshake, if any.
+    pub last_handshake: Option<Timestamp>,
+    /// Probe kinds seen from this source, as [`ProbeKind::bit`]s.
+    pub kinds: u32,
+    recent: [PortHit; RECENT_SLOTS],
+    slow: SlowWindow,
+    echo: Bucket,
+}
+
+/// Scores after a closed-port touch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scores {
+    /// Weighted distinct closed ports in the short window.
+    pub recent: u32,
+    /// Distinct closed ports over the long horizon.
+    pub slow: u32,
+}
+
+impl SourceState {
+    /// A fresh source seen first at `now`.
+    pub fn new(now: Timestamp) -> Self {
+        Self {
+            first_seen: now,
+            last_seen: now,
+            last_handshake: None,
+            kinds: 0,
+            recent: [PortHit::default(); RECENT_SLOTS],
+            slow: SlowWindow {
+                start_s: now.secs_u32(),
+                ..SlowWindow::default()
+            },
+            echo: Bucket {
+                milli: u32::MAX,
+                last: now,
+            },
+        }
+    }
+
+    /// Records that a packet of `kind` arrived at `now`.
+    pub fn seen(&mut self, now: Timestamp, kind: ProbeKind) {
+        self.last_seen = self.last_seen.max(now);
+        self.kinds |= kind.bit();
+    }
+
+    /// Records a touch of a closed `port` and returns the updated scores.
+    ///
+    /// The short window counts each distinct (protocol, port) once, with the
+    /// largest weight it was touched with, over the last `window`.
+    pub fn touch_closed(
+        &mut self,
+        now: Timestamp,
+        window: Duration,
+        slow_window: Duration,
+        proto: PortProto,
+        port: u16,
+        weight: u8,
+    ) -> Scores {
+        // `at_s == 0` marks a free slot, so stored seconds start at 1.
+        let now_s = now.secs_u32().max(1);
+        let window_s = u32::try_from(window.as_secs()).unwrap_or(u32::MAX);
+        let fresh = |hit: &PortHit| hit.at_s != 0 && now_s.saturating_sub(hit.at_s) < window_s;
+        let proto_id = proto.index() as u8;
+        let slot = self
+            .recent
+            .iter()
+            .position(|h| fresh(h) && h.port == port && h.proto == proto_id)
+            .or_else(|| self.recent.iter().position(|h| !fresh(h)))
+            .unwrap_or_else(|| oldest(&self.recent));
+        if let Some(hit) = self.recent.get_mut(slot) {
+            let same = hit.at_s != 0 && hit.port == port && hit.proto == proto_id;
+            let weight = if same { hit.weight.max(weight) } else { weight };
+            *hit = PortHit {
+                at_s: now_s,
+                port,
+                proto: proto_id,
+                weight,
+            };
+        }
+        let recent = self
+            .recent
+            .iter()
+            .filter(|h| fresh(h))
+            .map(|h| u32::from(h.weight))
+            .sum();
+        let half_s = u32::try_from(slow_window.as_secs() / 2)
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let slow = self.slow.add(now_s, half_s, proto, port);
+        Scores { recent, slow }
+    }
+
+    /// Takes one ICMP echo token; false when the source is over its rate.
+    pub fn take_echo(&mut self, now: Timestamp, per_second: f64, burst: u32) -> bool {
+        let cap = burst.saturating_mul(1000);
+        let elapsed_ms = now.saturating_since(self.echo.last).as_millis() as f64;
+        let refill = (elapsed_ms * per_second).min(f64::from(cap)) as u32;
+        self.echo.milli = self.echo.milli.saturating_add(refill).min(cap);
+        self.echo.last = self.echo.last.max(now);
+        if self.echo.milli >= 1000 {
+            self.echo.milli -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn oldest(hits: &[PortHit]) -> usize {
+    hits.iter()
+        .enumerate()
+        .min_by_key(|(_, h)| h.at_s)
+        .map_or(0, |(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: Duration = Duration::from_secs(60);
+    const H: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn short_window_counts_distinct_ports_with_weights() {
+        let mut s = SourceState::new(Timestamp::from_secs(100));
+        let t = Timestamp::from_secs(100);
+        assert_eq!(s.touch_closed(t, W, H, PortProto::Tcp, 1, 1).recent, 1);
+        assert_eq!(
+            s.touch_closed(t, W, H, PortProto::Tcp, 1, 1).recent,
+            1,
+            "same port counts once"
+        );
+        assert_eq!(
+            s.touch_closed(t, W, H, PortProto::Udp, 1, 1).recent,
+            2,
+            "protocols differ"
+        );
+        assert_eq!(
+            s.touch_closed(t, W, H, PortProto::Tcp, 1, 2).recent,
+            3,
+            "largest weight wins"
+        );
+        let later = Timestamp::from_secs(100 + 61);
+        assert_eq!(
+            s.touch_closed(later, W, H, PortProto::Tcp, 9, 1).recent,
+            1,
+            "old touches slide out"
+        );
+    }
+
+    #[test]
+    fn short_window_is_bounded() {
+        let mut s = SourceState::new(Timestamp::from_secs(1));
+        let mut last = 0;
+        for port in 0..1000u16 {
+            last = s
+                .touch_closed(Timestamp::from_secs(5), W, H, PortProto::Tcp, port, 1)
+                .recent;
+        }
+        assert_eq!(last, RECENT_SLOTS as u32);
+    }
+
+    #[test]
+    fn slow_window_spans_the_horizon() {
+        let mut s = SourceState::new(Timestamp::from_secs(10));
+        let mut slow = 0;
+        // One new port every 2 minutes: never 6 in a minute, 20 within 40 minutes.
+        for i in 0..20u16 {
+            let now = Timestamp::from_secs(10 + u64::from(i) * 120);
+            let scores = s.touch_closed(now, W, H, PortProto::Tcp, 1000 + i * 7, 1);
+            assert!(scores.recent <= 1);
+            slow = scores.slow;
+        }
+        assert!(slow >= 18, "slow count {slow}");
+        // After two whole horizons of silence the count starts again.
+        let much_later = Timestamp::from_secs(10 + 3 * 3600);
+        assert_eq!(
+            s.touch_closed(much_later, W, H, PortProto::Tcp, 5, 1).slow,
+            1
+        );
+    }
+
+    #[test]
+    fn echo_bucket_allows_burst_then_rate() {
+        let mut s = SourceState::new(Timestamp::from_secs(1));
+        let t = Timestamp::from_secs(1);
+        let allowed = (0..10).filter(|_| s.take_echo(t, 1.0, 4)).count();
+        assert_eq!(allowed, 4);
+        assert!(s.take_echo(Timestamp::from_secs(2), 1.0, 4));
+        assert!(!s.take_echo(Timestamp::from_secs(2), 1.0, 4));
+    }
+
+    #[test]
+    fn state_has_a_fixed_small_size() {
+        assert!(
+            std::mem::size_of::<SourceState>() <= 320,
+            "{}",
+            std::mem::size_of::<SourceState>()
+        );
+    }
+}

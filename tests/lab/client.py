@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Ordinary clients for portcloak's fixtures and end-to-end tests.
+
+Every network call has a timeout. Prints one line with the counts and exits
+non-zero when any request that should succeed failed.
+
+  client.py HOST burst N PORT      N sequential HTTP requests, each on a new connection
+  client.py HOST parallel N PORT K N requests, K connections open at once
+  client.py HOST mistype PORT     connect to PORT+1 and PORT+8001 (closed), then 20 requests
+  client.py HOST health ROUNDS    poll TCP 22, 80, 443, 8080 and UDP 53, ROUNDS times
+"""
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+TIMEOUT = 5.0
+
+
+def http(host, port):
+    with socket.create_connection((host, port), timeout=TIMEOUT) as s:
+        s.settimeout(TIMEOUT)
+        if port == 22:
+            s.recv(256)
+        s.sendall(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        if not data.startswith(b"HTTP/1.0 200"):
+            raise OSError("bad answer %r" % data[:40])
+
+
+def udp(host, port):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(TIMEOUT)
+        s.sendto(b"query", (host, port))
+        data, _ = s.recvfrom(512)
+        if not data.startswith(b"lab-answer:"):
+            raise OSError("bad answer")
+
+
+def attempt(fn, *args):
+    try:
+        fn(*args)
+        return True
+    except OSError as e:
+        print("failed:", fn.__name__, args, e, file=sys.stderr)
+        return False
+
+
+def main():
+    host, mode = sys.argv[1], sys.argv[2]
+    args = [int(x) for x in sys.argv[3:]]
+    ok = bad = 0
+    if mode == "burst":
+        n, port = args
+        for _ in range(n):
+            if attempt(http, host, port):
+                ok += 1
+            else:
+                bad += 1
+    elif mode == "parallel":
+        n, port, k = args
+        with ThreadPoolExecutor(max_workers=k) as pool:
+            for r in pool.map(lambda _: attempt(http, host, port), range(n)):
+                ok, bad = (ok + 1, bad) if r else (ok, bad + 1)
+    elif mode == "mistype":
+        (port,) = args
+        for wrong in (port + 1, port + 8001):
+            try:
+                socket.create_connection((host, wrong), timeout=1.5).close()
+            except OSError:
+                pass
+        for _ in range(20):
+            if attempt(http, host, port):
+                ok += 1
+            else:
+                bad += 1
+    elif mode == "health":
+        (rounds,) = args
+        for _ in range(rounds):
+            for port in (22, 80, 443, 8080):
+                ok, bad = (ok + 1, bad) if attempt(http, host, port) else (ok, bad + 1)
+            ok, bad = (ok + 1, bad) if attempt(udp, host, 53) else (ok, bad + 1)
+            time.sleep(0.5)
+    else:
+        sys.exit("unknown mode " + mode)
+    print("ok=%d failed=%d" % (ok, bad))
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()

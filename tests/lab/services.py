@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Lab services for portcloak's fixtures and end-to-end tests.
+
+Listens on the given TCP ports (a tiny HTTP/1.0 server; port 22 sends an
+SSH banner first) and UDP ports (echoes a short answer, like a resolver).
+Binds to :: with dual-stack sockets, so IPv4 and IPv6 both work.
+Runs until killed. Only ever used inside the lab's network namespaces.
+"""
+import argparse
+import socket
+import socketserver
+import threading
+
+BODY = b"portcloak lab\n" * 4
+
+
+class Http(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.settimeout(5)
+        try:
+            if self.server.server_address[1] == 22:
+                self.request.sendall(b"SSH-2.0-OpenSSH_9.2p1 lab\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data and len(data) < 8192:
+                chunk = self.request.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            head = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(BODY)
+            self.request.sendall(head + BODY)
+        except OSError:
+            pass
+
+
+class Udp(socketserver.BaseRequestHandler):
+    def handle(self):
+        data, sock = self.request
+        sock.sendto(b"lab-answer:" + data[:32], self.client_address)
+
+
+class Dual:
+    address_family = socket.AF_INET6
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 256
+
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+class TcpServer(Dual, socketserver.ThreadingTCPServer):
+    pass
+
+
+class UdpServer(Dual, socketserver.ThreadingUDPServer):
+    pass
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--tcp", type=int, nargs="*", default=[22, 80, 443, 8080])
+    p.add_argument("--udp", type=int, nargs="*", default=[53])
+    a = p.parse_args()
+    servers = [TcpServer(("::", port), Http) for port in a.tcp]
+    servers += [UdpServer(("::", port), Udp) for port in a.udp]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    print("ready", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
