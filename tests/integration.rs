@@ -1,1 +1,14 @@
-fn main() {}
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing, unreachable_pub)]
+//! portcloak's integration tests: one binary, one module per area.
+//!
+//! - `replay`: every fixture in `tests/fixtures/`, through the same engine
+//!   the daemon uses, against the bounds the README documents.
+//! - `cli`: the `portcloak` binary as a user runs it.
+//! - `rules`: every file under `rules/` loads.
+//! - `robustness`: every prefix and corruption of every fixture packet.
+
+mod cli;
+mod replay;
+mod robustness;
+mod rules;
+mod util;

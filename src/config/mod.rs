@@ -12,7 +12,7 @@ mod types;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use self::types::{Action, Cidr, ClosedPorts, Dur, PortList, Toggle};
@@ -41,7 +41,7 @@ pub enum ConfigError {
 }
 
 /// The whole rules file.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Ports that are open, and whether to learn more from replies.
@@ -65,7 +65,7 @@ pub struct Config {
 }
 
 /// `[services]`
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Services {
     /// Open TCP ports.
@@ -80,7 +80,7 @@ pub struct Services {
 }
 
 /// `[lists]`
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Lists {
     /// Never dropped, never banned.
@@ -90,7 +90,7 @@ pub struct Lists {
 }
 
 /// `[scan]`
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Scan {
     /// Weighted distinct closed ports within `window` that ban a source.
@@ -112,7 +112,7 @@ pub struct Scan {
 }
 
 /// `[ban]`
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BanRules {
     /// First ban length.
@@ -129,7 +129,7 @@ pub struct BanRules {
 }
 
 /// `[policy]`
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// A SYN or datagram to a closed port: drop silently, or let the kernel answer.
@@ -145,7 +145,7 @@ pub struct Policy {
 }
 
 /// `[probes]`
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Probes {
     /// No flags at all.
@@ -171,7 +171,7 @@ pub struct Probes {
 }
 
 /// `[fingerprints]`
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Fingerprints {
     /// nmap's raw SYN.
@@ -187,7 +187,7 @@ pub struct Fingerprints {
 }
 
 /// `[icmp]`
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IcmpRules {
     /// Echo requests per second per source.
@@ -201,7 +201,7 @@ pub struct IcmpRules {
 }
 
 /// `[tracking]`
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Tracking {
     /// Sources tracked at once.

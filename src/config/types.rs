@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::time::{format_duration, parse_duration};
 use crate::track::SourceKey;
@@ -63,6 +63,12 @@ impl Dur {
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&format_duration(self.0))
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -133,6 +139,12 @@ impl FromStr for Cidr {
     }
 }
 
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
@@ -141,10 +153,19 @@ impl<'de> Deserialize<'de> for Cidr {
 }
 
 /// A set of ports, written as a list of numbers and `"low-high"` ranges.
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Clone, Default)]
 pub struct PortList {
+    /// Empty, or 1024 words.
     bits: Box<[u64]>,
 }
+
+impl PartialEq for PortList {
+    fn eq(&self, other: &Self) -> bool {
+        self.words().eq(other.words())
+    }
+}
+
+impl Eq for PortList {}
 
 impl PortList {
     /// True when `port` is in the set.
@@ -192,6 +213,12 @@ impl fmt::Debug for PortList {
             "PortList({ports:?}{})",
             if self.len() > 32 { "…" } else { "" }
         )
+    }
+}
+
+impl Serialize for PortList {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((0..=u16::MAX).filter(|p| self.contains(*p)))
     }
 }
 

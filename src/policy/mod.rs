@@ -284,7 +284,14 @@ impl Policy {
                     );
                 }
                 Action::Drop => {
-                    return self.touch(shard, key, now, port, self.config.scan.weight_stealth, drop);
+                    return self.touch(
+                        shard,
+                        key,
+                        now,
+                        port,
+                        self.config.scan.weight_stealth,
+                        drop,
+                    );
                 }
                 Action::Off => {}
             }

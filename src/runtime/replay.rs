@@ -63,6 +63,8 @@ pub struct SourceReport {
     pub answered: u64,
     /// Its first ban in this run.
     pub ban: Option<Ban>,
+    /// Inbound packets accepted while it was banned (should stay 0).
+    pub accepted_while_banned: u64,
 }
 
 /// Totals of a replay run.
@@ -199,6 +201,8 @@ pub fn run(
                     Direction::Inbound => {
                         entry.packets += 1;
                         entry.dropped += u64::from(dropped);
+                        let banned = entry.ban.is_some_and(|b| b.is_active(now));
+                        entry.accepted_while_banned += u64::from(banned && !dropped);
                         if let Some(kind) = outcome.kind {
                             *entry.kinds.entry(kind).or_default() += 1;
                             if is_probe_kind(kind) {
@@ -548,8 +552,8 @@ pub fn write_summary(
         writeln!(out, "      scan kinds {}", kinds.join(", "))?;
         writeln!(
             out,
-            "      probes     {} packets, {} ports probed, {} dropped, {} answered",
-            s.packets, s.ports, s.dropped, s.answered
+            "      probes     {} packets, {} ports probed, {} dropped, {} answered, {} accepted while banned",
+            s.packets, s.ports, s.dropped, s.answered, s.accepted_while_banned
         )?;
     }
     Ok(())

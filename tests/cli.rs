@@ -1,0 +1,101 @@
+//! The `portcloak` binary as a user runs it.
+
+use crate::util::{fixture, portcloak, text};
+
+#[test]
+fn check_accepts_the_default_rules() {
+    let out = portcloak(&["check", "rules/default.toml"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("rules/default.toml: ok"), "{stdout}");
+}
+
+#[test]
+fn check_names_a_misspelt_key_and_its_line() {
+    let dir = std::env::temp_dir().join(format!("portcloak-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("typo.toml");
+    std::fs::write(
+        &file,
+        "[scan]\nwindow = \"60s\"\nclosed_port_treshold = 6\n",
+    )
+    .expect("write");
+    let out = portcloak(&["check", file.to_str().expect("utf-8 path")]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(stderr.contains("scan.closed_port_treshold"), "{stderr}");
+    std::fs::remove_dir_all(dir).expect("clean up");
+}
+
+#[test]
+fn check_of_a_missing_file_is_exit_2() {
+    let out = portcloak(&["check", "/nonexistent/rules.toml"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.starts_with("portcloak: cannot read rules file /nonexistent/rules.toml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn replay_names_scanner_kind_and_ban() {
+    let out = portcloak(&["replay", fixture("nmap-sS").to_str().expect("path")]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for want in [
+        "198.18.1.2  banned at",
+        "for 1h, offence 1: signature nmap-syn",
+        "scanner    nmap (signatures: nmap-syn)",
+        "scan kinds tcp-syn 202",
+        "0 answered",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn replay_json_prints_one_event_per_line() {
+    let out = portcloak(&[
+        "replay",
+        "--json",
+        fixture("nmap-sF").to_str().expect("path"),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let bans: Vec<_> = events.iter().filter(|e| e["event"] == "ban").collect();
+    assert_eq!(bans.len(), 1);
+    assert_eq!(bans[0]["source"], "198.18.1.2");
+    assert_eq!(bans[0]["reason"]["type"], "probe");
+    assert_eq!(bans[0]["reason"]["detail"], "tcp-fin");
+    assert_eq!(bans[0]["seconds"], 3600);
+    let drops = events.iter().filter(|e| e["event"] == "drop").count();
+    assert!(drops >= 100, "{drops}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["event"] == "drop" || e["event"] == "ban")
+    );
+    // The human summary moves to stderr.
+    assert!(stderr.contains("bans       1"), "{stderr}");
+}
+
+#[test]
+fn replay_of_unreadable_input_is_exit_2() {
+    let out = portcloak(&["replay", "/nonexistent/x.pcap"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.starts_with("portcloak: cannot read /nonexistent/x.pcap: No such file"),
+        "{stderr}"
+    );
+    let out = portcloak(&["replay", "Cargo.toml"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("not a pcap or pcapng file"), "{stderr}");
+}

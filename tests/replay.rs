@@ -1,0 +1,201 @@
+//! Every fixture, replayed through the engine with the default rules,
+//! against the bounds in the README's fixture table.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use portcloak::Engine;
+use portcloak::classify::ProbeKind;
+use portcloak::runtime::replay::{self, Report};
+use portcloak::track::BanReason;
+use portcloak::{Config, Reason};
+
+use crate::util::fixture;
+
+const ATTACKER: [u8; 4] = [198, 18, 1, 2];
+
+fn replay(name: &str) -> (Engine, Report) {
+    let engine = Engine::new(Config::default());
+    let mut events = Vec::new();
+    let options = replay::Options {
+        json: true,
+        ..replay::Options::default()
+    };
+    let report = replay::run(&engine, &[fixture(name)], &options, &mut events).expect("replay");
+    // Every event line is JSON.
+    for line in String::from_utf8(events).expect("utf-8").lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+    }
+    (engine, report)
+}
+
+/// Asserts the scanner at `scanner` was banned for `reason`, that nothing
+/// from it was accepted while banned, and that at most `answered` replies
+/// reached it.
+fn assert_scan(name: &str, scanner: IpAddr, reason: &str, answered: u64) -> Report {
+    let (engine, report) = replay(name);
+    let s = report
+        .source(scanner, &engine)
+        .unwrap_or_else(|| panic!("{name}: scanner not seen"));
+    let ban = s
+        .ban
+        .unwrap_or_else(|| panic!("{name}: scanner not banned: {s:?}"));
+    assert_eq!(ban.reason.to_string(), reason, "{name}");
+    assert_eq!(
+        s.accepted_while_banned, 0,
+        "{name}: packets accepted while banned"
+    );
+    assert!(
+        s.answered <= answered,
+        "{name}: {} probes answered, bound {answered}",
+        s.answered
+    );
+    assert!(
+        s.dropped + 10 >= s.packets,
+        "{name}: most of the scan must be dropped: {s:?}"
+    );
+    assert_eq!(
+        report.bans.len(),
+        1,
+        "{name}: only the scanner is banned: {:?}",
+        report.bans
+    );
+    report
+}
+
+fn attacker() -> IpAddr {
+    IpAddr::from(ATTACKER)
+}
+
+#[test]
+fn nmap_syn_scan_is_banned_on_its_first_probe() {
+    let r = assert_scan("nmap-sS", attacker(), "signature nmap-syn", 0);
+    let s = &r
+        .sources
+        .values()
+        .find(|s| s.ban.is_some())
+        .expect("banned source");
+    assert!(s.ports >= 200, "every probed port is counted: {}", s.ports);
+    assert_eq!(
+        s.kinds.get(&ProbeKind::TcpSyn).copied(),
+        Some(s.ports as u64)
+    );
+}
+
+#[test]
+fn nmap_connect_scan_is_banned_on_the_closed_port_threshold() {
+    let r = assert_scan("nmap-sT", attacker(), "closed-ports 6", 6);
+    assert_eq!(r.drops.get(&Reason::ClosedPort).copied(), Some(6));
+}
+
+#[test]
+fn nmap_stealth_scans_are_banned_on_their_first_probe() {
+    for (name, kind) in [
+        ("nmap-sF", "tcp-fin"),
+        ("nmap-sN", "tcp-null"),
+        ("nmap-sX", "tcp-xmas"),
+        ("nmap-sM", "tcp-maimon"),
+        ("nmap-sA", "tcp-ack"),
+    ] {
+        let r = assert_scan(name, attacker(), &format!("probe {kind}"), 0);
+        assert_eq!(
+            r.replies_suppressed + r.outbound,
+            r.frames - r.inbound,
+            "{name}"
+        );
+        assert_eq!(r.outbound, 0, "{name}: the host never answers: {r:?}");
+    }
+}
+
+#[test]
+fn nmap_udp_scan_is_banned_on_the_closed_port_threshold() {
+    assert_scan("nmap-sU", attacker(), "closed-ports 6", 2);
+}
+
+#[test]
+fn nmap_os_detection_is_banned_and_every_os_probe_recognised() {
+    let (engine, report) = replay("nmap-O");
+    let s = report.source(attacker(), &engine).expect("seen");
+    assert_eq!(
+        s.ban.map(|b| b.reason.to_string()).as_deref(),
+        Some("signature nmap-syn")
+    );
+    assert_eq!(s.answered, 0);
+    let want: BTreeSet<String> = [
+        "seq1", "seq2", "seq3", "seq4", "seq5", "seq6", "ecn", "t2", "t3", "t4", "t5", "t6", "t7",
+        "u1", "ie1", "ie2",
+    ]
+    .iter()
+    .map(|p| format!("nmap-os-{p}"))
+    .collect();
+    let missing: Vec<_> = want.difference(&s.signatures).collect();
+    assert!(missing.is_empty(), "OS probes not recognised: {missing:?}");
+}
+
+#[test]
+fn nmap_host_discovery_is_banned() {
+    assert_scan("nmap-sn", attacker(), "signature nmap-echo", 0);
+}
+
+#[test]
+fn nmap_ipv6_syn_scan_is_banned_by_prefix() {
+    let scanner: IpAddr = "fd5c:a11:1::2".parse().expect("address");
+    let r = assert_scan("nmap6-sS", scanner, "signature nmap-syn", 0);
+    assert_eq!(r.bans[0].0.to_string(), "fd5c:a11:1::/64");
+}
+
+#[test]
+fn masscan_is_banned_on_its_first_probe() {
+    assert_scan("masscan", attacker(), "signature masscan", 0);
+}
+
+#[test]
+fn hping3_is_banned_on_its_first_probe() {
+    assert_scan("hping3", attacker(), "signature hping3", 0);
+}
+
+fn assert_legitimate(name: &str) -> Report {
+    let (_, report) = replay(name);
+    assert!(
+        report.inbound > 50,
+        "{name}: too little traffic: {report:?}"
+    );
+    assert!(report.bans.is_empty(), "{name}: bans {:?}", report.bans);
+    report
+}
+
+#[test]
+fn legitimate_traffic_is_never_dropped() {
+    for name in ["legit-burst", "legit-parallel", "legit-health"] {
+        let r = assert_legitimate(name);
+        assert_eq!(r.dropped, 0, "{name}: drops {:?}", r.drops);
+        assert_eq!(r.replies_suppressed, 0, "{name}");
+    }
+}
+
+/// The client's two SYNs to ports that are closed are dropped, as every SYN
+/// to a closed port is (`closed_ports = "drop"`); it is not banned, and every
+/// one of its real requests passes.
+#[test]
+fn a_client_that_mistypes_two_ports_keeps_working() {
+    let r = assert_legitimate("legit-mistype");
+    assert_eq!(
+        r.drops.keys().collect::<Vec<_>>(),
+        vec![&Reason::ClosedPort],
+        "{:?}",
+        r.drops
+    );
+    let client = r.sources.values().next().expect("one client");
+    assert!(
+        client.dropped <= 4,
+        "only the mistyped SYNs and their retries: {client:?}"
+    );
+    assert_eq!(
+        client.kinds.get(&ProbeKind::TcpSyn).copied(),
+        Some(20 + client.dropped)
+    );
+    assert!(matches!(
+        client.ban.map(|b| b.reason),
+        None | Some(BanReason::Manual)
+    ));
+}
