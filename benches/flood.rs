@@ -4,7 +4,13 @@
 //! of a default-sized engine filled to capacity.
 //!
 //! Run: `cargo bench --bench flood`. Results are in the README (Benchmarks).
-#![allow(missing_docs, clippy::print_stderr, clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
+#![allow(
+    missing_docs,
+    clippy::print_stderr,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
 
 #[path = "common.rs"]
 mod common;

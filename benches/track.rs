@@ -3,7 +3,12 @@
 //! against two on the same table.
 //!
 //! Run: `cargo bench --bench track`. Results are in the README (Benchmarks).
-#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
+#![allow(
+    missing_docs,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
 
 use std::hint::black_box;
 use std::net::IpAddr;

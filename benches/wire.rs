@@ -1,7 +1,12 @@
 //! `wire`: parsing and checksum verification, per packet.
 //!
 //! Run: `cargo bench --bench wire`. Results are in the README (Benchmarks).
-#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
+#![allow(
+    missing_docs,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
 
 use std::hint::black_box;
 use std::net::IpAddr;

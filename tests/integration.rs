@@ -1,4 +1,9 @@
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing, unreachable_pub)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    unreachable_pub
+)]
 //! portcloak's integration tests: one binary, one module per area.
 //!
 //! - `replay`: every fixture in `tests/fixtures/`, through the same engine
@@ -8,6 +13,7 @@
 //! - `robustness`: every prefix and corruption of every fixture packet.
 
 mod cli;
+mod lab;
 mod replay;
 mod robustness;
 mod rules;

@@ -1,8 +1,12 @@
 //! Every fixture, replayed through the engine with the default rules,
 //! against the bounds in the README's fixture table.
+//!
+//! Each check takes the directory of captures, so the lab test can run the
+//! same checks on captures it has just re-recorded from the live tools.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::path::Path;
 
 use portcloak::Engine;
 use portcloak::classify::ProbeKind;
@@ -10,18 +14,17 @@ use portcloak::runtime::replay::{self, Report};
 use portcloak::track::BanReason;
 use portcloak::{Config, Reason};
 
-use crate::util::fixture;
-
 const ATTACKER: [u8; 4] = [198, 18, 1, 2];
 
-fn replay(name: &str) -> (Engine, Report) {
+fn replay(dir: &Path, name: &str) -> (Engine, Report) {
     let engine = Engine::new(Config::default());
     let mut events = Vec::new();
     let options = replay::Options {
         json: true,
         ..replay::Options::default()
     };
-    let report = replay::run(&engine, &[fixture(name)], &options, &mut events).expect("replay");
+    let path = dir.join(format!("{name}.pcap"));
+    let report = replay::run(&engine, &[path], &options, &mut events).expect("replay");
     // Every event line is JSON.
     for line in String::from_utf8(events).expect("utf-8").lines() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{line}: {e}"));
@@ -32,8 +35,8 @@ fn replay(name: &str) -> (Engine, Report) {
 /// Asserts the scanner at `scanner` was banned for `reason`, that nothing
 /// from it was accepted while banned, and that at most `answered` replies
 /// reached it.
-fn assert_scan(name: &str, scanner: IpAddr, reason: &str, answered: u64) -> Report {
-    let (engine, report) = replay(name);
+fn assert_scan(dir: &Path, name: &str, scanner: IpAddr, reason: &str, answered: u64) -> Report {
+    let (engine, report) = replay(dir, name);
     let s = report
         .source(scanner, &engine)
         .unwrap_or_else(|| panic!("{name}: scanner not seen"));
@@ -67,9 +70,8 @@ fn attacker() -> IpAddr {
     IpAddr::from(ATTACKER)
 }
 
-#[test]
-fn nmap_syn_scan_is_banned_on_its_first_probe() {
-    let r = assert_scan("nmap-sS", attacker(), "signature nmap-syn", 0);
+fn nmap_syn_scan_is_banned_on_its_first_probe(dir: &Path) {
+    let r = assert_scan(dir, "nmap-sS", attacker(), "signature nmap-syn", 0);
     let s = &r
         .sources
         .values()
@@ -82,14 +84,12 @@ fn nmap_syn_scan_is_banned_on_its_first_probe() {
     );
 }
 
-#[test]
-fn nmap_connect_scan_is_banned_on_the_closed_port_threshold() {
-    let r = assert_scan("nmap-sT", attacker(), "closed-ports 6", 6);
+fn nmap_connect_scan_is_banned_on_the_closed_port_threshold(dir: &Path) {
+    let r = assert_scan(dir, "nmap-sT", attacker(), "closed-ports 6", 6);
     assert_eq!(r.drops.get(&Reason::ClosedPort).copied(), Some(6));
 }
 
-#[test]
-fn nmap_stealth_scans_are_banned_on_their_first_probe() {
+fn nmap_stealth_scans_are_banned_on_their_first_probe(dir: &Path) {
     for (name, kind) in [
         ("nmap-sF", "tcp-fin"),
         ("nmap-sN", "tcp-null"),
@@ -97,7 +97,7 @@ fn nmap_stealth_scans_are_banned_on_their_first_probe() {
         ("nmap-sM", "tcp-maimon"),
         ("nmap-sA", "tcp-ack"),
     ] {
-        let r = assert_scan(name, attacker(), &format!("probe {kind}"), 0);
+        let r = assert_scan(dir, name, attacker(), &format!("probe {kind}"), 0);
         assert_eq!(
             r.replies_suppressed + r.outbound,
             r.frames - r.inbound,
@@ -107,14 +107,12 @@ fn nmap_stealth_scans_are_banned_on_their_first_probe() {
     }
 }
 
-#[test]
-fn nmap_udp_scan_is_banned_on_the_closed_port_threshold() {
-    assert_scan("nmap-sU", attacker(), "closed-ports 6", 2);
+fn nmap_udp_scan_is_banned_on_the_closed_port_threshold(dir: &Path) {
+    assert_scan(dir, "nmap-sU", attacker(), "closed-ports 6", 2);
 }
 
-#[test]
-fn nmap_os_detection_is_banned_and_every_os_probe_recognised() {
-    let (engine, report) = replay("nmap-O");
+fn nmap_os_detection_is_banned_and_every_os_probe_recognised(dir: &Path) {
+    let (engine, report) = replay(dir, "nmap-O");
     let s = report.source(attacker(), &engine).expect("seen");
     assert_eq!(
         s.ban.map(|b| b.reason.to_string()).as_deref(),
@@ -132,30 +130,26 @@ fn nmap_os_detection_is_banned_and_every_os_probe_recognised() {
     assert!(missing.is_empty(), "OS probes not recognised: {missing:?}");
 }
 
-#[test]
-fn nmap_host_discovery_is_banned() {
-    assert_scan("nmap-sn", attacker(), "signature nmap-echo", 0);
+fn nmap_host_discovery_is_banned(dir: &Path) {
+    assert_scan(dir, "nmap-sn", attacker(), "signature nmap-echo", 0);
 }
 
-#[test]
-fn nmap_ipv6_syn_scan_is_banned_by_prefix() {
+fn nmap_ipv6_syn_scan_is_banned_by_prefix(dir: &Path) {
     let scanner: IpAddr = "fd5c:a11:1::2".parse().expect("address");
-    let r = assert_scan("nmap6-sS", scanner, "signature nmap-syn", 0);
+    let r = assert_scan(dir, "nmap6-sS", scanner, "signature nmap-syn", 0);
     assert_eq!(r.bans[0].0.to_string(), "fd5c:a11:1::/64");
 }
 
-#[test]
-fn masscan_is_banned_on_its_first_probe() {
-    assert_scan("masscan", attacker(), "signature masscan", 0);
+fn masscan_is_banned_on_its_first_probe(dir: &Path) {
+    assert_scan(dir, "masscan", attacker(), "signature masscan", 0);
 }
 
-#[test]
-fn hping3_is_banned_on_its_first_probe() {
-    assert_scan("hping3", attacker(), "signature hping3", 0);
+fn hping3_is_banned_on_its_first_probe(dir: &Path) {
+    assert_scan(dir, "hping3", attacker(), "signature hping3", 0);
 }
 
-fn assert_legitimate(name: &str) -> Report {
-    let (_, report) = replay(name);
+fn assert_legitimate(dir: &Path, name: &str) -> Report {
+    let (_, report) = replay(dir, name);
     assert!(
         report.inbound > 50,
         "{name}: too little traffic: {report:?}"
@@ -164,10 +158,9 @@ fn assert_legitimate(name: &str) -> Report {
     report
 }
 
-#[test]
-fn legitimate_traffic_is_never_dropped() {
+fn legitimate_traffic_is_never_dropped(dir: &Path) {
     for name in ["legit-burst", "legit-parallel", "legit-health"] {
-        let r = assert_legitimate(name);
+        let r = assert_legitimate(dir, name);
         assert_eq!(r.dropped, 0, "{name}: drops {:?}", r.drops);
         assert_eq!(r.replies_suppressed, 0, "{name}");
     }
@@ -176,9 +169,8 @@ fn legitimate_traffic_is_never_dropped() {
 /// The client's two SYNs to ports that are closed are dropped, as every SYN
 /// to a closed port is (`closed_ports = "drop"`); it is not banned, and every
 /// one of its real requests passes.
-#[test]
-fn a_client_that_mistypes_two_ports_keeps_working() {
-    let r = assert_legitimate("legit-mistype");
+fn a_client_that_mistypes_two_ports_keeps_working(dir: &Path) {
+    let r = assert_legitimate(dir, "legit-mistype");
     assert_eq!(
         r.drops.keys().collect::<Vec<_>>(),
         vec![&Reason::ClosedPort],
@@ -199,3 +191,78 @@ fn a_client_that_mistypes_two_ports_keeps_working() {
         None | Some(BanReason::Manual)
     ));
 }
+
+/// Every check, by name, for the lab test.
+pub(crate) const CHECKS: &[(&str, fn(&Path))] = &[
+    (
+        "nmap_syn_scan_is_banned_on_its_first_probe",
+        nmap_syn_scan_is_banned_on_its_first_probe,
+    ),
+    (
+        "nmap_connect_scan_is_banned_on_the_closed_port_threshold",
+        nmap_connect_scan_is_banned_on_the_closed_port_threshold,
+    ),
+    (
+        "nmap_stealth_scans_are_banned_on_their_first_probe",
+        nmap_stealth_scans_are_banned_on_their_first_probe,
+    ),
+    (
+        "nmap_udp_scan_is_banned_on_the_closed_port_threshold",
+        nmap_udp_scan_is_banned_on_the_closed_port_threshold,
+    ),
+    (
+        "nmap_os_detection_is_banned_and_every_os_probe_recognised",
+        nmap_os_detection_is_banned_and_every_os_probe_recognised,
+    ),
+    (
+        "nmap_host_discovery_is_banned",
+        nmap_host_discovery_is_banned,
+    ),
+    (
+        "nmap_ipv6_syn_scan_is_banned_by_prefix",
+        nmap_ipv6_syn_scan_is_banned_by_prefix,
+    ),
+    (
+        "masscan_is_banned_on_its_first_probe",
+        masscan_is_banned_on_its_first_probe,
+    ),
+    (
+        "hping3_is_banned_on_its_first_probe",
+        hping3_is_banned_on_its_first_probe,
+    ),
+    (
+        "legitimate_traffic_is_never_dropped",
+        legitimate_traffic_is_never_dropped,
+    ),
+    (
+        "a_client_that_mistypes_two_ports_keeps_working",
+        a_client_that_mistypes_two_ports_keeps_working,
+    ),
+];
+
+macro_rules! on_committed_fixtures {
+    ($($name:ident),* $(,)?) => {
+        mod committed {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(&crate::util::root().join("tests/fixtures"));
+                }
+            )*
+        }
+    };
+}
+
+on_committed_fixtures!(
+    nmap_syn_scan_is_banned_on_its_first_probe,
+    nmap_connect_scan_is_banned_on_the_closed_port_threshold,
+    nmap_stealth_scans_are_banned_on_their_first_probe,
+    nmap_udp_scan_is_banned_on_the_closed_port_threshold,
+    nmap_os_detection_is_banned_and_every_os_probe_recognised,
+    nmap_host_discovery_is_banned,
+    nmap_ipv6_syn_scan_is_banned_by_prefix,
+    masscan_is_banned_on_its_first_probe,
+    hping3_is_banned_on_its_first_probe,
+    legitimate_traffic_is_never_dropped,
+    a_client_that_mistypes_two_ports_keeps_working,
+);
