@@ -2,6 +2,12 @@
     clippy::expect_used,
     clippy::unwrap_used,
     clippy::indexing_slicing,
+    clippy::print_stderr,
+    unreachable_pub
+)]
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
     unreachable_pub
 )]
 //! portcloak's integration tests: one binary, one module per area.

@@ -192,8 +192,11 @@ fn a_client_that_mistypes_two_ports_keeps_working(dir: &Path) {
     ));
 }
 
+/// A check of one capture directory.
+pub(crate) type Check = fn(&Path);
+
 /// Every check, by name, for the lab test.
-pub(crate) const CHECKS: &[(&str, fn(&Path))] = &[
+pub(crate) const CHECKS: &[(&str, Check)] = &[
     (
         "nmap_syn_scan_is_banned_on_its_first_probe",
         nmap_syn_scan_is_banned_on_its_first_probe,
