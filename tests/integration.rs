@@ -1,3 +1,11 @@
+//! portcloak's integration tests: one binary, one module per area.
+//!
+//! - `replay`: every fixture in `tests/fixtures/`, through the same engine
+//!   the daemon uses, against the bounds the README documents.
+//! - `lab`: the fixtures re-recorded from the live tools, same checks.
+//! - `cli`: the `portcloak` binary as a user runs it.
+//! - `rules`: every file under `rules/` loads.
+//! - `robustness`: every prefix and corruption of every fixture packet.
 #![allow(
     clippy::expect_used,
     clippy::unwrap_used,
@@ -5,18 +13,6 @@
     clippy::print_stderr,
     unreachable_pub
 )]
-    clippy::expect_used,
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    unreachable_pub
-)]
-//! portcloak's integration tests: one binary, one module per area.
-//!
-//! - `replay`: every fixture in `tests/fixtures/`, through the same engine
-//!   the daemon uses, against the bounds the README documents.
-//! - `cli`: the `portcloak` binary as a user runs it.
-//! - `rules`: every file under `rules/` loads.
-//! - `robustness`: every prefix and corruption of every fixture packet.
 
 mod cli;
 mod lab;
