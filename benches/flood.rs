@@ -1,7 +1,9 @@
 //! `flood`: a million SYNs from random spoofed sources to a closed port, the
 //! shape of `hping3 --flood --rand-source`. Reports throughput, then checks
 //! and prints that the tables stayed at their caps, and the resident memory
-//! of a default-sized engine filled to capacity.
+//! of a default-sized engine with every table full: a million spoofed SYNs
+//! to a closed port fill the sources, a million more to an open port fill
+//! the flows, and the ban table is filled by hand.
 //!
 //! Run: `cargo bench --bench flood`. Results are in the README (Benchmarks).
 #![allow(
@@ -17,16 +19,23 @@ mod common;
 
 use std::net::IpAddr;
 
+use std::time::Duration;
+
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use portcloak::config::PortList;
 use portcloak::wire::TcpFlags;
 use portcloak::wire::craft::Craft;
 use portcloak::{Config, Direction, Engine, Timestamp};
 
+// As in the binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const FLOOD: u32 = 1_000_000;
 
-fn spoofed_syns(n: u32) -> Vec<Vec<u8>> {
+fn spoofed_syns(n: u32, dport: u16) -> Vec<Vec<u8>> {
     let dst: IpAddr = "198.18.1.1".parse().expect("addr");
-    let mut x: u32 = 0x1234_5678;
+    let mut x: u32 = 0x1234_5678 ^ u32::from(dport);
     (0..n)
         .map(|i| {
             x ^= x << 13;
@@ -36,7 +45,7 @@ fn spoofed_syns(n: u32) -> Vec<Vec<u8>> {
                 IpAddr::from(x.to_be_bytes()),
                 dst,
                 (i % 60_000) as u16 + 1024,
-                9999,
+                dport,
                 TcpFlags::SYN,
             )
             .window(512)
@@ -59,13 +68,25 @@ fn flood(engine: &Engine, packets: &[Vec<u8>], scratch: &mut [u8]) {
 }
 
 fn bench(c: &mut Criterion) {
-    let packets = spoofed_syns(FLOOD);
+    let packets = spoofed_syns(FLOOD, 9999);
+    let to_open_port = spoofed_syns(FLOOD, 80);
     let mut scratch = vec![0u8; 2048];
 
     // Caps and memory, measured once, outside criterion's timing.
     let before = common::rss_bytes();
-    let engine = Engine::new(Config::default());
+    let mut config = Config::default();
+    config.services.tcp = PortList::from_ports([80]);
+    let engine = Engine::new(config);
     flood(&engine, &packets, &mut scratch);
+    flood(&engine, &to_open_port, &mut scratch);
+    let bans = engine.config().tracking.bans as u32;
+    for i in 0..bans {
+        engine.ban(
+            Timestamp::from_secs(2_000),
+            IpAddr::from((0x0a00_0000 | i).to_be_bytes()),
+            Duration::from_secs(3600),
+        );
+    }
     let after = common::rss_bytes();
     let s = engine.stats().tables;
     assert_eq!(
@@ -73,19 +94,31 @@ fn bench(c: &mut Criterion) {
         "the source table fills to its cap and stays there"
     );
     assert_eq!(
-        s.source_evictions,
-        u64::from(FLOOD) - s.source_capacity as u64
+        s.flows, s.flow_capacity,
+        "the flow table fills to its cap and stays there"
+    );
+    assert!(
+        s.ban_records as u32 >= bans * 9 / 10,
+        "ban records {}",
+        s.ban_records
     );
     eprintln!(
-        "flood: {} spoofed sources -> {} tracked (cap {}), {} evicted; {} flows (cap {}); RSS +{:.1} MiB at default capacity",
-        FLOOD,
+        "flood: {} spoofed sources -> {} tracked (cap {}), {} evicted; {} flows (cap {}), {} evicted; {} ban records",
+        2 * FLOOD,
         s.sources,
         s.source_capacity,
         s.source_evictions,
         s.flows,
         s.flow_capacity,
+        s.flow_evictions,
+        s.ban_records,
+    );
+    eprintln!(
+        "flood: RSS +{:.1} MiB with every table at its default capacity",
         (after.saturating_sub(before)) as f64 / (1024.0 * 1024.0)
     );
+    drop(engine);
+    drop(to_open_port);
 
     let mut group = c.benchmark_group("flood");
     group.sample_size(10);

@@ -92,7 +92,7 @@ impl Outcome {
             kind: None,
             signature: None,
             port: None,
-            ban: decision.ban,
+            ban: None,
             rewritten: false,
         }
     }
@@ -222,31 +222,33 @@ impl Engine {
                 ..out
             };
         }
-        shard.source(key, now).seen(now, probe.kind);
         let ctx = Inbound {
             now,
-            key,
             kind: probe.kind,
             signature: probe.signature,
             port: probe.port,
             in_flow,
         };
-        let decision = self.policy.inbound(ctx, &mut shard);
-        if decision.verdict == Verdict::Accept
-            && matches!(
-                probe.kind,
-                ProbeKind::TcpSyn | ProbeKind::Udp | ProbeKind::Sctp
-            )
-        {
+        let state = shard.source(key, now);
+        state.seen(now, probe.kind);
+        let decision = self.policy.inbound(ctx, state);
+        if flow == FlowMatch::Handshake {
+            state.last_handshake = now;
+        }
+        let opens = matches!(
+            probe.kind,
+            ProbeKind::TcpSyn | ProbeKind::Udp | ProbeKind::Sctp
+        );
+        if decision.verdict == Verdict::Accept && opens {
             open_flow(&mut shard, flow_key, view, now);
         }
-        if flow == FlowMatch::Handshake {
-            shard.source(key, now).last_handshake = Some(now);
-        }
+        let ban = decision
+            .ban
+            .and_then(|reason| self.policy.ban(&mut shard, key, now, reason));
         Outcome {
             verdict: decision.verdict,
             reason: decision.reason,
-            ban: decision.ban,
+            ban,
             ..out
         }
     }

@@ -30,7 +30,7 @@ use serde::Serialize;
 
 pub use self::ports::PortMap;
 use crate::classify::{Fingerprint, PortProto, ProbeKind, Signature};
-use crate::config::{Action, Config};
+use crate::config::{Action, ClosedPorts, Config, Toggle};
 use crate::time::Timestamp;
 use crate::track::{Ban, BanReason, Scores, Shard, SourceKey, SourceState};
 use crate::wire;
@@ -120,8 +120,9 @@ pub struct Decision {
     pub verdict: Verdict,
     /// Why.
     pub reason: Reason,
-    /// A ban this packet caused.
-    pub ban: Option<Ban>,
+    /// A ban this packet calls for; [`Policy::ban`] issues it, subject to
+    /// the guards that need the whole shard.
+    pub ban: Option<BanReason>,
 }
 
 impl Decision {
@@ -259,88 +260,61 @@ impl Policy {
     }
 
     /// Decides an inbound packet from a source that is not banned, allowed
-    /// or denied. The caller has already recorded the packet in `state`'s
-    /// last-seen time and kind mask.
-    pub fn inbound(&self, ctx: Inbound, shard: &mut Shard) -> Decision {
+    /// or denied, given that source's state. The caller has already recorded
+    /// the packet in the state's last-seen time and kind mask, and issues
+    /// any ban the decision calls for with [`Policy::ban`].
+    pub fn inbound(&self, ctx: Inbound, state: &mut SourceState) -> Decision {
         let Inbound {
             now,
-            key,
             kind,
             signature,
             port,
             in_flow,
         } = ctx;
+        let stealth = self.config.scan.weight_stealth;
         if let Some(sig) = signature {
             let drop = Decision::drop(Reason::Signature);
             match self.signature_action(sig) {
                 Action::Ban => {
-                    return self.ban_or_touch(
-                        shard,
-                        key,
-                        now,
-                        BanReason::Signature(sig),
-                        port,
-                        drop,
-                    );
+                    return self.ban_or_touch(state, now, BanReason::Signature(sig), port, drop);
                 }
-                Action::Drop => {
-                    return self.touch(
-                        shard,
-                        key,
-                        now,
-                        port,
-                        self.config.scan.weight_stealth,
-                        drop,
-                    );
-                }
+                Action::Drop => return self.touch(state, now, port, stealth, drop),
                 Action::Off => {}
             }
         }
         if let Some(action) = self.probe_action(kind) {
             let drop = Decision::drop(Reason::Probe);
             return match action {
-                Action::Ban => {
-                    self.ban_or_touch(shard, key, now, BanReason::Probe(kind), port, drop)
-                }
-                Action::Drop => {
-                    self.touch(shard, key, now, port, self.config.scan.weight_stealth, drop)
-                }
+                Action::Ban => self.ban_or_touch(state, now, BanReason::Probe(kind), port, drop),
+                Action::Drop => self.touch(state, now, port, stealth, drop),
                 Action::Off => Decision::accept(Reason::RuleOff),
             };
         }
-        let scan = &self.config.scan;
         match kind {
             ProbeKind::TcpFlow | ProbeKind::UdpFlow => Decision::accept(Reason::Flow),
-            ProbeKind::TcpSyn | ProbeKind::Udp | ProbeKind::Sctp => {
-                let Some((proto, number)) = port else {
-                    return Decision::accept(Reason::OpenPort);
-                };
-                if self.ports.is_open(proto, number) {
-                    return Decision::accept(Reason::OpenPort);
+            ProbeKind::TcpSyn | ProbeKind::Udp | ProbeKind::Sctp => match port {
+                Some((proto, number)) if !self.ports.is_open(proto, number) => {
+                    let scan = &self.config.scan;
+                    let weight = match proto {
+                        PortProto::Tcp => scan.weight_tcp,
+                        PortProto::Udp => scan.weight_udp,
+                        PortProto::Sctp => scan.weight_sctp,
+                    };
+                    let closed = match self.config.policy.closed_ports {
+                        ClosedPorts::Drop => Decision::drop(Reason::ClosedPort),
+                        ClosedPorts::Reject => Decision::accept(Reason::ClosedPortReject),
+                    };
+                    self.touch(state, now, port, weight, closed)
                 }
-                let weight = match proto {
-                    PortProto::Tcp => scan.weight_tcp,
-                    PortProto::Udp => scan.weight_udp,
-                    PortProto::Sctp => scan.weight_sctp,
-                };
-                let closed = match self.config.policy.closed_ports {
-                    crate::config::ClosedPorts::Drop => Decision::drop(Reason::ClosedPort),
-                    crate::config::ClosedPorts::Reject => {
-                        Decision::accept(Reason::ClosedPortReject)
-                    }
-                };
-                self.touch(shard, key, now, port, weight, closed)
-            }
+                _ => Decision::accept(Reason::OpenPort),
+            },
             ProbeKind::TcpSynAck if !in_flow => toggle(
                 self.config.policy.unsolicited_syn_ack,
                 Reason::UnsolicitedSynAck,
             ),
             ProbeKind::IcmpEcho => {
                 let icmp = &self.config.icmp;
-                if shard
-                    .source(key, now)
-                    .take_echo(now, icmp.echo_rate, icmp.echo_burst)
-                {
+                if state.take_echo(now, icmp.echo_rate, icmp.echo_burst) {
                     Decision::accept(Reason::Icmp)
                 } else {
                     Decision::drop(Reason::RateLimited)
@@ -359,11 +333,10 @@ impl Policy {
         toggle(self.config.policy.malformed, Reason::Malformed)
     }
 
-    /// Records a closed-port touch and bans on a crossed threshold.
+    /// Records a closed-port touch; calls for a ban on a crossed threshold.
     fn touch(
         &self,
-        shard: &mut Shard,
-        key: SourceKey,
+        state: &mut SourceState,
         now: Timestamp,
         port: Option<(PortProto, u16)>,
         weight: u8,
@@ -373,7 +346,7 @@ impl Policy {
             return decision;
         };
         let scan = &self.config.scan;
-        let Scores { recent, slow } = shard.source(key, now).touch_closed(
+        let Scores { recent, slow } = state.touch_closed(
             now,
             scan.window.get(),
             scan.slow_window.get(),
@@ -381,55 +354,42 @@ impl Policy {
             number,
             weight,
         );
-        let reason = if recent >= scan.closed_port_threshold {
+        decision.ban = if recent >= scan.closed_port_threshold {
             Some(BanReason::ClosedPorts(recent))
         } else if slow >= scan.slow_threshold {
             Some(BanReason::SlowScan(slow))
         } else {
             None
         };
-        if let Some(reason) = reason {
-            decision.ban = self.ban(shard, key, now, reason);
-        }
         decision
     }
 
-    /// Bans at once, unless the handshake guard holds; then the probe only
-    /// counts as a touch of a closed port.
+    /// Calls for a ban at once, unless the handshake guard holds; then the
+    /// probe only counts as a touch of a closed port.
     fn ban_or_touch(
         &self,
-        shard: &mut Shard,
-        key: SourceKey,
+        state: &mut SourceState,
         now: Timestamp,
         reason: BanReason,
         port: Option<(PortProto, u16)>,
         decision: Decision,
     ) -> Decision {
-        if self.in_grace(shard.source(key, now), now) {
+        let grace = self.config.ban.handshake_grace.get();
+        if state.last_handshake != Timestamp::ZERO
+            && now.saturating_since(state.last_handshake) < grace
+        {
             self.guarded.fetch_add(1, Ordering::Relaxed);
-            return self.touch(
-                shard,
-                key,
-                now,
-                port,
-                self.config.scan.weight_stealth,
-                decision,
-            );
+            return self.touch(state, now, port, self.config.scan.weight_stealth, decision);
         }
         Decision {
-            ban: self.ban(shard, key, now, reason),
+            ban: Some(reason),
             ..decision
         }
     }
 
-    fn in_grace(&self, state: &SourceState, now: Timestamp) -> bool {
-        state
-            .last_handshake
-            .is_some_and(|t| now.saturating_since(t) < self.config.ban.handshake_grace.get())
-    }
-
-    /// Issues a ban, doubling with each repeat offence, unless capped.
-    fn ban(
+    /// Issues a ban, doubling with each repeat offence, unless the
+    /// per-second cap or a full ban table holds it back (both counted).
+    pub fn ban(
         &self,
         shard: &mut Shard,
         key: SourceKey,
@@ -471,8 +431,6 @@ impl Policy {
 pub struct Inbound {
     /// Arrival time.
     pub now: Timestamp,
-    /// Its source.
-    pub key: SourceKey,
     /// Its kind.
     pub kind: ProbeKind,
     /// Its signature, if any.
@@ -483,10 +441,10 @@ pub struct Inbound {
     pub in_flow: bool,
 }
 
-fn toggle(t: crate::config::Toggle, reason: Reason) -> Decision {
+fn toggle(t: Toggle, reason: Reason) -> Decision {
     match t {
-        crate::config::Toggle::Accept => Decision::accept(reason),
-        crate::config::Toggle::Drop => Decision::drop(reason),
+        Toggle::Accept => Decision::accept(reason),
+        Toggle::Drop => Decision::drop(reason),
     }
 }
 

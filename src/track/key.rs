@@ -11,7 +11,10 @@ use serde::{Serialize, Serializer};
 /// let it scan from a fresh address per probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceKey {
-    addr: u128,
+    /// The address, masked to the prefix, as big-endian bytes; an IPv4
+    /// address sits in the low four bytes. Bytes rather than a `u128` keep
+    /// the key at 18 bytes with no alignment padding in the tables.
+    addr: [u8; 16],
     /// Prefix length; 32 for IPv4.
     len: u8,
     v6: bool,
@@ -22,14 +25,14 @@ impl SourceKey {
     pub fn new(ip: IpAddr, v6_prefix: u8) -> Self {
         match ip {
             IpAddr::V4(v4) => Self {
-                addr: u128::from(u32::from(v4)),
+                addr: u128::from(u32::from(v4)).to_be_bytes(),
                 len: 32,
                 v6: false,
             },
             IpAddr::V6(v6) => {
                 let len = v6_prefix.min(128);
                 Self {
-                    addr: u128::from(v6) & prefix_mask(len),
+                    addr: (u128::from(v6) & prefix_mask(len)).to_be_bytes(),
                     len,
                     v6: true,
                 }
@@ -44,10 +47,11 @@ impl SourceKey {
 
     /// The network address (the IPv4 address itself).
     pub fn ip(&self) -> IpAddr {
+        let addr = u128::from_be_bytes(self.addr);
         if self.v6 {
-            IpAddr::V6(Ipv6Addr::from(self.addr))
+            IpAddr::V6(Ipv6Addr::from(addr))
         } else {
-            IpAddr::V4(Ipv4Addr::from(u32::try_from(self.addr).unwrap_or(0)))
+            IpAddr::V4(Ipv4Addr::from(u32::try_from(addr).unwrap_or(0)))
         }
     }
 
@@ -116,6 +120,7 @@ mod tests {
         let v4 = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9));
         assert_eq!(SourceKey::new(v4, 64).to_string(), "198.18.0.9");
         assert_eq!(SourceKey::new(v4, 64).ip(), v4);
+        assert_eq!(std::mem::size_of::<SourceKey>(), 18);
         assert_eq!(prefix_mask(0), 0);
         assert_eq!(prefix_mask(200), u128::MAX);
     }

@@ -14,18 +14,21 @@
 //!   sharded by the remote end, so replay can tell a stray ACK from a live
 //!   connection without conntrack.
 //!
+//! Hashing is hashbrown's default (foldhash), seeded at random per process,
+//! so spoofed sources cannot aim at one bucket or one shard.
+//!
 //! No I/O and no clock: every call takes `now`.
 
 mod key;
 mod source;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use lru::LruCache;
+use lru::{DefaultHasher, LruCache};
 use serde::Serialize;
 
 use crate::classify::{ProbeKind, Signature};
@@ -148,9 +151,9 @@ pub struct TableLimits {
 /// One shard: the state of every source that hashes to it.
 #[derive(Debug)]
 pub struct Shard {
-    sources: LruCache<SourceKey, SourceState, RandomState>,
-    flows: LruCache<FlowKey, Flow, RandomState>,
-    bans: HashMap<SourceKey, BanRecord, RandomState>,
+    sources: LruCache<SourceKey, SourceState>,
+    flows: LruCache<FlowKey, Flow>,
+    bans: HashMap<SourceKey, BanRecord, DefaultHasher>,
     ban_capacity: usize,
     source_evictions: u64,
     flow_evictions: u64,
@@ -161,9 +164,9 @@ impl Shard {
     fn new(sources: usize, flows: usize, bans: usize) -> Self {
         let nz = |n: usize| NonZeroUsize::new(n.max(1)).unwrap_or(NonZeroUsize::MIN);
         Self {
-            sources: LruCache::with_hasher(nz(sources), RandomState::new()),
-            flows: LruCache::with_hasher(nz(flows), RandomState::new()),
-            bans: HashMap::with_hasher(RandomState::new()),
+            sources: LruCache::new(nz(sources)),
+            flows: LruCache::new(nz(flows)),
+            bans: HashMap::with_hasher(DefaultHasher::default()),
             ban_capacity: bans.max(1),
             source_evictions: 0,
             flow_evictions: 0,
@@ -171,17 +174,19 @@ impl Shard {
         }
     }
 
-    /// The state of `key`, created at `now` if it is not tracked.
+    /// The state of `key`, created at `now` if it is not tracked. One hash
+    /// lookup either way; an eviction to make room is counted.
     pub fn source(&mut self, key: SourceKey, now: Timestamp) -> &mut SourceState {
-        if !self.sources.contains(&key) {
-            if let Some((evicted, _)) = self.sources.push(key, SourceState::new(now)) {
-                if evicted != key {
-                    self.source_evictions += 1;
-                }
-            }
+        let full = self.sources.len() == self.sources.cap().get();
+        let mut created = false;
+        let state = self.sources.get_or_insert_mut(key, || {
+            created = true;
+            SourceState::new(now)
+        });
+        if created && full {
+            self.source_evictions += 1;
         }
-        self.sources
-            .get_or_insert_mut(key, || SourceState::new(now))
+        state
     }
 
     /// The state of `key` if tracked, without creating or promoting it.
@@ -230,17 +235,12 @@ impl Shard {
         self.bans.remove(key).map(|r| r.ban)
     }
 
-    /// The flow `key`, if tracked and not idle for longer than `idle`.
+    /// The flow `key`, if tracked and not idle for longer than `idle`. A
+    /// stale entry is left for the sweep, or for `insert_flow` to replace.
     pub fn flow(&mut self, key: &FlowKey, now: Timestamp, idle: Duration) -> Option<&mut Flow> {
-        let stale = self
-            .flows
-            .peek(key)
-            .is_some_and(|f| now.saturating_since(f.last) > idle);
-        if stale {
-            self.flows.pop(key);
-            return None;
-        }
-        self.flows.get_mut(key)
+        self.flows
+            .get_mut(key)
+            .filter(|f| now.saturating_since(f.last) <= idle)
     }
 
     /// True when the flow `key` is tracked and fresh; changes nothing.
@@ -264,7 +264,7 @@ impl Shard {
 #[derive(Debug)]
 pub struct Table {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    hasher: DefaultHasher,
     mask: usize,
     limits: TableLimits,
 }
@@ -300,7 +300,7 @@ impl Table {
         };
         Self {
             shards,
-            hasher: RandomState::new(),
+            hasher: DefaultHasher::default(),
             mask: n - 1,
             limits,
         }

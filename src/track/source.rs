@@ -28,18 +28,18 @@ struct PortHit {
 }
 
 /// Bits in each long-horizon bucket.
-const SLOW_BITS: u32 = 512;
+const SLOW_BITS: u32 = 256;
 
 /// Distinct closed ports over a long horizon, as two half-horizon bitmaps.
 ///
 /// The count is `popcount(current | previous)`: the distinct ports seen in
 /// the last one to two half-horizons. Hash collisions can only undercount,
-/// by about one port at the default threshold of 20 in 512 bits.
+/// by about one port at the default threshold of 20 in 256 bits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct SlowWindow {
     start_s: u32,
-    current: [u64; 8],
-    previous: [u64; 8],
+    current: [u64; 4],
+    previous: [u64; 4],
 }
 
 impl SlowWindow {
@@ -52,12 +52,12 @@ impl SlowWindow {
             };
         } else if elapsed >= half_s {
             self.previous = self.current;
-            self.current = [0; 8];
+            self.current = [0; 4];
             self.start_s = self.start_s.saturating_add(half_s);
         }
         // Fibonacci hashing spreads ports that differ in low bits.
         let key = (u32::from(port) | ((proto.index() as u32) << 16)).wrapping_mul(0x9e37_79b9);
-        let bit = (key >> 23) % SLOW_BITS;
+        let bit = (key >> 24) % SLOW_BITS;
         if let Some(word) = self.current.get_mut((bit / 64) as usize) {
             *word |= 1 << (bit % 64);
         }
@@ -83,8 +83,8 @@ pub struct SourceState {
     pub first_seen: Timestamp,
     /// Latest packet seen from this source.
     pub last_seen: Timestamp,
-    /// Latest completed TCP handshake, if any.
-    pub last_handshake: Option<Timestamp>,
+    /// Latest completed TCP handshake; [`Timestamp::ZERO`] for none.
+    pub last_handshake: Timestamp,
     /// Probe kinds seen from this source, as [`ProbeKind::bit`]s.
     pub kinds: u32,
     recent: [PortHit; RECENT_SLOTS],
@@ -107,7 +107,7 @@ impl SourceState {
         Self {
             first_seen: now,
             last_seen: now,
-            last_handshake: None,
+            last_handshake: Timestamp::ZERO,
             kinds: 0,
             recent: [PortHit::default(); RECENT_SLOTS],
             slow: SlowWindow {
