@@ -276,10 +276,10 @@ mod tests {
 
     #[test]
     fn state_has_a_fixed_small_size() {
-        assert!(
-            std::mem::size_of::<SourceState>() <= 320,
-            "{}",
-            std::mem::size_of::<SourceState>()
+        assert_eq!(
+            std::mem::size_of::<SourceState>(),
+            248,
+            "the README states this size"
         );
     }
 }
