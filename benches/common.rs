@@ -8,6 +8,10 @@ use portcloak::io::pcap::PcapReader;
 use portcloak::wire::{self, LinkType};
 use portcloak::{Direction, Timestamp};
 
+// The allocator of the binary, so figures match what it does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One packet: its time, direction and bytes from the IP header.
 pub(crate) struct Packet {
     pub(crate) ts: Timestamp,

@@ -16,10 +16,6 @@ mod common;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use portcloak::{Config, Engine};
 
-// As in the binary.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("engine/replay");
     for (name, prefix) in [("mixed", ""), ("legit", "legit-"), ("scans", "nmap")] {

@@ -27,10 +27,6 @@ use portcloak::wire::TcpFlags;
 use portcloak::wire::craft::Craft;
 use portcloak::{Config, Direction, Engine, Timestamp};
 
-// As in the binary.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const FLOOD: u32 = 1_000_000;
 
 fn spoofed_syns(n: u32, dport: u16) -> Vec<Vec<u8>> {

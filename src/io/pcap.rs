@@ -162,22 +162,11 @@ impl PcapReader {
         })
     }
 
-    /// Reads a section header block whose type was just read.
+    /// Reads the rest of a section header block whose type was just read.
     fn section_header(&mut self) -> Result<Format, SourceError> {
-        let mut head = [0u8; 8];
-        self.read_exact_or(&mut head, "truncated pcapng section header")?;
-        let big_endian = match u32::from_le_bytes([head[4], head[5], head[6], head[7]]) {
-            0x1a2b_3c4d => false,
-            0x4d3c_2b1a => true,
-            _ => return Err(self.format_error("bad pcapng byte-order magic")),
-        };
-        let total = read_u32(&head, 0, big_endian) as usize;
-        if !(28..=MAX_BLOCK).contains(&total) {
-            return Err(self.format_error("bad pcapng section header length"));
-        }
-        self.fill(total - 12)?;
-        self.interfaces.clear();
-        Ok(Format::PcapNg { big_endian })
+        let mut total = [0u8; 4];
+        self.read_exact_or(&mut total, "truncated pcapng section header")?;
+        self.section_header_from(total)
     }
 
     fn next_ng_frame(&mut self) -> Result<Option<Frame<'_>>, SourceError> {
@@ -191,7 +180,7 @@ impl PcapReader {
             }
             let kind = read_u32(&head, 0, big_endian);
             if kind == 0x0a0d_0d0a {
-                self.format = self.section_header_from(&head)?;
+                self.format = self.section_header_from([head[4], head[5], head[6], head[7]])?;
                 continue;
             }
             let total = read_u32(&head, 4, big_endian) as usize;
@@ -262,7 +251,9 @@ impl PcapReader {
         }
     }
 
-    fn section_header_from(&mut self, head: &[u8; 8]) -> Result<Format, SourceError> {
+    /// Reads a section header block after its type and raw total length:
+    /// the byte-order magic says how to read that length and everything after.
+    fn section_header_from(&mut self, total: [u8; 4]) -> Result<Format, SourceError> {
         let mut bom = [0u8; 4];
         self.read_exact_or(&mut bom, "truncated pcapng section header")?;
         let big_endian = match u32::from_le_bytes(bom) {
@@ -270,7 +261,7 @@ impl PcapReader {
             0x4d3c_2b1a => true,
             _ => return Err(self.format_error("bad pcapng byte-order magic")),
         };
-        let total = read_u32(head, 4, big_endian) as usize;
+        let total = read_u32(&total, 0, big_endian) as usize;
         if !(28..=MAX_BLOCK).contains(&total) {
             return Err(self.format_error("bad pcapng section header length"));
         }

@@ -507,12 +507,7 @@ pub fn write_summary(
         report.accepted, report.dropped
     )?;
     if !report.drops.is_empty() {
-        let drops: Vec<String> = report
-            .drops
-            .iter()
-            .map(|(r, n)| format!("{} {n}", r.name()))
-            .collect();
-        writeln!(out, "drops      {}", drops.join(", "))?;
+        writeln!(out, "drops      {}", counts(&report.drops, |r| r.name()))?;
     }
     let mut kinds: BTreeMap<ProbeKind, u64> = BTreeMap::new();
     for s in report.sources.values() {
@@ -520,11 +515,7 @@ pub fn write_summary(
             *kinds.entry(*k).or_default() += n;
         }
     }
-    let kinds: Vec<String> = kinds
-        .iter()
-        .map(|(k, n)| format!("{} {n}", k.name()))
-        .collect();
-    writeln!(out, "kinds      {}", kinds.join(", "))?;
+    writeln!(out, "kinds      {}", counts(&kinds, ProbeKind::name))?;
     let banned: Vec<_> = report
         .sources
         .iter()
@@ -544,12 +535,11 @@ pub fn write_summary(
             ban.reason
         )?;
         writeln!(out, "      scanner    {}", scanner_name(s))?;
-        let kinds: Vec<String> = s
-            .kinds
-            .iter()
-            .map(|(k, n)| format!("{} {n}", k.name()))
-            .collect();
-        writeln!(out, "      scan kinds {}", kinds.join(", "))?;
+        writeln!(
+            out,
+            "      scan kinds {}",
+            counts(&s.kinds, ProbeKind::name)
+        )?;
         writeln!(
             out,
             "      probes     {} packets, {} ports probed, {} dropped, {} answered, {} accepted while banned",
@@ -557,6 +547,15 @@ pub fn write_summary(
         )?;
     }
     Ok(())
+}
+
+/// `name count, name count, …` in key order.
+fn counts<K: Copy>(map: &BTreeMap<K, u64>, name: impl Fn(K) -> &'static str) -> String {
+    let parts: Vec<String> = map
+        .iter()
+        .map(|(k, n)| format!("{} {n}", name(*k)))
+        .collect();
+    parts.join(", ")
 }
 
 /// Names the tool behind a source, from its signatures, or the scan style.
