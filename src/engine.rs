@@ -31,14 +31,20 @@ pub enum Direction {
     Outbound,
 }
 
-/// How far the packet's checksums were already checked.
+/// Who checks a packet's checksums, and whether the buffer may be cut short.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ChecksumCheck {
-    /// Verify here; a truncated packet cannot be, and is taken as good.
+    /// Verify here. The buffer is the whole packet, so one shorter than its
+    /// IP length says is malformed.
     #[default]
     Verify,
+    /// Verify what can be: the buffer may have been cut short (a capture's
+    /// snap length), and a packet cut short, whose transport checksum cannot
+    /// be computed, is judged on its headers.
+    VerifyPartial,
     /// The kernel vouched for them (conntrack marks bad ones INVALID and
-    /// the daemon's rules drop those), so skip the work.
+    /// the daemon's rules drop those), and the buffer may be cut short by
+    /// NFQUEUE's copy range: skip the work.
     Kernel,
 }
 
@@ -174,10 +180,18 @@ impl Engine {
             source: Some(key),
             ..Outcome::bare(accept(Reason::Flow))
         };
-        if meta.checksum == ChecksumCheck::Verify && view.checksum == Checksum::Bad {
+        if meta.checksum != ChecksumCheck::Kernel && view.checksum == Checksum::Bad {
             return Outcome {
                 verdict: Verdict::Drop,
                 reason: Reason::BadChecksum,
+                ..out
+            };
+        }
+        if meta.checksum == ChecksumCheck::Verify && view.truncated {
+            let d = self.policy.malformed(wire::Error::Ip);
+            return Outcome {
+                verdict: d.verdict,
+                reason: d.reason,
                 ..out
             };
         }

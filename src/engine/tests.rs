@@ -644,3 +644,76 @@ fn no_packet_bytes_panic_the_engine() {
     let o = run(&e, at(9), Direction::Inbound, vec![0x45, 0, 0]);
     assert_eq!((o.verdict, o.reason), (Verdict::Drop, Reason::Malformed));
 }
+
+/// Random bytes that look like an IP header are dropped: as malformed, for a
+/// bad checksum, or as another protocol. The one thing accepted is a later
+/// fragment, which carries no header to judge (`policy.fragments`).
+#[test]
+fn random_bytes_get_the_right_verdict() {
+    let e = Engine::new(config());
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut reasons = std::collections::BTreeMap::new();
+    for n in 0..20_000usize {
+        let mut buf = vec![0u8; 20 + n % 100];
+        for b in &mut buf {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = (x >> 24) as u8;
+        }
+        buf[0] = if n % 2 == 0 { 0x45 } else { 0x60 };
+        let o = e.handle(at(n as u64), Direction::Inbound, &mut buf);
+        if o.verdict == Verdict::Accept {
+            assert_eq!(o.kind, Some(ProbeKind::Fragment), "{o:?} for {buf:?}");
+        }
+        *reasons.entry(o.reason).or_insert(0u32) += 1;
+    }
+    assert!(
+        reasons.get(&Reason::BadChecksum).copied().unwrap_or(0) > 5000,
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.get(&Reason::Malformed).copied().unwrap_or(0) > 5000,
+        "{reasons:?}"
+    );
+    assert!(
+        e.bans(at(30_000)).is_empty(),
+        "nothing random is trusted enough to ban on"
+    );
+}
+
+/// A packet shorter than its IP length: malformed when the caller says the
+/// buffer is whole; judged on its headers when the buffer may be cut short
+/// (a snap length, NFQUEUE's copy range).
+#[test]
+fn truncated_packets_depend_on_what_the_caller_knows() {
+    let e = Engine::new(config());
+    let full = Craft::tcp(host(9), server(), 40_000, 80, F::SYN)
+        .payload(&[1; 200])
+        .build();
+    let mut cut = full[..60].to_vec();
+    let o = e.handle(at(0), Direction::Inbound, &mut cut.clone());
+    assert_eq!((o.verdict, o.reason), (Verdict::Drop, Reason::Malformed));
+    for checksum in [ChecksumCheck::VerifyPartial, ChecksumCheck::Kernel] {
+        let meta = Meta {
+            direction: Direction::Inbound,
+            checksum,
+        };
+        let o = e.handle_with(at(0), meta, &mut cut);
+        assert_eq!(
+            (o.verdict, o.reason),
+            (Verdict::Accept, Reason::OpenPort),
+            "{checksum:?}"
+        );
+    }
+    // Cut inside the TCP header: malformed whatever the caller knows.
+    let mut cut = full[..30].to_vec();
+    let meta = Meta {
+        direction: Direction::Inbound,
+        checksum: ChecksumCheck::VerifyPartial,
+    };
+    assert_eq!(
+        e.handle_with(at(0), meta, &mut cut).reason,
+        Reason::Malformed
+    );
+}

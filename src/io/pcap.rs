@@ -43,6 +43,9 @@ pub struct Frame<'a> {
     pub linktype: u32,
     /// The captured bytes, link layer included.
     pub data: &'a [u8],
+    /// The frame's length on the wire; more than `data.len()` when the
+    /// capture's snap length cut it short.
+    pub orig_len: usize,
 }
 
 /// Largest block or record accepted, so a corrupt length cannot exhaust memory.
@@ -128,7 +131,8 @@ impl PcapReader {
                     return Ok(None);
                 }
                 let word = |i: usize| read_u32(&header, i, big_endian);
-                let (secs, frac, caplen) = (word(0), word(4), word(8) as usize);
+                let (secs, frac, caplen, orig_len) =
+                    (word(0), word(4), word(8) as usize, word(12) as usize);
                 if caplen > MAX_BLOCK {
                     return Err(
                         self.format_error(&format!("record of {caplen} bytes is too large"))
@@ -145,6 +149,7 @@ impl PcapReader {
                     ts,
                     linktype,
                     data: &self.buf,
+                    orig_len,
                 }))
             }
             Format::PcapNg { .. } => self.next_ng_frame(),
@@ -210,6 +215,7 @@ impl PcapReader {
                     let units =
                         (u64::from(word(&self.buf, 4)) << 32) | u64::from(word(&self.buf, 8));
                     let caplen = word(&self.buf, 12) as usize;
+                    let orig_len = word(&self.buf, 16) as usize;
                     let Some(&Interface {
                         linktype,
                         units_per_sec,
@@ -232,18 +238,21 @@ impl PcapReader {
                         ts: self.last_ts,
                         linktype,
                         data,
+                        orig_len,
                     }));
                 }
                 3 => {
                     let Some(&Interface { linktype, .. }) = self.interfaces.first() else {
                         return Err(self.format_error("simple packet block before any interface"));
                     };
-                    let caplen = (word(&self.buf, 0) as usize).min(body_len.saturating_sub(4));
+                    let orig_len = word(&self.buf, 0) as usize;
+                    let caplen = orig_len.min(body_len.saturating_sub(4));
                     let data = self.buf.get(4..4 + caplen).unwrap_or_default();
                     return Ok(Some(Frame {
                         ts: self.last_ts,
                         linktype,
                         data,
+                        orig_len,
                     }));
                 }
                 _ => {}

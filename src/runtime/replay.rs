@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::classify::{PortProto, ProbeKind};
 use crate::config::Cidr;
-use crate::engine::{Direction, Engine};
+use crate::engine::{ChecksumCheck, Direction, Engine, Meta};
 use crate::event::Event;
 use crate::io::pcap::{PcapReader, SourceError};
 use crate::policy::{Reason, Verdict};
@@ -180,7 +180,21 @@ pub fn run(
                 report.replies_suppressed += 1;
                 continue;
             }
-            let outcome = engine.handle(now, direction, &mut buf);
+            // A frame cut short by the snap length cannot have its transport
+            // checksum verified; one captured whole must be consistent.
+            let checksum = if frame.data.len() < frame.orig_len {
+                ChecksumCheck::VerifyPartial
+            } else {
+                ChecksumCheck::Verify
+            };
+            let outcome = engine.handle_with(
+                now,
+                Meta {
+                    direction,
+                    checksum,
+                },
+                &mut buf,
+            );
             let dropped = outcome.verdict == Verdict::Drop;
             if let Some(t) = request {
                 fates.put(t, dropped);
