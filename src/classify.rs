@@ -158,6 +158,9 @@ pub enum Fingerprint {
     Hping3,
     /// nmap's ICMP echo: no payload at all.
     NmapEcho,
+    /// nmap's stealth probes (-sF, -sN, -sX, -sM, -sA, -sW): outside a flow,
+    /// no SYN, window 1024, no options, no DF, and seq 0 when ACK is set.
+    NmapStealth,
 }
 
 impl Fingerprint {
@@ -178,13 +181,14 @@ impl Fingerprint {
             Self::Zmap => "zmap",
             Self::Hping3 => "hping3",
             Self::NmapEcho => "nmap-echo",
+            Self::NmapStealth => "nmap-stealth",
         }
     }
 
     /// The tool a human would name.
     pub const fn tool(self) -> &'static str {
         match self {
-            Self::NmapSyn | Self::NmapEcho => "nmap",
+            Self::NmapSyn | Self::NmapEcho | Self::NmapStealth => "nmap",
             Self::Masscan => "masscan",
             Self::Zmap => "zmap",
             Self::Hping3 => "hping3",
@@ -326,7 +330,7 @@ pub fn classify(view: &PacketView<'_>, in_flow: bool) -> Probe {
             let kind = tcp_kind(tcp.flags, in_flow);
             let signature = os_probe_tcp(view, tcp)
                 .map(Signature::OsProbe)
-                .or_else(|| tcp_tool(view, tcp));
+                .or_else(|| tcp_tool(view, tcp, kind));
             Probe {
                 kind,
                 signature,
@@ -519,7 +523,7 @@ const ZMAP_41_OPTS: [u8; 12] = [
     0x02, 0x04, 0x05, 0xb4, 0x01, 0x03, 0x03, 0x08, 0x01, 0x01, 0x04, 0x02,
 ];
 
-fn tcp_tool(view: &PacketView<'_>, tcp: &Tcp<'_>) -> Option<Signature> {
+fn tcp_tool(view: &PacketView<'_>, tcp: &Tcp<'_>, kind: ProbeKind) -> Option<Signature> {
     let f = tcp.flags.classic();
     let ack_flag = f & TcpFlags::ACK != 0;
     let bare_syn = f == TcpFlags::SYN;
@@ -544,6 +548,15 @@ fn tcp_tool(view: &PacketView<'_>, tcp: &Tcp<'_>) -> Option<Signature> {
             || (view.ip.src.is_ipv4() && !view.ip.df && tcp.options == ZMAP_41_OPTS))
     {
         return Some(Signature::Tool(Fingerprint::Zmap));
+    }
+    if kind.is_stealth()
+        && kind != ProbeKind::TcpRst
+        && tcp.window == 1024
+        && tcp.options.is_empty()
+        && !view.ip.df
+        && (!ack_flag || tcp.seq == 0)
+    {
+        return Some(Signature::Tool(Fingerprint::NmapStealth));
     }
     if tcp.ack != 0 && !ack_flag && f & TcpFlags::RST == 0 {
         return Some(Signature::Tool(Fingerprint::Hping3));

@@ -98,6 +98,16 @@ fn nmap_stealth_scans_are_banned_on_their_first_probe(dir: &Path) {
         ("nmap-sA", "tcp-ack"),
     ] {
         let r = assert_scan(dir, name, attacker(), &format!("probe {kind}"), 0);
+        let scanner = r
+            .sources
+            .values()
+            .find(|s| s.ban.is_some())
+            .expect("banned");
+        assert!(
+            scanner.signatures.contains("nmap-stealth"),
+            "{name}: {:?}",
+            scanner.signatures
+        );
         assert_eq!(
             r.replies_suppressed + r.outbound,
             r.frames - r.inbound,

@@ -321,3 +321,49 @@ fn names_are_unique() {
     assert_eq!(names.len(), ProbeKind::ALL.len());
     assert!(ProbeKind::ALL.iter().all(|k| k.bit() != 0));
 }
+
+#[test]
+fn nmap_stealth_probes() {
+    for flags in [0, F::FIN, F::FIN | F::PSH | F::URG] {
+        let p = Craft::tcp(a(), b(), 40_000, 22, flags)
+            .window(1024)
+            .df(false)
+            .seq_ack(0x1234, 0)
+            .build();
+        assert_eq!(
+            probe(&p, false).signature,
+            Some(Signature::Tool(Fingerprint::NmapStealth)),
+            "{flags:#x}"
+        );
+    }
+    for flags in [F::ACK, F::FIN | F::ACK] {
+        let p = Craft::tcp(a(), b(), 40_000, 22, flags)
+            .window(1024)
+            .df(false)
+            .seq_ack(0, 0x55)
+            .build();
+        assert_eq!(
+            probe(&p, false).signature,
+            Some(Signature::Tool(Fingerprint::NmapStealth)),
+            "{flags:#x}"
+        );
+        // A real stack's ACK carries a sequence number, and DF.
+        let real = Craft::tcp(a(), b(), 40_000, 22, flags)
+            .window(1024)
+            .df(false)
+            .seq_ack(77, 0x55)
+            .build();
+        assert_eq!(probe(&real, false).signature, None);
+    }
+    // The same shape inside a flow is not a probe.
+    let in_flow = Craft::tcp(a(), b(), 40_000, 22, F::ACK)
+        .window(1024)
+        .df(false)
+        .seq_ack(0, 1)
+        .build();
+    assert_eq!(probe(&in_flow, true).signature, None);
+    let with_df = Craft::tcp(a(), b(), 40_000, 22, F::FIN)
+        .window(1024)
+        .build();
+    assert_eq!(probe(&with_df, false).signature, None);
+}

@@ -184,6 +184,8 @@ pub struct Fingerprints {
     pub hping3: Action,
     /// nmap's empty ICMP echo.
     pub nmap_echo: Action,
+    /// nmap's stealth probes: no SYN, window 1024, no options, no DF.
+    pub nmap_stealth: Action,
 }
 
 /// `[icmp]`
@@ -293,6 +295,7 @@ impl Default for Fingerprints {
             zmap: Action::Ban,
             hping3: Action::Ban,
             nmap_echo: Action::Ban,
+            nmap_stealth: Action::Ban,
         }
     }
 }

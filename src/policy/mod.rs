@@ -237,6 +237,7 @@ impl Policy {
             Signature::Tool(Fingerprint::Zmap) => f.zmap,
             Signature::Tool(Fingerprint::Hping3) => f.hping3,
             Signature::Tool(Fingerprint::NmapEcho) => f.nmap_echo,
+            Signature::Tool(Fingerprint::NmapStealth) => f.nmap_stealth,
         }
     }
 
@@ -272,23 +273,41 @@ impl Policy {
             in_flow,
         } = ctx;
         let stealth = self.config.scan.weight_stealth;
-        if let Some(sig) = signature {
-            let drop = Decision::drop(Reason::Signature);
-            match self.signature_action(sig) {
+        // Rules, most specific first: an nmap OS probe, then the probe's
+        // kind, then a tool fingerprint. The first one switched on decides.
+        let os_probe = signature.filter(|s| matches!(s, Signature::OsProbe(_)));
+        let tool = signature.filter(|s| matches!(s, Signature::Tool(_)));
+        let kind_rule = self.probe_action(kind);
+        let rules = [
+            os_probe.map(|s| {
+                (
+                    self.signature_action(s),
+                    Reason::Signature,
+                    BanReason::Signature(s),
+                )
+            }),
+            kind_rule.map(|a| (a, Reason::Probe, BanReason::Probe(kind))),
+            tool.map(|s| {
+                (
+                    self.signature_action(s),
+                    Reason::Signature,
+                    BanReason::Signature(s),
+                )
+            }),
+        ];
+        for (action, reason, ban) in rules.into_iter().flatten() {
+            match action {
                 Action::Ban => {
-                    return self.ban_or_touch(state, now, BanReason::Signature(sig), port, drop);
+                    return self.ban_or_touch(state, now, ban, port, Decision::drop(reason));
                 }
-                Action::Drop => return self.touch(state, now, port, stealth, drop),
+                Action::Drop => {
+                    return self.touch(state, now, port, stealth, Decision::drop(reason));
+                }
                 Action::Off => {}
             }
         }
-        if let Some(action) = self.probe_action(kind) {
-            let drop = Decision::drop(Reason::Probe);
-            return match action {
-                Action::Ban => self.ban_or_touch(state, now, BanReason::Probe(kind), port, drop),
-                Action::Drop => self.touch(state, now, port, stealth, drop),
-                Action::Off => Decision::accept(Reason::RuleOff),
-            };
+        if kind_rule.is_some() {
+            return Decision::accept(Reason::RuleOff);
         }
         match kind {
             ProbeKind::TcpFlow | ProbeKind::UdpFlow => Decision::accept(Reason::Flow),
