@@ -57,6 +57,8 @@ pub struct SourceReport {
     pub kinds: BTreeMap<ProbeKind, u64>,
     /// Signatures it matched.
     pub signatures: BTreeSet<String>,
+    /// The tools those signatures belong to.
+    pub tools: BTreeSet<&'static str>,
     /// Distinct (protocol, port) pairs it sent new connections or probes to.
     pub ports: usize,
     /// Replies the host sent it that portcloak let out.
@@ -227,6 +229,7 @@ pub fn run(
                         }
                         if let Some(sig) = outcome.signature {
                             entry.signatures.insert(sig.to_string());
+                            entry.tools.insert(crate::policy::signature_tool(sig));
                         }
                     }
                     Direction::Outbound => entry.answered += u64::from(!dropped && reply.is_some()),
@@ -574,20 +577,9 @@ fn counts<K: Copy>(map: &BTreeMap<K, u64>, name: impl Fn(K) -> &'static str) -> 
 
 /// Names the tool behind a source, from its signatures, or the scan style.
 pub fn scanner_name(s: &SourceReport) -> String {
-    if !s.signatures.is_empty() {
+    if !s.tools.is_empty() {
+        let tools: Vec<&str> = s.tools.iter().copied().collect();
         let sigs: Vec<&str> = s.signatures.iter().map(String::as_str).collect();
-        let tools: BTreeSet<&str> = s
-            .signatures
-            .iter()
-            .map(|sig| {
-                if sig.starts_with("nmap") {
-                    "nmap"
-                } else {
-                    sig.as_str()
-                }
-            })
-            .collect();
-        let tools: Vec<&str> = tools.into_iter().collect();
         return format!("{} (signatures: {})", tools.join(", "), sigs.join(", "));
     }
     let stealth: Vec<&str> = s
