@@ -33,11 +33,7 @@ pub(crate) fn fixture_packets(prefix: &str) -> Vec<Packet> {
         .expect("fixtures")
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "pcap"))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(prefix))
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
         .collect();
     names.sort();
     let mut out = Vec::new();
@@ -52,16 +48,8 @@ pub(crate) fn fixture_packets(prefix: &str) -> Vec<Packet> {
             let Some((src, _)) = wire::addresses(&bytes) else {
                 continue;
             };
-            let direction = if is_server(src) {
-                Direction::Outbound
-            } else {
-                Direction::Inbound
-            };
-            out.push(Packet {
-                ts: frame.ts,
-                direction,
-                bytes,
-            });
+            let direction = if is_server(src) { Direction::Outbound } else { Direction::Inbound };
+            out.push(Packet { ts: frame.ts, direction, bytes });
         }
     }
     out
@@ -70,10 +58,6 @@ pub(crate) fn fixture_packets(prefix: &str) -> Vec<Packet> {
 /// Resident memory of this process, in bytes.
 pub(crate) fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
     pages * 4096
 }

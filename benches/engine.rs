@@ -3,12 +3,7 @@
 //! a fresh engine (built outside the timing), so bans start from scratch.
 //!
 //! Run: `cargo bench --bench engine`. Results are in the README (Benchmarks).
-#![allow(
-    missing_docs,
-    clippy::expect_used,
-    clippy::unwrap_used,
-    clippy::indexing_slicing
-)]
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
 
 #[path = "common.rs"]
 mod common;

@@ -55,11 +55,7 @@ fn flood(engine: &Engine, packets: &[Vec<u8>], scratch: &mut [u8]) {
     for (i, p) in packets.iter().enumerate() {
         let buf = &mut scratch[..p.len()];
         buf.copy_from_slice(p);
-        engine.handle(
-            Timestamp::from_micros(1_000_000_000 + i as u64),
-            Direction::Inbound,
-            buf,
-        );
+        engine.handle(Timestamp::from_micros(1_000_000_000 + i as u64), Direction::Inbound, buf);
     }
 }
 
@@ -85,19 +81,9 @@ fn bench(c: &mut Criterion) {
     }
     let after = common::rss_bytes();
     let s = engine.stats().tables;
-    assert_eq!(
-        s.sources, s.source_capacity,
-        "the source table fills to its cap and stays there"
-    );
-    assert_eq!(
-        s.flows, s.flow_capacity,
-        "the flow table fills to its cap and stays there"
-    );
-    assert!(
-        s.ban_records as u32 >= bans * 9 / 10,
-        "ban records {}",
-        s.ban_records
-    );
+    assert_eq!(s.sources, s.source_capacity, "the source table fills to its cap and stays there");
+    assert_eq!(s.flows, s.flow_capacity, "the flow table fills to its cap and stays there");
+    assert!(s.ban_records as u32 >= bans * 9 / 10, "ban records {}", s.ban_records);
     eprintln!(
         "flood: {} spoofed sources -> {} tracked (cap {}), {} evicted; {} flows (cap {}), {} evicted; {} ban records",
         2 * FLOOD,

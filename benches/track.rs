@@ -3,12 +3,7 @@
 //! against two on the same table.
 //!
 //! Run: `cargo bench --bench track`. Results are in the README (Benchmarks).
-#![allow(
-    missing_docs,
-    clippy::expect_used,
-    clippy::unwrap_used,
-    clippy::indexing_slicing
-)]
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -42,12 +37,7 @@ fn touch(table: &Table, i: u32) {
 }
 
 fn table() -> Table {
-    Table::new(TableLimits {
-        shards: 64,
-        sources: CAP,
-        flows: 1024,
-        bans: 1024,
-    })
+    Table::new(TableLimits { shards: 64, sources: CAP, flows: 1024, bans: 1024 })
 }
 
 fn bench(c: &mut Criterion) {

@@ -165,13 +165,8 @@ pub enum Fingerprint {
 
 impl Fingerprint {
     /// Every fingerprint.
-    pub const ALL: [Self; 5] = [
-        Self::NmapSyn,
-        Self::Masscan,
-        Self::Zmap,
-        Self::Hping3,
-        Self::NmapEcho,
-    ];
+    pub const ALL: [Self; 5] =
+        [Self::NmapSyn, Self::Masscan, Self::Zmap, Self::Hping3, Self::NmapEcho];
 
     /// The rule name, as in `[fingerprints]` of the rules file.
     pub const fn name(self) -> &'static str {
@@ -331,51 +326,29 @@ pub fn classify(view: &PacketView<'_>, in_flow: bool) -> Probe {
             let signature = os_probe_tcp(view, tcp)
                 .map(Signature::OsProbe)
                 .or_else(|| tcp_tool(view, tcp, kind));
-            Probe {
-                kind,
-                signature,
-                port: Some((PortProto::Tcp, tcp.dst_port)),
-            }
+            Probe { kind, signature, port: Some((PortProto::Tcp, tcp.dst_port)) }
         }
         Transport::Udp(udp) => {
-            let kind = if in_flow {
-                ProbeKind::UdpFlow
-            } else {
-                ProbeKind::Udp
-            };
+            let kind = if in_flow { ProbeKind::UdpFlow } else { ProbeKind::Udp };
             let is_u1 = view.ip.id == 0x1042
                 && udp.payload.len() == 300
                 && udp.payload.iter().all(|&b| b == b'C');
             let signature = is_u1.then_some(Signature::OsProbe(OsProbe::U1));
-            Probe {
-                kind,
-                signature,
-                port: Some((PortProto::Udp, udp.dst_port)),
-            }
+            Probe { kind, signature, port: Some((PortProto::Udp, udp.dst_port)) }
         }
         Transport::Icmp(icmp) => {
             let (kind, signature) = icmp_kind(view, icmp);
-            Probe {
-                kind,
-                signature,
-                port: None,
-            }
+            Probe { kind, signature, port: None }
         }
         Transport::Sctp { dst_port, .. } => Probe {
             kind: ProbeKind::Sctp,
             signature: None,
             port: Some((PortProto::Sctp, *dst_port)),
         },
-        Transport::Fragment => Probe {
-            kind: ProbeKind::Fragment,
-            signature: None,
-            port: None,
-        },
-        Transport::Other(_) => Probe {
-            kind: ProbeKind::OtherProtocol,
-            signature: None,
-            port: None,
-        },
+        Transport::Fragment => Probe { kind: ProbeKind::Fragment, signature: None, port: None },
+        Transport::Other(_) => {
+            Probe { kind: ProbeKind::OtherProtocol, signature: None, port: None }
+        }
     }
 }
 
@@ -443,40 +416,21 @@ const fn cat<const N: usize>(parts: &[&[u8]]) -> [u8; N] {
 
 /// nmap's TCP timestamp option in OS probes: TSval 0xFFFFFFFF, TSecr 0.
 const TS: [u8; 10] = [0x08, 0x0a, 0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00];
-const SEQ1_OPTS: [u8; 20] = cat(&[
-    &[0x03, 0x03, 0x0a, 0x01, 0x02, 0x04, 0x05, 0xb4],
-    &TS,
-    &[0x04, 0x02],
-]);
-const SEQ2_OPTS: [u8; 20] = cat(&[
-    &[0x02, 0x04, 0x05, 0x78, 0x03, 0x03, 0x00, 0x04, 0x02],
-    &TS,
-    &[0x00],
-]);
-const SEQ3_OPTS: [u8; 20] = cat(&[
-    &TS,
-    &[0x01, 0x01, 0x03, 0x03, 0x05, 0x01, 0x02, 0x04, 0x02, 0x80],
-]);
+const SEQ1_OPTS: [u8; 20] =
+    cat(&[&[0x03, 0x03, 0x0a, 0x01, 0x02, 0x04, 0x05, 0xb4], &TS, &[0x04, 0x02]]);
+const SEQ2_OPTS: [u8; 20] =
+    cat(&[&[0x02, 0x04, 0x05, 0x78, 0x03, 0x03, 0x00, 0x04, 0x02], &TS, &[0x00]]);
+const SEQ3_OPTS: [u8; 20] =
+    cat(&[&TS, &[0x01, 0x01, 0x03, 0x03, 0x05, 0x01, 0x02, 0x04, 0x02, 0x80]]);
 const SEQ4_OPTS: [u8; 16] = cat(&[&[0x04, 0x02], &TS, &[0x03, 0x03, 0x0a, 0x00]]);
-const SEQ5_OPTS: [u8; 20] = cat(&[
-    &[0x02, 0x04, 0x02, 0x18, 0x04, 0x02],
-    &TS,
-    &[0x03, 0x03, 0x0a, 0x00],
-]);
+const SEQ5_OPTS: [u8; 20] =
+    cat(&[&[0x02, 0x04, 0x02, 0x18, 0x04, 0x02], &TS, &[0x03, 0x03, 0x0a, 0x00]]);
 const SEQ6_OPTS: [u8; 16] = cat(&[&[0x02, 0x04, 0x01, 0x09, 0x04, 0x02], &TS]);
-const ECN_OPTS: [u8; 12] = [
-    0x03, 0x03, 0x0a, 0x01, 0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, 0x01, 0x01,
-];
-const T2_OPTS: [u8; 20] = cat(&[
-    &[0x03, 0x03, 0x0a, 0x01, 0x02, 0x04, 0x01, 0x09],
-    &TS,
-    &[0x04, 0x02],
-]);
-const T7_OPTS: [u8; 20] = cat(&[
-    &[0x03, 0x03, 0x0f, 0x01, 0x02, 0x04, 0x01, 0x09],
-    &TS,
-    &[0x04, 0x02],
-]);
+const ECN_OPTS: [u8; 12] = [0x03, 0x03, 0x0a, 0x01, 0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, 0x01, 0x01];
+const T2_OPTS: [u8; 20] =
+    cat(&[&[0x03, 0x03, 0x0a, 0x01, 0x02, 0x04, 0x01, 0x09], &TS, &[0x04, 0x02]]);
+const T7_OPTS: [u8; 20] =
+    cat(&[&[0x03, 0x03, 0x0f, 0x01, 0x02, 0x04, 0x01, 0x09], &TS, &[0x04, 0x02]]);
 
 /// Exact flags (classic six plus ECE/CWR), window and options of each TCP OS probe.
 const OS_TCP_PROBES: [(OsProbe, u16, u16, &[u8]); 13] = {
@@ -490,12 +444,7 @@ const OS_TCP_PROBES: [(OsProbe, u16, u16, &[u8]); 13] = {
         (OsProbe::Seq6, F::SYN, 512, &SEQ6_OPTS),
         (OsProbe::Ecn, F::SYN | F::ECE | F::CWR, 3, &ECN_OPTS),
         (OsProbe::T2, 0, 128, &T2_OPTS),
-        (
-            OsProbe::T3,
-            F::SYN | F::FIN | F::PSH | F::URG,
-            256,
-            &T2_OPTS,
-        ),
+        (OsProbe::T3, F::SYN | F::FIN | F::PSH | F::URG, 256, &T2_OPTS),
         (OsProbe::T4, F::ACK, 1024, &T2_OPTS),
         (OsProbe::T5, F::SYN, 31337, &T2_OPTS),
         (OsProbe::T6, F::ACK, 32768, &T2_OPTS),
@@ -505,9 +454,7 @@ const OS_TCP_PROBES: [(OsProbe, u16, u16, &[u8]); 13] = {
 
 /// True when `options` is `want` followed only by zero padding.
 fn options_are(options: &[u8], want: &[u8]) -> bool {
-    options
-        .strip_prefix(want)
-        .is_some_and(|pad| pad.iter().all(|&b| b == 0))
+    options.strip_prefix(want).is_some_and(|pad| pad.iter().all(|&b| b == 0))
 }
 
 fn os_probe_tcp(_view: &PacketView<'_>, tcp: &Tcp<'_>) -> Option<OsProbe> {
@@ -519,9 +466,8 @@ fn os_probe_tcp(_view: &PacketView<'_>, tcp: &Tcp<'_>) -> Option<OsProbe> {
 }
 
 const NMAP_SYN_OPTS: [u8; 4] = [0x02, 0x04, 0x05, 0xb4];
-const ZMAP_41_OPTS: [u8; 12] = [
-    0x02, 0x04, 0x05, 0xb4, 0x01, 0x03, 0x03, 0x08, 0x01, 0x01, 0x04, 0x02,
-];
+const ZMAP_41_OPTS: [u8; 12] =
+    [0x02, 0x04, 0x05, 0xb4, 0x01, 0x03, 0x03, 0x08, 0x01, 0x01, 0x04, 0x02];
 
 fn tcp_tool(view: &PacketView<'_>, tcp: &Tcp<'_>, kind: ProbeKind) -> Option<Signature> {
     let f = tcp.flags.classic();

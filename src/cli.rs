@@ -66,13 +66,7 @@ pub enum Status {
 pub fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
         Command::Check { file } => check(&file),
-        Command::Replay {
-            files,
-            rules,
-            local,
-            json,
-            no_progress,
-        } => {
+        Command::Replay { files, rules, local, json, no_progress } => {
             let config = match &rules {
                 Some(path) => Config::load(path)?,
                 None => Config::default(),
@@ -83,11 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
                 .collect::<anyhow::Result<Vec<_>>>()
                 .context("bad --local")?;
             let engine = Engine::new(config);
-            let options = replay::Options {
-                local,
-                json,
-                progress: !no_progress,
-            };
+            let options = replay::Options { local, json, progress: !no_progress };
             let stdout = std::io::stdout();
             let mut events = stdout.lock();
             let report = replay::run(&engine, &files, &options, &mut events)?;

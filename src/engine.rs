@@ -60,10 +60,7 @@ pub struct Meta {
 impl Meta {
     /// A packet in `direction` whose checksums the engine verifies.
     pub const fn new(direction: Direction) -> Self {
-        Self {
-            direction,
-            checksum: ChecksumCheck::Verify,
-        }
+        Self { direction, checksum: ChecksumCheck::Verify }
     }
 }
 
@@ -130,10 +127,7 @@ impl Engine {
             flows: t.flows,
             bans: t.bans,
         });
-        Self {
-            policy: Policy::new(config),
-            table,
-        }
+        Self { policy: Policy::new(config), table }
     }
 
     /// The rules in force.
@@ -176,35 +170,20 @@ impl Engine {
     fn inbound(&self, now: Timestamp, meta: Meta, view: &PacketView<'_>) -> Outcome {
         let src = view.ip.src;
         let key = self.key(src);
-        let mut out = Outcome {
-            source: Some(key),
-            ..Outcome::bare(accept(Reason::Flow))
-        };
+        let mut out = Outcome { source: Some(key), ..Outcome::bare(accept(Reason::Flow)) };
         if meta.checksum != ChecksumCheck::Kernel && view.checksum == Checksum::Bad {
-            return Outcome {
-                verdict: Verdict::Drop,
-                reason: Reason::BadChecksum,
-                ..out
-            };
+            return Outcome { verdict: Verdict::Drop, reason: Reason::BadChecksum, ..out };
         }
         if meta.checksum == ChecksumCheck::Verify && view.truncated {
             let d = self.policy.malformed(wire::Error::Ip);
-            return Outcome {
-                verdict: d.verdict,
-                reason: d.reason,
-                ..out
-            };
+            return Outcome { verdict: d.verdict, reason: d.reason, ..out };
         }
         let lists = &self.config().lists;
-        if lists.deny.iter().any(|c| c.contains(src)) {
-            return Outcome {
-                verdict: Verdict::Drop,
-                reason: Reason::Denylisted,
-                ..out
-            };
+        if lists.denies(src) {
+            return Outcome { verdict: Verdict::Drop, reason: Reason::Denylisted, ..out };
         }
         let flow_key = flow_key(view, Direction::Inbound);
-        let allowed = lists.allow.iter().any(|c| c.contains(src));
+        let allowed = lists.allows(src);
         let mut shard = self.table.lock(&key);
         let idle = self.config().tracking.flow_idle.get();
         if !allowed && shard.active_ban(&key, now).is_some() {
@@ -221,9 +200,8 @@ impl Engine {
                 ..out
             };
         }
-        let flow = flow_key.map_or(FlowMatch::None, |fk| {
-            track_inbound_flow(&mut shard, fk, view, now, idle)
-        });
+        let flow = flow_key
+            .map_or(FlowMatch::None, |fk| track_inbound_flow(&mut shard, fk, view, now, idle));
         let in_flow = flow != FlowMatch::None;
         let probe = classify::classify(view, in_flow);
         out.kind = Some(probe.kind);
@@ -231,10 +209,7 @@ impl Engine {
         out.port = probe.port;
         if allowed {
             open_flow(&mut shard, flow_key, view, now);
-            return Outcome {
-                reason: Reason::Allowlisted,
-                ..out
-            };
+            return Outcome { reason: Reason::Allowlisted, ..out };
         }
         let ctx = Inbound {
             now,
@@ -249,44 +224,20 @@ impl Engine {
         if flow == FlowMatch::Handshake {
             state.last_handshake = now;
         }
-        let opens = matches!(
-            probe.kind,
-            ProbeKind::TcpSyn | ProbeKind::Udp | ProbeKind::Sctp
-        );
+        let opens = matches!(probe.kind, ProbeKind::TcpSyn | ProbeKind::Udp | ProbeKind::Sctp);
         if decision.verdict == Verdict::Accept && opens {
             open_flow(&mut shard, flow_key, view, now);
         }
-        let ban = decision
-            .ban
-            .and_then(|reason| self.policy.ban(&mut shard, key, now, reason));
-        Outcome {
-            verdict: decision.verdict,
-            reason: decision.reason,
-            ban,
-            ..out
-        }
+        let ban = decision.ban.and_then(|reason| self.policy.ban(&mut shard, key, now, reason));
+        Outcome { verdict: decision.verdict, reason: decision.reason, ban, ..out }
     }
 
     fn outbound(&self, now: Timestamp, view: &PacketView<'_>) -> Outcome {
         let key = self.key(view.ip.dst);
-        let mut out = Outcome {
-            source: Some(key),
-            ..Outcome::bare(accept(Reason::Outbound))
-        };
+        let mut out = Outcome { source: Some(key), ..Outcome::bare(accept(Reason::Outbound)) };
         let mut shard = self.table.lock(&key);
-        if shard.active_ban(&key, now).is_some()
-            && !self
-                .config()
-                .lists
-                .allow
-                .iter()
-                .any(|c| c.contains(view.ip.dst))
-        {
-            return Outcome {
-                verdict: Verdict::Drop,
-                reason: Reason::Banned,
-                ..out
-            };
+        if shard.active_ban(&key, now).is_some() && !self.config().lists.allows(view.ip.dst) {
+            return Outcome { verdict: Verdict::Drop, reason: Reason::Banned, ..out };
         }
         let Some(fk) = flow_key(view, Direction::Outbound) else {
             return out;
@@ -310,11 +261,7 @@ impl Engine {
                     None if syn && !ack => {
                         shard.insert_flow(
                             fk,
-                            Flow {
-                                state: FlowState::SynSeen,
-                                inbound: false,
-                                last: now,
-                            },
+                            Flow { state: FlowState::SynSeen, inbound: false, last: now },
                         );
                     }
                     None => {}
@@ -331,11 +278,7 @@ impl Engine {
                     }
                     None => shard.insert_flow(
                         fk,
-                        Flow {
-                            state: FlowState::Established,
-                            inbound: false,
-                            last: now,
-                        },
+                        Flow { state: FlowState::Established, inbound: false, last: now },
                     ),
                 }
             }
@@ -348,18 +291,9 @@ impl Engine {
     /// reports the bans that ended since the last sweep.
     pub fn sweep(&self, now: Timestamp) -> Sweep {
         let c = self.config();
-        let source_idle = c
-            .scan
-            .slow_window
-            .get()
-            .max(c.ban.handshake_grace.get())
-            .max(c.scan.window.get());
-        self.table.sweep(
-            now,
-            c.tracking.flow_idle.get(),
-            source_idle,
-            c.ban.remember.get(),
-        )
+        let source_idle =
+            c.scan.slow_window.get().max(c.ban.handshake_grace.get()).max(c.scan.window.get());
+        self.table.sweep(now, c.tracking.flow_idle.get(), source_idle, c.ban.remember.get())
     }
 
     /// Every active ban, sorted by source.
@@ -389,19 +323,12 @@ impl Engine {
 
     /// Table sizes and counters.
     pub fn stats(&self) -> EngineStats {
-        EngineStats {
-            tables: self.table.stats(),
-            guards: self.policy.guard_counters(),
-        }
+        EngineStats { tables: self.table.stats(), guards: self.policy.guard_counters() }
     }
 }
 
 const fn accept(reason: Reason) -> Decision {
-    Decision {
-        verdict: Verdict::Accept,
-        reason,
-        ban: None,
-    }
+    Decision { verdict: Verdict::Accept, reason, ban: None }
 }
 
 /// The flow key of a TCP, UDP or SCTP packet, from this host's side.
@@ -479,14 +406,7 @@ fn open_flow(shard: &mut Shard, fk: Option<FlowKey>, view: &PacketView<'_>, now:
         Transport::Tcp(_) => return,
         _ => FlowState::Established,
     };
-    shard.insert_flow(
-        fk,
-        Flow {
-            state,
-            inbound: true,
-            last: now,
-        },
-    );
+    shard.insert_flow(fk, Flow { state, inbound: true, last: now });
 }
 
 #[cfg(test)]

@@ -99,18 +99,11 @@ impl Event {
                 port: outcome.port.map(|p| p.1),
             })
         } else if outcome.rewritten {
-            Some(Self::Rewrite {
-                ts,
-                direction,
-                dst: addrs.map(|a| a.1),
-            })
+            Some(Self::Rewrite { ts, direction, dst: addrs.map(|a| a.1) })
         } else {
             None
         };
-        let ban = outcome
-            .ban
-            .zip(outcome.source)
-            .map(|(ban, source)| Self::ban(source, &ban));
+        let ban = outcome.ban.zip(outcome.source).map(|(ban, source)| Self::ban(source, &ban));
         first.into_iter().chain(ban)
     }
 
@@ -127,9 +120,6 @@ impl Event {
 
     /// The event for a lifted ban.
     pub fn unban(now: Timestamp, source: SourceKey) -> Self {
-        Self::Unban {
-            ts: secs(now),
-            source,
-        }
+        Self::Unban { ts: secs(now), source }
     }
 }

@@ -15,11 +15,7 @@ fn check_names_a_misspelt_key_and_its_line() {
     let dir = std::env::temp_dir().join(format!("portcloak-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("typo.toml");
-    std::fs::write(
-        &file,
-        "[scan]\nwindow = \"60s\"\nclosed_port_treshold = 6\n",
-    )
-    .expect("write");
+    std::fs::write(&file, "[scan]\nwindow = \"60s\"\nclosed_port_treshold = 6\n").expect("write");
     let out = portcloak(&["check", file.to_str().expect("utf-8 path")]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -57,11 +53,7 @@ fn replay_names_scanner_kind_and_ban() {
 
 #[test]
 fn replay_json_prints_one_event_per_line() {
-    let out = portcloak(&[
-        "replay",
-        "--json",
-        fixture("nmap-sF").to_str().expect("path"),
-    ]);
+    let out = portcloak(&["replay", "--json", fixture("nmap-sF").to_str().expect("path")]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let events: Vec<serde_json::Value> = stdout
@@ -76,11 +68,7 @@ fn replay_json_prints_one_event_per_line() {
     assert_eq!(bans[0]["seconds"], 3600);
     let drops = events.iter().filter(|e| e["event"] == "drop").count();
     assert!(drops >= 100, "{drops}");
-    assert!(
-        events
-            .iter()
-            .all(|e| e["event"] == "drop" || e["event"] == "ban")
-    );
+    assert!(events.iter().all(|e| e["event"] == "drop" || e["event"] == "ban"));
     // The human summary moves to stderr.
     assert!(stderr.contains("bans       1"), "{stderr}");
 }

@@ -27,12 +27,7 @@ fn missing_prerequisites() -> Option<String> {
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         missing.push("root".to_owned());
     }
-    missing.extend(
-        TOOLS
-            .iter()
-            .filter(|t| !on_path(t))
-            .map(|t| (*t).to_owned()),
-    );
+    missing.extend(TOOLS.iter().filter(|t| !on_path(t)).map(|t| (*t).to_owned()));
     (!missing.is_empty()).then(|| missing.join(", "))
 }
 

@@ -19,10 +19,7 @@ const ATTACKER: [u8; 4] = [198, 18, 1, 2];
 fn replay(dir: &Path, name: &str) -> (Engine, Report) {
     let engine = Engine::new(Config::default());
     let mut events = Vec::new();
-    let options = replay::Options {
-        json: true,
-        ..replay::Options::default()
-    };
+    let options = replay::Options { json: true, ..replay::Options::default() };
     let path = dir.join(format!("{name}.pcap"));
     let report = replay::run(&engine, &[path], &options, &mut events).expect("replay");
     // Every event line is JSON.
@@ -37,32 +34,13 @@ fn replay(dir: &Path, name: &str) -> (Engine, Report) {
 /// reached it.
 fn assert_scan(dir: &Path, name: &str, scanner: IpAddr, reason: &str, answered: u64) -> Report {
     let (engine, report) = replay(dir, name);
-    let s = report
-        .source(scanner, &engine)
-        .unwrap_or_else(|| panic!("{name}: scanner not seen"));
-    let ban = s
-        .ban
-        .unwrap_or_else(|| panic!("{name}: scanner not banned: {s:?}"));
+    let s = report.source(scanner, &engine).unwrap_or_else(|| panic!("{name}: scanner not seen"));
+    let ban = s.ban.unwrap_or_else(|| panic!("{name}: scanner not banned: {s:?}"));
     assert_eq!(ban.reason.to_string(), reason, "{name}");
-    assert_eq!(
-        s.accepted_while_banned, 0,
-        "{name}: packets accepted while banned"
-    );
-    assert!(
-        s.answered <= answered,
-        "{name}: {} probes answered, bound {answered}",
-        s.answered
-    );
-    assert!(
-        s.dropped + 10 >= s.packets,
-        "{name}: most of the scan must be dropped: {s:?}"
-    );
-    assert_eq!(
-        report.bans.len(),
-        1,
-        "{name}: only the scanner is banned: {:?}",
-        report.bans
-    );
+    assert_eq!(s.accepted_while_banned, 0, "{name}: packets accepted while banned");
+    assert!(s.answered <= answered, "{name}: {} probes answered, bound {answered}", s.answered);
+    assert!(s.dropped + 10 >= s.packets, "{name}: most of the scan must be dropped: {s:?}");
+    assert_eq!(report.bans.len(), 1, "{name}: only the scanner is banned: {:?}", report.bans);
     report
 }
 
@@ -72,16 +50,9 @@ fn attacker() -> IpAddr {
 
 fn nmap_syn_scan_is_banned_on_its_first_probe(dir: &Path) {
     let r = assert_scan(dir, "nmap-sS", attacker(), "signature nmap-syn", 0);
-    let s = &r
-        .sources
-        .values()
-        .find(|s| s.ban.is_some())
-        .expect("banned source");
+    let s = &r.sources.values().find(|s| s.ban.is_some()).expect("banned source");
     assert!(s.ports >= 200, "every probed port is counted: {}", s.ports);
-    assert_eq!(
-        s.kinds.get(&ProbeKind::TcpSyn).copied(),
-        Some(s.ports as u64)
-    );
+    assert_eq!(s.kinds.get(&ProbeKind::TcpSyn).copied(), Some(s.ports as u64));
 }
 
 fn nmap_connect_scan_is_banned_on_the_closed_port_threshold(dir: &Path) {
@@ -98,21 +69,9 @@ fn nmap_stealth_scans_are_banned_on_their_first_probe(dir: &Path) {
         ("nmap-sA", "tcp-ack"),
     ] {
         let r = assert_scan(dir, name, attacker(), &format!("probe {kind}"), 0);
-        let scanner = r
-            .sources
-            .values()
-            .find(|s| s.ban.is_some())
-            .expect("banned");
-        assert!(
-            scanner.signatures.contains("nmap-stealth"),
-            "{name}: {:?}",
-            scanner.signatures
-        );
-        assert_eq!(
-            r.replies_suppressed + r.outbound,
-            r.frames - r.inbound,
-            "{name}"
-        );
+        let scanner = r.sources.values().find(|s| s.ban.is_some()).expect("banned");
+        assert!(scanner.signatures.contains("nmap-stealth"), "{name}: {:?}", scanner.signatures);
+        assert_eq!(r.replies_suppressed + r.outbound, r.frames - r.inbound, "{name}");
         assert_eq!(r.outbound, 0, "{name}: the host never answers: {r:?}");
     }
 }
@@ -124,10 +83,7 @@ fn nmap_udp_scan_is_banned_on_the_closed_port_threshold(dir: &Path) {
 fn nmap_os_detection_is_banned_and_every_os_probe_recognised(dir: &Path) {
     let (engine, report) = replay(dir, "nmap-O");
     let s = report.source(attacker(), &engine).expect("seen");
-    assert_eq!(
-        s.ban.map(|b| b.reason.to_string()).as_deref(),
-        Some("signature nmap-syn")
-    );
+    assert_eq!(s.ban.map(|b| b.reason.to_string()).as_deref(), Some("signature nmap-syn"));
     assert_eq!(s.answered, 0);
     let want: BTreeSet<String> = [
         "seq1", "seq2", "seq3", "seq4", "seq5", "seq6", "ecn", "t2", "t3", "t4", "t5", "t6", "t7",
@@ -160,10 +116,7 @@ fn hping3_is_banned_on_its_first_probe(dir: &Path) {
 
 fn assert_legitimate(dir: &Path, name: &str) -> Report {
     let (_, report) = replay(dir, name);
-    assert!(
-        report.inbound > 50,
-        "{name}: too little traffic: {report:?}"
-    );
+    assert!(report.inbound > 50, "{name}: too little traffic: {report:?}");
     assert!(report.bans.is_empty(), "{name}: bans {:?}", report.bans);
     report
 }
@@ -181,25 +134,11 @@ fn legitimate_traffic_is_never_dropped(dir: &Path) {
 /// one of its real requests passes.
 fn a_client_that_mistypes_two_ports_keeps_working(dir: &Path) {
     let r = assert_legitimate(dir, "legit-mistype");
-    assert_eq!(
-        r.drops.keys().collect::<Vec<_>>(),
-        vec![&Reason::ClosedPort],
-        "{:?}",
-        r.drops
-    );
+    assert_eq!(r.drops.keys().collect::<Vec<_>>(), vec![&Reason::ClosedPort], "{:?}", r.drops);
     let client = r.sources.values().next().expect("one client");
-    assert!(
-        client.dropped <= 4,
-        "only the mistyped SYNs and their retries: {client:?}"
-    );
-    assert_eq!(
-        client.kinds.get(&ProbeKind::TcpSyn).copied(),
-        Some(20 + client.dropped)
-    );
-    assert!(matches!(
-        client.ban.map(|b| b.reason),
-        None | Some(BanReason::Manual)
-    ));
+    assert!(client.dropped <= 4, "only the mistyped SYNs and their retries: {client:?}");
+    assert_eq!(client.kinds.get(&ProbeKind::TcpSyn).copied(), Some(20 + client.dropped));
+    assert!(matches!(client.ban.map(|b| b.reason), None | Some(BanReason::Manual)));
 }
 
 /// A check of one capture directory.
@@ -207,10 +146,7 @@ pub(crate) type Check = fn(&Path);
 
 /// Every check, by name, for the lab test.
 pub(crate) const CHECKS: &[(&str, Check)] = &[
-    (
-        "nmap_syn_scan_is_banned_on_its_first_probe",
-        nmap_syn_scan_is_banned_on_its_first_probe,
-    ),
+    ("nmap_syn_scan_is_banned_on_its_first_probe", nmap_syn_scan_is_banned_on_its_first_probe),
     (
         "nmap_connect_scan_is_banned_on_the_closed_port_threshold",
         nmap_connect_scan_is_banned_on_the_closed_port_threshold,
@@ -227,26 +163,11 @@ pub(crate) const CHECKS: &[(&str, Check)] = &[
         "nmap_os_detection_is_banned_and_every_os_probe_recognised",
         nmap_os_detection_is_banned_and_every_os_probe_recognised,
     ),
-    (
-        "nmap_host_discovery_is_banned",
-        nmap_host_discovery_is_banned,
-    ),
-    (
-        "nmap_ipv6_syn_scan_is_banned_by_prefix",
-        nmap_ipv6_syn_scan_is_banned_by_prefix,
-    ),
-    (
-        "masscan_is_banned_on_its_first_probe",
-        masscan_is_banned_on_its_first_probe,
-    ),
-    (
-        "hping3_is_banned_on_its_first_probe",
-        hping3_is_banned_on_its_first_probe,
-    ),
-    (
-        "legitimate_traffic_is_never_dropped",
-        legitimate_traffic_is_never_dropped,
-    ),
+    ("nmap_host_discovery_is_banned", nmap_host_discovery_is_banned),
+    ("nmap_ipv6_syn_scan_is_banned_by_prefix", nmap_ipv6_syn_scan_is_banned_by_prefix),
+    ("masscan_is_banned_on_its_first_probe", masscan_is_banned_on_its_first_probe),
+    ("hping3_is_banned_on_its_first_probe", hping3_is_banned_on_its_first_probe),
+    ("legitimate_traffic_is_never_dropped", legitimate_traffic_is_never_dropped),
     (
         "a_client_that_mistypes_two_ports_keeps_working",
         a_client_that_mistypes_two_ports_keeps_working,

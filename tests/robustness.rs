@@ -31,11 +31,7 @@ fn every_prefix_and_corruption_of_every_fixture_packet() {
             for i in 0..ip.len().min(80) {
                 let mut bad = ip.to_vec();
                 bad[i] ^= 0xa5;
-                engine.handle(
-                    Timestamp::from_micros(i as u64),
-                    Direction::Inbound,
-                    &mut bad,
-                );
+                engine.handle(Timestamp::from_micros(i as u64), Direction::Inbound, &mut bad);
             }
         }
     }

@@ -21,10 +21,7 @@ fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn every_rules_file_loads() {
     let mut files = Vec::new();
     toml_files(&root().join("rules"), &mut files);
-    assert!(
-        files.len() >= 3,
-        "default plus at least two examples: {files:?}"
-    );
+    assert!(files.len() >= 3, "default plus at least two examples: {files:?}");
     for file in &files {
         if let Err(e) = Config::load(file) {
             panic!("{}: {e}", file.display());
@@ -49,10 +46,7 @@ fn default_rules_document_every_key() {
         let mut v: Vec<String> = t
             .iter()
             .flat_map(|(section, body)| {
-                body.as_table()
-                    .expect("section")
-                    .keys()
-                    .map(move |k| format!("{section}.{k}"))
+                body.as_table().expect("section").keys().map(move |k| format!("{section}.{k}"))
             })
             .collect();
         v.sort();

@@ -20,9 +20,7 @@ fn linux_syn(dport: u16) -> Craft {
     // A Linux connect(): window 64240, MSS, SACK, TS, NOP, WS7, DF.
     Craft::tcp(a(), b(), 50_000, dport, F::SYN)
         .window(64_240)
-        .options(&[
-            2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 1, 2, 0, 0, 0, 0, 1, 3, 3, 7,
-        ])
+        .options(&[2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 1, 2, 0, 0, 0, 0, 1, 3, 3, 7])
 }
 
 #[test]
@@ -50,11 +48,7 @@ fn flag_kinds() {
         (F::URG, false, ProbeKind::TcpIllegal),
     ];
     for (flags, in_flow, want) in cases {
-        assert_eq!(
-            tcp_kind(F(flags), in_flow),
-            want,
-            "flags {flags:#x} in_flow {in_flow}"
-        );
+        assert_eq!(tcp_kind(F(flags), in_flow), want, "flags {flags:#x} in_flow {in_flow}");
     }
 }
 
@@ -64,9 +58,7 @@ fn ordinary_packets_carry_no_signature() {
         linux_syn(80).build(),
         Craft::udp(a(), b(), 40_000, 53).payload(b"query").build(),
         Craft::icmp(a(), b(), 8, 0).payload(&[0x55; 56]).build(),
-        Craft::tcp(a(), b(), 50_000, 80, F::RST)
-            .seq_ack(5, 0)
-            .build(),
+        Craft::tcp(a(), b(), 50_000, 80, F::RST).seq_ack(5, 0).build(),
     ] {
         assert_eq!(probe(&bytes, false).signature, None, "{bytes:?}");
     }
@@ -74,10 +66,8 @@ fn ordinary_packets_carry_no_signature() {
 
 #[test]
 fn nmap_syn() {
-    let nmap = Craft::tcp(a(), b(), 40_562, 22, F::SYN)
-        .window(1024)
-        .options(&[2, 4, 5, 180])
-        .df(false);
+    let nmap =
+        Craft::tcp(a(), b(), 40_562, 22, F::SYN).window(1024).options(&[2, 4, 5, 180]).df(false);
     let p = probe(&nmap.build(), false);
     assert_eq!(p.kind, ProbeKind::TcpSyn);
     assert_eq!(p.signature, Some(Signature::Tool(Fingerprint::NmapSyn)));
@@ -92,17 +82,9 @@ fn masscan_ip_id_relation() {
     let seq = 0x1234_5678u32;
     let dst = u32::from_be_bytes([198, 18, 1, 1]);
     let id = ((dst ^ 80 ^ seq) & 0xffff) as u16;
-    let m = Craft::tcp(a(), b(), 61_000, 80, F::SYN)
-        .window(1024)
-        .seq_ack(seq, 0)
-        .id(id)
-        .df(false);
+    let m = Craft::tcp(a(), b(), 61_000, 80, F::SYN).window(1024).seq_ack(seq, 0).id(id).df(false);
     assert_eq!(
-        probe(
-            &m.clone().options(&[2, 4, 5, 180]).window(1025).build(),
-            false
-        )
-        .signature,
+        probe(&m.clone().options(&[2, 4, 5, 180]).window(1025).build(), false).signature,
         Some(Signature::Tool(Fingerprint::Masscan))
     );
     assert_eq!(
@@ -116,14 +98,8 @@ fn masscan_ip_id_relation() {
 
 #[test]
 fn zmap_old_and_new() {
-    let old = Craft::tcp(a(), b(), 40_000, 443, F::SYN)
-        .window(65_535)
-        .id(54_321)
-        .df(false);
-    assert_eq!(
-        probe(&old.build(), false).signature,
-        Some(Signature::Tool(Fingerprint::Zmap))
-    );
+    let old = Craft::tcp(a(), b(), 40_000, 443, F::SYN).window(65_535).id(54_321).df(false);
+    assert_eq!(probe(&old.build(), false).signature, Some(Signature::Tool(Fingerprint::Zmap)));
     let new = Craft::tcp(a(), b(), 40_000, 443, F::SYN)
         .window(65_535)
         .id(999)
@@ -139,20 +115,12 @@ fn zmap_old_and_new() {
 
 #[test]
 fn hping3_ack_without_ack_flag() {
-    let h = Craft::tcp(a(), b(), 2000, 0, 0)
-        .window(512)
-        .seq_ack(1, 0x1d04_cd86);
+    let h = Craft::tcp(a(), b(), 2000, 0, 0).window(512).seq_ack(1, 0x1d04_cd86);
     let p = probe(&h.build(), false);
     assert_eq!(p.kind, ProbeKind::TcpNull);
     assert_eq!(p.signature, Some(Signature::Tool(Fingerprint::Hping3)));
-    let syn = Craft::tcp(a(), b(), 2000, 80, F::SYN)
-        .window(512)
-        .seq_ack(1, 7)
-        .build();
-    assert_eq!(
-        probe(&syn, false).signature,
-        Some(Signature::Tool(Fingerprint::Hping3))
-    );
+    let syn = Craft::tcp(a(), b(), 2000, 80, F::SYN).window(512).seq_ack(1, 7).build();
+    assert_eq!(probe(&syn, false).signature, Some(Signature::Tool(Fingerprint::Hping3)));
     // RST without ACK may carry any ack; real stacks do.
     let rst = Craft::tcp(a(), b(), 2000, 80, F::RST).seq_ack(1, 7).build();
     assert_eq!(probe(&rst, false).signature, None);
@@ -167,49 +135,14 @@ fn nmap_os_probes_exactly() {
     let seq1 = [&[3, 3, 10, 1, 2, 4, 5, 180][..], &TS, &[4, 2]].concat();
     let cases: Vec<(OsProbe, u16, u16, Vec<u8>)> = vec![
         (OsProbe::Seq1, F::SYN, 1, seq1),
-        (
-            OsProbe::Seq2,
-            F::SYN,
-            63,
-            [&[2, 4, 5, 120, 3, 3, 0, 4, 2][..], &TS, &[0]].concat(),
-        ),
-        (
-            OsProbe::Seq3,
-            F::SYN,
-            4,
-            [&TS[..], &[1, 1, 3, 3, 5, 1, 2, 4, 2, 128]].concat(),
-        ),
-        (
-            OsProbe::Seq4,
-            F::SYN,
-            4,
-            [&[4, 2][..], &TS, &[3, 3, 10, 0]].concat(),
-        ),
-        (
-            OsProbe::Seq5,
-            F::SYN,
-            16,
-            [&[2, 4, 2, 24, 4, 2][..], &TS, &[3, 3, 10, 0]].concat(),
-        ),
-        (
-            OsProbe::Seq6,
-            F::SYN,
-            512,
-            [&[2, 4, 1, 9, 4, 2][..], &TS].concat(),
-        ),
-        (
-            OsProbe::Ecn,
-            F::SYN | F::ECE | F::CWR,
-            3,
-            vec![3, 3, 10, 1, 2, 4, 5, 180, 4, 2, 1, 1],
-        ),
+        (OsProbe::Seq2, F::SYN, 63, [&[2, 4, 5, 120, 3, 3, 0, 4, 2][..], &TS, &[0]].concat()),
+        (OsProbe::Seq3, F::SYN, 4, [&TS[..], &[1, 1, 3, 3, 5, 1, 2, 4, 2, 128]].concat()),
+        (OsProbe::Seq4, F::SYN, 4, [&[4, 2][..], &TS, &[3, 3, 10, 0]].concat()),
+        (OsProbe::Seq5, F::SYN, 16, [&[2, 4, 2, 24, 4, 2][..], &TS, &[3, 3, 10, 0]].concat()),
+        (OsProbe::Seq6, F::SYN, 512, [&[2, 4, 1, 9, 4, 2][..], &TS].concat()),
+        (OsProbe::Ecn, F::SYN | F::ECE | F::CWR, 3, vec![3, 3, 10, 1, 2, 4, 5, 180, 4, 2, 1, 1]),
         (OsProbe::T2, 0, 128, t2.clone()),
-        (
-            OsProbe::T3,
-            F::SYN | F::FIN | F::PSH | F::URG,
-            256,
-            t2.clone(),
-        ),
+        (OsProbe::T3, F::SYN | F::FIN | F::PSH | F::URG, 256, t2.clone()),
         (OsProbe::T4, F::ACK, 1024, t2.clone()),
         (OsProbe::T5, F::SYN, 31_337, t2.clone()),
         (OsProbe::T6, F::ACK, 32_768, t2),
@@ -221,39 +154,20 @@ fn nmap_os_probes_exactly() {
             .options(&options)
             .seq_ack(7, 99)
             .build();
-        assert_eq!(
-            probe(&bytes, false).signature,
-            Some(Signature::OsProbe(want)),
-            "{want:?}"
-        );
+        assert_eq!(probe(&bytes, false).signature, Some(Signature::OsProbe(want)), "{want:?}");
         // One option byte off and it is no longer that probe.
         let mut off = options.clone();
         off[0] ^= 0x40;
-        let bytes = Craft::tcp(a(), b(), 46_350, 22, flags)
-            .window(window)
-            .options(&off)
-            .build();
-        assert_ne!(
-            probe(&bytes, false).signature,
-            Some(Signature::OsProbe(want))
-        );
+        let bytes = Craft::tcp(a(), b(), 46_350, 22, flags).window(window).options(&off).build();
+        assert_ne!(probe(&bytes, false).signature, Some(Signature::OsProbe(want)));
     }
 }
 
 #[test]
 fn nmap_os_udp_and_icmp_probes() {
-    let u1 = Craft::udp(a(), b(), 40_000, 9)
-        .id(0x1042)
-        .payload(&[b'C'; 300])
-        .build();
-    assert_eq!(
-        probe(&u1, false).signature,
-        Some(Signature::OsProbe(OsProbe::U1))
-    );
-    let ie1 = Craft::icmp(a(), b(), 8, 9)
-        .icmp_rest([0, 7, 1, 39])
-        .payload(&[0; 120])
-        .build();
+    let u1 = Craft::udp(a(), b(), 40_000, 9).id(0x1042).payload(&[b'C'; 300]).build();
+    assert_eq!(probe(&u1, false).signature, Some(Signature::OsProbe(OsProbe::U1)));
+    let ie1 = Craft::icmp(a(), b(), 8, 9).icmp_rest([0, 7, 1, 39]).payload(&[0; 120]).build();
     assert_eq!(
         probe(&ie1, false),
         Probe {
@@ -262,55 +176,27 @@ fn nmap_os_udp_and_icmp_probes() {
             port: None
         }
     );
-    let ie2 = Craft::icmp(a(), b(), 8, 0)
-        .tos(4)
-        .icmp_rest([0, 8, 1, 40])
-        .payload(&[0; 150])
-        .build();
-    assert_eq!(
-        probe(&ie2, false).signature,
-        Some(Signature::OsProbe(OsProbe::Ie2))
-    );
+    let ie2 =
+        Craft::icmp(a(), b(), 8, 0).tos(4).icmp_rest([0, 8, 1, 40]).payload(&[0; 150]).build();
+    assert_eq!(probe(&ie2, false).signature, Some(Signature::OsProbe(OsProbe::Ie2)));
 }
 
 #[test]
 fn icmp_kinds() {
     let empty_echo = Craft::icmp(a(), b(), 8, 0).build();
+    assert_eq!(probe(&empty_echo, false).signature, Some(Signature::Tool(Fingerprint::NmapEcho)));
+    let v6_echo =
+        Craft::icmp("fd5c:a11::2".parse().unwrap(), "fd5c:a11::1".parse().unwrap(), 128, 0).build();
+    assert_eq!(probe(&v6_echo, false).signature, Some(Signature::Tool(Fingerprint::NmapEcho)));
     assert_eq!(
-        probe(&empty_echo, false).signature,
-        Some(Signature::Tool(Fingerprint::NmapEcho))
-    );
-    let v6_echo = Craft::icmp(
-        "fd5c:a11::2".parse().unwrap(),
-        "fd5c:a11::1".parse().unwrap(),
-        128,
-        0,
-    )
-    .build();
-    assert_eq!(
-        probe(&v6_echo, false).signature,
-        Some(Signature::Tool(Fingerprint::NmapEcho))
-    );
-    assert_eq!(
-        probe(
-            &Craft::icmp(a(), b(), 13, 0).payload(&[0; 12]).build(),
-            false
-        )
-        .kind,
+        probe(&Craft::icmp(a(), b(), 13, 0).payload(&[0; 12]).build(), false).kind,
         ProbeKind::IcmpTimestamp
     );
     assert_eq!(
-        probe(
-            &Craft::icmp(a(), b(), 17, 0).payload(&[0; 4]).build(),
-            false
-        )
-        .kind,
+        probe(&Craft::icmp(a(), b(), 17, 0).payload(&[0; 4]).build(), false).kind,
         ProbeKind::IcmpAddressMask
     );
-    assert_eq!(
-        probe(&Craft::icmp(a(), b(), 0, 0).build(), false).kind,
-        ProbeKind::IcmpOther
-    );
+    assert_eq!(probe(&Craft::icmp(a(), b(), 0, 0).build(), false).kind, ProbeKind::IcmpOther);
 }
 
 #[test]
@@ -337,11 +223,8 @@ fn nmap_stealth_probes() {
         );
     }
     for flags in [F::ACK, F::FIN | F::ACK] {
-        let p = Craft::tcp(a(), b(), 40_000, 22, flags)
-            .window(1024)
-            .df(false)
-            .seq_ack(0, 0x55)
-            .build();
+        let p =
+            Craft::tcp(a(), b(), 40_000, 22, flags).window(1024).df(false).seq_ack(0, 0x55).build();
         assert_eq!(
             probe(&p, false).signature,
             Some(Signature::Tool(Fingerprint::NmapStealth)),
@@ -356,14 +239,9 @@ fn nmap_stealth_probes() {
         assert_eq!(probe(&real, false).signature, None);
     }
     // The same shape inside a flow is not a probe.
-    let in_flow = Craft::tcp(a(), b(), 40_000, 22, F::ACK)
-        .window(1024)
-        .df(false)
-        .seq_ack(0, 1)
-        .build();
+    let in_flow =
+        Craft::tcp(a(), b(), 40_000, 22, F::ACK).window(1024).df(false).seq_ack(0, 1).build();
     assert_eq!(probe(&in_flow, true).signature, None);
-    let with_df = Craft::tcp(a(), b(), 40_000, 22, F::FIN)
-        .window(1024)
-        .build();
+    let with_df = Craft::tcp(a(), b(), 40_000, 22, F::FIN).window(1024).build();
     assert_eq!(probe(&with_df, false).signature, None);
 }

@@ -220,6 +220,18 @@ pub struct Tracking {
     pub flow_idle: Dur,
 }
 
+impl Lists {
+    /// True when `ip` is in an allowlisted network.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.allow.iter().any(|c| c.contains(ip))
+    }
+
+    /// True when `ip` is in a denylisted network.
+    pub fn denies(&self, ip: std::net::IpAddr) -> bool {
+        self.deny.iter().any(|c| c.contains(ip))
+    }
+}
+
 impl Default for Services {
     fn default() -> Self {
         Self {
@@ -302,12 +314,7 @@ impl Default for Fingerprints {
 
 impl Default for IcmpRules {
     fn default() -> Self {
-        Self {
-            echo_rate: 1.0,
-            echo_burst: 4,
-            timestamp: Action::Drop,
-            address_mask: Action::Drop,
-        }
+        Self { echo_rate: 1.0, echo_burst: 4, timestamp: Action::Drop, address_mask: Action::Drop }
     }
 }
 
@@ -327,14 +334,10 @@ impl Default for Tracking {
 impl Config {
     /// Reads and checks a rules file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Invalid {
-            path: path.to_owned(),
-            message,
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+        Self::from_toml(&text)
+            .map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })
     }
 
     /// Parses and checks rules from TOML text. The error names the key and its line.
@@ -369,46 +372,26 @@ impl Config {
             return fail("ban", "duration", "must be longer than 0s".to_owned());
         }
         if b.max_duration.get() < b.duration.get() {
-            return fail(
-                "ban",
-                "max_duration",
-                "must not be shorter than ban.duration".to_owned(),
-            );
+            return fail("ban", "max_duration", "must not be shorter than ban.duration".to_owned());
         }
         if b.max_new_per_second == 0 {
             return fail("ban", "max_new_per_second", "must be at least 1".to_owned());
         }
         let i = &self.icmp;
         if !(i.echo_rate.is_finite() && i.echo_rate >= 0.0) {
-            return fail(
-                "icmp",
-                "echo_rate",
-                "must be a non-negative number".to_owned(),
-            );
+            return fail("icmp", "echo_rate", "must be a non-negative number".to_owned());
         }
         let t = &self.tracking;
         for (key, value) in [("sources", t.sources), ("flows", t.flows), ("bans", t.bans)] {
             if value == 0 || value > 1 << 26 {
-                return fail(
-                    "tracking",
-                    key,
-                    format!("must be between 1 and {}", 1 << 26),
-                );
+                return fail("tracking", key, format!("must be between 1 and {}", 1 << 26));
             }
         }
         if !t.shards.is_power_of_two() || t.shards > 4096 {
-            return fail(
-                "tracking",
-                "shards",
-                "must be a power of two up to 4096".to_owned(),
-            );
+            return fail("tracking", "shards", "must be a power of two up to 4096".to_owned());
         }
         if !(1..=128).contains(&t.ipv6_prefix) {
-            return fail(
-                "tracking",
-                "ipv6_prefix",
-                "must be between 1 and 128".to_owned(),
-            );
+            return fail("tracking", "ipv6_prefix", "must be between 1 and 128".to_owned());
         }
         Ok(())
     }
@@ -421,9 +404,7 @@ fn describe(text: &str, err: &toml::de::Error) -> String {
     let Some(span) = err.span() else {
         return message.to_owned();
     };
-    let line = text
-        .get(..span.start)
-        .map_or(1, |t| t.matches('\n').count() + 1);
+    let line = text.get(..span.start).map_or(1, |t| t.matches('\n').count() + 1);
     let section = section_of_line(text, line);
     let qualify = |key: &str| match &section {
         Some(s) => format!("{s}.{key}"),
@@ -434,10 +415,7 @@ fn describe(text: &str, err: &toml::de::Error) -> String {
         format!("line {line}: unknown key `{}`: {message}", qualify(key))
     } else {
         match key_on_line(text, line) {
-            Some(key) => format!(
-                "line {line}: bad value for key `{}`: {message}",
-                qualify(&key)
-            ),
+            Some(key) => format!("line {line}: bad value for key `{}`: {message}", qualify(&key)),
             None => format!("line {line}: {message}"),
         }
     }

@@ -58,22 +58,10 @@ fn bad_values_name_the_key_and_line() {
         ("[services]\ntcp = [0]\n", 2, "services.tcp"),
         ("[services]\ntcp = [\"90-80\"]\n", 2, "services.tcp"),
         ("[lists]\nallow = [\"10.0.0.0/40\"]\n", 2, "lists.allow"),
-        (
-            "[policy]\nclosed_ports = \"maybe\"\n",
-            2,
-            "policy.closed_ports",
-        ),
+        ("[policy]\nclosed_ports = \"maybe\"\n", 2, "policy.closed_ports"),
         ("[probes]\nnull = true\n", 2, "probes.null"),
-        (
-            "[scan]\nclosed_port_threshold = 99\n",
-            2,
-            "scan.closed_port_threshold",
-        ),
-        (
-            "[ban]\nduration = \"2h\"\nmax_duration = \"1h\"\n",
-            3,
-            "ban.max_duration",
-        ),
+        ("[scan]\nclosed_port_threshold = 99\n", 2, "scan.closed_port_threshold"),
+        ("[ban]\nduration = \"2h\"\nmax_duration = \"1h\"\n", 3, "ban.max_duration"),
         ("[tracking]\nshards = 3\n", 2, "tracking.shards"),
         ("[tracking]\nipv6_prefix = 0\n", 2, "tracking.ipv6_prefix"),
     ] {

@@ -96,11 +96,7 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = if self.len == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - u32::from(self.len))
-                };
+                let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.len)) };
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(_), IpAddr::V6(_)) => {
@@ -125,10 +121,8 @@ impl FromStr for Cidr {
             Some((a, l)) => (a, Some(l)),
             None => (text, None),
         };
-        let addr: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("invalid address in `{text}`"))?;
+        let addr: IpAddr =
+            addr.trim().parse().map_err(|_| format!("invalid address in `{text}`"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len {
             Some(l) => l.trim().parse::<u8>().ok().filter(|l| *l <= max),
@@ -170,9 +164,7 @@ impl Eq for PortList {}
 impl PortList {
     /// True when `port` is in the set.
     pub fn contains(&self, port: u16) -> bool {
-        self.bits
-            .get(usize::from(port / 64))
-            .is_some_and(|w| w & (1 << (port % 64)) != 0)
+        self.bits.get(usize::from(port / 64)).is_some_and(|w| w & (1 << (port % 64)) != 0)
     }
 
     /// The set as 1024 64-bit words, bit `p % 64` of word `p / 64` for port `p`.
@@ -204,15 +196,8 @@ impl PortList {
 
 impl fmt::Debug for PortList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ports: Vec<u16> = (0..=u16::MAX)
-            .filter(|p| self.contains(*p))
-            .take(32)
-            .collect();
-        write!(
-            f,
-            "PortList({ports:?}{})",
-            if self.len() > 32 { "…" } else { "" }
-        )
+        let ports: Vec<u16> = (0..=u16::MAX).filter(|p| self.contains(*p)).take(32).collect();
+        write!(f, "PortList({ports:?}{})", if self.len() > 32 { "…" } else { "" })
     }
 }
 
@@ -271,10 +256,7 @@ impl<'de> Deserialize<'de> for PortList {
 }
 
 fn port(p: i64) -> Result<u16, String> {
-    u16::try_from(p)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("port {p} is outside 1-65535"))
+    u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| format!("port {p} is outside 1-65535"))
 }
 
 #[cfg(test)]
@@ -287,13 +269,7 @@ mod tests {
         assert!(c.contains("198.19.255.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
         assert!(!c.contains("198.20.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
         let v6: Cidr = "fd5c:a11::/32".parse().unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            v6.contains(
-                "fd5c:a11:9::1"
-                    .parse()
-                    .unwrap_or(IpAddr::from([0, 0, 0, 0]))
-            )
-        );
+        assert!(v6.contains("fd5c:a11:9::1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
         assert!(!v6.contains("198.18.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
         let all: Cidr = "0.0.0.0/0".parse().unwrap_or_else(|e| panic!("{e}"));
         assert!(all.contains("8.8.8.8".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));

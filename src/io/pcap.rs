@@ -53,14 +53,8 @@ const MAX_BLOCK: usize = 64 << 20;
 
 #[derive(Clone, Copy, Debug)]
 enum Format {
-    Pcap {
-        big_endian: bool,
-        nanos: bool,
-        linktype: u32,
-    },
-    PcapNg {
-        big_endian: bool,
-    },
+    Pcap { big_endian: bool, nanos: bool, linktype: u32 },
+    PcapNg { big_endian: bool },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -83,16 +77,11 @@ pub struct PcapReader {
 impl PcapReader {
     /// Opens `path` and reads its file header.
     pub fn open(path: &Path) -> Result<Self, SourceError> {
-        let file = File::open(path).map_err(|source| SourceError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let file =
+            File::open(path).map_err(|source| SourceError::Io { path: path.to_owned(), source })?;
         let mut reader = Self {
             path: path.to_owned(),
-            input: Counting {
-                inner: BufReader::with_capacity(1 << 16, file),
-                count: 0,
-            },
+            input: Counting { inner: BufReader::with_capacity(1 << 16, file), count: 0 },
             format: Format::PcapNg { big_endian: false },
             interfaces: Vec::new(),
             buf: Vec::with_capacity(1 << 16),
@@ -121,11 +110,7 @@ impl PcapReader {
     /// The next frame, or `None` at the end of the file.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, SourceError> {
         match self.format {
-            Format::Pcap {
-                big_endian,
-                nanos,
-                linktype,
-            } => {
+            Format::Pcap { big_endian, nanos, linktype } => {
                 let mut header = [0u8; 16];
                 if !self.read_header(&mut header)? {
                     return Ok(None);
@@ -139,18 +124,9 @@ impl PcapReader {
                     );
                 }
                 self.fill(caplen)?;
-                let micros = if nanos {
-                    u64::from(frac) / 1000
-                } else {
-                    u64::from(frac)
-                };
+                let micros = if nanos { u64::from(frac) / 1000 } else { u64::from(frac) };
                 let ts = Timestamp::from_micros(u64::from(secs) * 1_000_000 + micros);
-                Ok(Some(Frame {
-                    ts,
-                    linktype,
-                    data: &self.buf,
-                    orig_len,
-                }))
+                Ok(Some(Frame { ts, linktype, data: &self.buf, orig_len }))
             }
             Format::PcapNg { .. } => self.next_ng_frame(),
         }
@@ -160,11 +136,7 @@ impl PcapReader {
         let mut rest = [0u8; 20];
         self.read_exact_or(&mut rest, "truncated pcap file header")?;
         let linktype = read_u32(&rest, 16, big_endian) & 0x0fff_ffff;
-        Ok(Format::Pcap {
-            big_endian,
-            nanos,
-            linktype,
-        })
+        Ok(Format::Pcap { big_endian, nanos, linktype })
     }
 
     /// Reads the rest of a section header block whose type was just read.
@@ -200,10 +172,7 @@ impl PcapReader {
                     let linktype = u32::from(read_u16(&self.buf, 0, big_endian));
                     let units_per_sec =
                         tsresol(self.buf.get(8..body_len).unwrap_or_default(), big_endian);
-                    self.interfaces.push(Interface {
-                        linktype,
-                        units_per_sec,
-                    });
+                    self.interfaces.push(Interface { linktype, units_per_sec });
                 }
                 2 | 6 => {
                     // Enhanced (6) and obsolete (2) packet blocks share the layout after the id.
@@ -216,10 +185,7 @@ impl PcapReader {
                         (u64::from(word(&self.buf, 4)) << 32) | u64::from(word(&self.buf, 8));
                     let caplen = word(&self.buf, 12) as usize;
                     let orig_len = word(&self.buf, 16) as usize;
-                    let Some(&Interface {
-                        linktype,
-                        units_per_sec,
-                    }) = self.interfaces.get(iface)
+                    let Some(&Interface { linktype, units_per_sec }) = self.interfaces.get(iface)
                     else {
                         return Err(
                             self.format_error(&format!("packet on undeclared interface {iface}"))
@@ -234,12 +200,7 @@ impl PcapReader {
                     self.last_ts =
                         Timestamp::from_micros(u64::try_from(micros).unwrap_or(u64::MAX));
                     let data = self.buf.get(20..20 + caplen).unwrap_or_default();
-                    return Ok(Some(Frame {
-                        ts: self.last_ts,
-                        linktype,
-                        data,
-                        orig_len,
-                    }));
+                    return Ok(Some(Frame { ts: self.last_ts, linktype, data, orig_len }));
                 }
                 3 => {
                     let Some(&Interface { linktype, .. }) = self.interfaces.first() else {
@@ -248,12 +209,7 @@ impl PcapReader {
                     let orig_len = word(&self.buf, 0) as usize;
                     let caplen = orig_len.min(body_len.saturating_sub(4));
                     let data = self.buf.get(4..4 + caplen).unwrap_or_default();
-                    return Ok(Some(Frame {
-                        ts: self.last_ts,
-                        linktype,
-                        data,
-                        orig_len,
-                    }));
+                    return Ok(Some(Frame { ts: self.last_ts, linktype, data, orig_len }));
                 }
                 _ => {}
             }
@@ -287,10 +243,7 @@ impl PcapReader {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(source) => {
-                    return Err(SourceError::Io {
-                        path: self.path.clone(),
-                        source,
-                    });
+                    return Err(SourceError::Io { path: self.path.clone(), source });
                 }
             };
             if n == 0 {
@@ -314,22 +267,14 @@ impl PcapReader {
     }
 
     fn read_exact_or(&mut self, buf: &mut [u8], what: &str) -> Result<(), SourceError> {
-        self.input
-            .read_exact(buf)
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::UnexpectedEof => self.format_error(what),
-                _ => SourceError::Io {
-                    path: self.path.clone(),
-                    source,
-                },
-            })
+        self.input.read_exact(buf).map_err(|source| match source.kind() {
+            io::ErrorKind::UnexpectedEof => self.format_error(what),
+            _ => SourceError::Io { path: self.path.clone(), source },
+        })
     }
 
     fn format_error(&self, message: &str) -> SourceError {
-        SourceError::Format {
-            path: self.path.clone(),
-            message: message.to_owned(),
-        }
+        SourceError::Format { path: self.path.clone(), message: message.to_owned() }
     }
 }
 
@@ -344,11 +289,7 @@ fn tsresol(mut options: &[u8], big_endian: bool) -> u128 {
         if code == 9 && len == 1 {
             if let Some(&v) = options.get(4) {
                 let exp = u32::from(v & 0x7f).min(30);
-                return if v & 0x80 == 0 {
-                    10u128.pow(exp.min(24))
-                } else {
-                    1u128 << exp
-                };
+                return if v & 0x80 == 0 { 10u128.pow(exp.min(24)) } else { 1u128 << exp };
             }
         }
         let step = 4 + len.div_ceil(4) * 4;
@@ -358,27 +299,13 @@ fn tsresol(mut options: &[u8], big_endian: bool) -> u128 {
 }
 
 fn read_u32(buf: &[u8], at: usize, big_endian: bool) -> u32 {
-    let b: [u8; 4] = buf
-        .get(at..at + 4)
-        .and_then(|s| s.try_into().ok())
-        .unwrap_or([0; 4]);
-    if big_endian {
-        u32::from_be_bytes(b)
-    } else {
-        u32::from_le_bytes(b)
-    }
+    let b: [u8; 4] = buf.get(at..at + 4).and_then(|s| s.try_into().ok()).unwrap_or([0; 4]);
+    if big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
 }
 
 fn read_u16(buf: &[u8], at: usize, big_endian: bool) -> u16 {
-    let b: [u8; 2] = buf
-        .get(at..at + 2)
-        .and_then(|s| s.try_into().ok())
-        .unwrap_or([0; 2]);
-    if big_endian {
-        u16::from_be_bytes(b)
-    } else {
-        u16::from_le_bytes(b)
-    }
+    let b: [u8; 2] = buf.get(at..at + 2).and_then(|s| s.try_into().ok()).unwrap_or([0; 2]);
+    if big_endian { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) }
 }
 
 struct Counting<R> {

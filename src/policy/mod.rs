@@ -127,19 +127,11 @@ pub struct Decision {
 
 impl Decision {
     const fn accept(reason: Reason) -> Self {
-        Self {
-            verdict: Verdict::Accept,
-            reason,
-            ban: None,
-        }
+        Self { verdict: Verdict::Accept, reason, ban: None }
     }
 
     const fn drop(reason: Reason) -> Self {
-        Self {
-            verdict: Verdict::Drop,
-            reason,
-            ban: None,
-        }
+        Self { verdict: Verdict::Drop, reason, ban: None }
     }
 }
 
@@ -265,13 +257,7 @@ impl Policy {
     /// the packet in the state's last-seen time and kind mask, and issues
     /// any ban the decision calls for with [`Policy::ban`].
     pub fn inbound(&self, ctx: Inbound, state: &mut SourceState) -> Decision {
-        let Inbound {
-            now,
-            kind,
-            signature,
-            port,
-            in_flow,
-        } = ctx;
+        let Inbound { now, kind, signature, port, in_flow } = ctx;
         let stealth = self.config.scan.weight_stealth;
         // Rules, most specific first: an nmap OS probe, then the probe's
         // kind, then a tool fingerprint. The first one switched on decides.
@@ -279,21 +265,10 @@ impl Policy {
         let tool = signature.filter(|s| matches!(s, Signature::Tool(_)));
         let kind_rule = self.probe_action(kind);
         let rules = [
-            os_probe.map(|s| {
-                (
-                    self.signature_action(s),
-                    Reason::Signature,
-                    BanReason::Signature(s),
-                )
-            }),
+            os_probe
+                .map(|s| (self.signature_action(s), Reason::Signature, BanReason::Signature(s))),
             kind_rule.map(|a| (a, Reason::Probe, BanReason::Probe(kind))),
-            tool.map(|s| {
-                (
-                    self.signature_action(s),
-                    Reason::Signature,
-                    BanReason::Signature(s),
-                )
-            }),
+            tool.map(|s| (self.signature_action(s), Reason::Signature, BanReason::Signature(s))),
         ];
         for (action, reason, ban) in rules.into_iter().flatten() {
             match action {
@@ -327,10 +302,9 @@ impl Policy {
                 }
                 _ => Decision::accept(Reason::OpenPort),
             },
-            ProbeKind::TcpSynAck if !in_flow => toggle(
-                self.config.policy.unsolicited_syn_ack,
-                Reason::UnsolicitedSynAck,
-            ),
+            ProbeKind::TcpSynAck if !in_flow => {
+                toggle(self.config.policy.unsolicited_syn_ack, Reason::UnsolicitedSynAck)
+            }
             ProbeKind::IcmpEcho => {
                 let icmp = &self.config.icmp;
                 if state.take_echo(now, icmp.echo_rate, icmp.echo_burst) {
@@ -400,10 +374,7 @@ impl Policy {
             self.guarded.fetch_add(1, Ordering::Relaxed);
             return self.touch(state, now, port, self.config.scan.weight_stealth, decision);
         }
-        Decision {
-            ban: Some(reason),
-            ..decision
-        }
+        Decision { ban: Some(reason), ..decision }
     }
 
     /// Issues a ban, doubling with each repeat offence, unless the
@@ -438,10 +409,7 @@ impl Policy {
     pub fn ban_length(&self, offences: u16) -> Duration {
         let b = &self.config.ban;
         let doublings = u32::from(offences.saturating_sub(1)).min(32);
-        b.duration
-            .get()
-            .saturating_mul(1u32 << doublings.min(31))
-            .min(b.max_duration.get())
+        b.duration.get().saturating_mul(1u32 << doublings.min(31)).min(b.max_duration.get())
     }
 }
 

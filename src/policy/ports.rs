@@ -23,9 +23,7 @@ struct Bitmap([Box<[AtomicU64]>; PROTOS]);
 
 impl Bitmap {
     fn new() -> Self {
-        Self(std::array::from_fn(|_| {
-            (0..WORDS).map(|_| AtomicU64::new(0)).collect()
-        }))
+        Self(std::array::from_fn(|_| (0..WORDS).map(|_| AtomicU64::new(0)).collect()))
     }
 
     fn word(&self, proto: PortProto, port: u16) -> Option<&AtomicU64> {
@@ -33,8 +31,7 @@ impl Bitmap {
     }
 
     fn contains(&self, proto: PortProto, port: u16) -> bool {
-        self.word(proto, port)
-            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (port % 64)) != 0)
+        self.word(proto, port).is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (port % 64)) != 0)
     }
 
     fn insert(&self, proto: PortProto, port: u16) {
@@ -102,10 +99,7 @@ mod tests {
 
     #[test]
     fn layers_combine() {
-        let services = Services {
-            tcp: PortList::from_ports([22]),
-            ..Services::default()
-        };
+        let services = Services { tcp: PortList::from_ports([22]), ..Services::default() };
         let map = PortMap::new(&services);
         assert!(map.is_open(PortProto::Tcp, 22));
         assert!(!map.is_open(PortProto::Udp, 22));
@@ -114,14 +108,8 @@ mod tests {
         map.set_listening(PortProto::Tcp, &PortList::from_ports([8080]));
         assert!(map.is_open(PortProto::Tcp, 8080));
         map.set_listening(PortProto::Tcp, &PortList::default());
-        assert!(
-            !map.is_open(PortProto::Tcp, 8080),
-            "a closed socket closes its port"
-        );
-        let no_learn = PortMap::new(&Services {
-            learn_from_replies: false,
-            ..Services::default()
-        });
+        assert!(!map.is_open(PortProto::Tcp, 8080), "a closed socket closes its port");
+        let no_learn = PortMap::new(&Services { learn_from_replies: false, ..Services::default() });
         no_learn.learn(PortProto::Tcp, 80);
         assert!(!no_learn.is_open(PortProto::Tcp, 80));
     }

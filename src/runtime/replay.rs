@@ -101,8 +101,7 @@ pub struct Report {
 impl Report {
     /// The report of one source, if it sent anything.
     pub fn source(&self, ip: IpAddr, engine: &Engine) -> Option<&SourceReport> {
-        self.sources
-            .get(&SourceKey::new(ip, engine.config().tracking.ipv6_prefix))
+        self.sources.get(&SourceKey::new(ip, engine.config().tracking.ipv6_prefix))
     }
 }
 
@@ -131,11 +130,8 @@ pub fn run(
         LruCache::new(NonZeroUsize::new(TUPLES).unwrap_or(NonZeroUsize::MIN));
     let mut ports: HashMap<SourceKey, HashSet<(PortProto, u16)>> = HashMap::new();
     for path in files {
-        let local = if options.local.is_empty() {
-            infer_local(path)?
-        } else {
-            options.local.clone()
-        };
+        let local =
+            if options.local.is_empty() { infer_local(path)? } else { options.local.clone() };
         report.local.extend(local.iter().map(ToString::to_string));
         if engine.config().services.learn_from_replies {
             learn_ports(engine, path, &local)?;
@@ -147,11 +143,7 @@ pub fn run(
         while let Some(frame) = reader.next_frame()? {
             report.frames += 1;
             let now = frame.ts;
-            report.span = Some(
-                report
-                    .span
-                    .map_or((now, now), |(a, b)| (a.min(now), b.max(now))),
-            );
+            report.span = Some(report.span.map_or((now, now), |(a, b)| (a.min(now), b.max(now))));
             let Some(ip) = ip_bytes(frame.linktype, frame.data) else {
                 report.not_ip += 1;
                 continue;
@@ -189,14 +181,7 @@ pub fn run(
             } else {
                 ChecksumCheck::Verify
             };
-            let outcome = engine.handle_with(
-                now,
-                Meta {
-                    direction,
-                    checksum,
-                },
-                &mut buf,
-            );
+            let outcome = engine.handle_with(now, Meta { direction, checksum }, &mut buf);
             let dropped = outcome.verdict == Verdict::Drop;
             if let Some(t) = request {
                 fates.put(t, dropped);
@@ -328,21 +313,11 @@ fn request_tuple(view: &PacketView<'_>) -> Option<Tuple> {
         Transport::Icmp(i) if is_icmp_request(i.v6, i.kind) => (i.ident(), 0),
         _ => return None,
     };
-    Some(Tuple {
-        src: view.ip.src,
-        dst: view.ip.dst,
-        protocol: view.ip.protocol,
-        sport,
-        dport,
-    })
+    Some(Tuple { src: view.ip.src, dst: view.ip.dst, protocol: view.ip.protocol, sport, dport })
 }
 
 fn is_icmp_request(v6: bool, kind: u8) -> bool {
-    if v6 {
-        kind == 128
-    } else {
-        matches!(kind, 8 | 13 | 17)
-    }
+    if v6 { kind == 128 } else { matches!(kind, 8 | 13 | 17) }
 }
 
 /// The request a reply answers: reversed ports for TCP and UDP, the quoted
@@ -352,28 +327,14 @@ fn reply_tuple(view: &PacketView<'_>) -> Option<Tuple> {
     match view.transport {
         Transport::Tcp(t) => {
             let reply = t.flags.has(TcpFlags::SYN | TcpFlags::ACK) || t.flags.has(TcpFlags::RST);
-            reply.then_some(Tuple {
-                src,
-                dst,
-                protocol,
-                sport: t.dst_port,
-                dport: t.src_port,
-            })
+            reply.then_some(Tuple { src, dst, protocol, sport: t.dst_port, dport: t.src_port })
         }
-        Transport::Udp(u) => Some(Tuple {
-            src,
-            dst,
-            protocol,
-            sport: u.dst_port,
-            dport: u.src_port,
-        }),
-        Transport::Sctp { src_port, dst_port } => Some(Tuple {
-            src,
-            dst,
-            protocol,
-            sport: dst_port,
-            dport: src_port,
-        }),
+        Transport::Udp(u) => {
+            Some(Tuple { src, dst, protocol, sport: u.dst_port, dport: u.src_port })
+        }
+        Transport::Sctp { src_port, dst_port } => {
+            Some(Tuple { src, dst, protocol, sport: dst_port, dport: src_port })
+        }
         Transport::Icmp(i) => {
             if let Some(q) = wire::quoted(&i) {
                 return Some(Tuple {
@@ -384,11 +345,7 @@ fn reply_tuple(view: &PacketView<'_>) -> Option<Tuple> {
                     dport: q.dst_port,
                 });
             }
-            let is_reply = if i.v6 {
-                i.kind == 129
-            } else {
-                matches!(i.kind, 0 | 14 | 18)
-            };
+            let is_reply = if i.v6 { i.kind == 129 } else { matches!(i.kind, 0 | 14 | 18) };
             let request_proto = protocol;
             is_reply.then_some(Tuple {
                 src,
@@ -421,44 +378,27 @@ fn infer_local(path: &Path) -> Result<Vec<Cidr>, ReplayError> {
                 synack.insert(view.ip.src);
             }
             Transport::Tcp(t) => {
-                ports
-                    .entry(view.ip.dst)
-                    .or_default()
-                    .insert((6, t.dst_port));
+                ports.entry(view.ip.dst).or_default().insert((6, t.dst_port));
             }
             Transport::Udp(u) => {
-                ports
-                    .entry(view.ip.dst)
-                    .or_default()
-                    .insert((17, u.dst_port));
+                ports.entry(view.ip.dst).or_default().insert((17, u.dst_port));
             }
             _ => {}
         }
     }
     let most = |counts: Vec<(IpAddr, usize)>| {
-        counts
-            .into_iter()
-            .max_by_key(|(ip, n)| (*n, *ip))
-            .map(|(ip, _)| ip)
+        counts.into_iter().max_by_key(|(ip, n)| (*n, *ip)).map(|(ip, _)| ip)
     };
     let chosen: Vec<IpAddr> = if !synack.is_empty() {
         synack.into_iter().collect()
     } else if let Some(ip) = most(ports.into_iter().map(|(ip, set)| (ip, set.len())).collect()) {
         vec![ip]
     } else {
-        most(
-            destinations
-                .into_iter()
-                .map(|(ip, n)| (ip, n as usize))
-                .collect(),
-        )
-        .into_iter()
-        .collect()
+        most(destinations.into_iter().map(|(ip, n)| (ip, n as usize)).collect())
+            .into_iter()
+            .collect()
     };
-    Ok(chosen
-        .into_iter()
-        .filter_map(|ip| ip.to_string().parse().ok())
-        .collect())
+    Ok(chosen.into_iter().filter_map(|ip| ip.to_string().parse().ok()).collect())
 }
 
 /// Marks the ports the capture shows the host answering on as open.
@@ -500,29 +440,17 @@ pub fn write_summary(
     writeln!(
         out,
         "local      {}",
-        if report.local.is_empty() {
-            "(none found)".to_owned()
-        } else {
-            report.local.join(", ")
-        }
+        if report.local.is_empty() { "(none found)".to_owned() } else { report.local.join(", ") }
     )?;
     if let Some((a, b)) = report.span {
-        writeln!(
-            out,
-            "span       {a} .. {b} ({:.3}s)",
-            b.saturating_since(a).as_secs_f64()
-        )?;
+        writeln!(out, "span       {a} .. {b} ({:.3}s)", b.saturating_since(a).as_secs_f64())?;
     }
     writeln!(
         out,
         "packets    {} frames: {} inbound, {} outbound, {} not IP, {} replies suppressed (their request was dropped)",
         report.frames, report.inbound, report.outbound, report.not_ip, report.replies_suppressed
     )?;
-    writeln!(
-        out,
-        "verdicts   accept {}, drop {}",
-        report.accepted, report.dropped
-    )?;
+    writeln!(out, "verdicts   accept {}, drop {}", report.accepted, report.dropped)?;
     if !report.drops.is_empty() {
         writeln!(out, "drops      {}", counts(&report.drops, |r| r.name()))?;
     }
@@ -533,11 +461,7 @@ pub fn write_summary(
         }
     }
     writeln!(out, "kinds      {}", counts(&kinds, ProbeKind::name))?;
-    let banned: Vec<_> = report
-        .sources
-        .iter()
-        .filter(|(_, s)| s.ban.is_some())
-        .collect();
+    let banned: Vec<_> = report.sources.iter().filter(|(_, s)| s.ban.is_some()).collect();
     writeln!(out, "bans       {}", banned.len())?;
     let start = report.span.map_or(Timestamp::ZERO, |s| s.0);
     for (key, s) in banned {
@@ -552,11 +476,7 @@ pub fn write_summary(
             ban.reason
         )?;
         writeln!(out, "      scanner    {}", scanner_name(s))?;
-        writeln!(
-            out,
-            "      scan kinds {}",
-            counts(&s.kinds, ProbeKind::name)
-        )?;
+        writeln!(out, "      scan kinds {}", counts(&s.kinds, ProbeKind::name))?;
         writeln!(
             out,
             "      probes     {} packets, {} ports probed, {} dropped, {} answered, {} accepted while banned",
@@ -568,10 +488,7 @@ pub fn write_summary(
 
 /// `name count, name count, …` in key order.
 fn counts<K: Copy>(map: &BTreeMap<K, u64>, name: impl Fn(K) -> &'static str) -> String {
-    let parts: Vec<String> = map
-        .iter()
-        .map(|(k, n)| format!("{} {n}", name(*k)))
-        .collect();
+    let parts: Vec<String> = map.iter().map(|(k, n)| format!("{} {n}", name(*k))).collect();
     parts.join(", ")
 }
 
@@ -582,12 +499,7 @@ pub fn scanner_name(s: &SourceReport) -> String {
         let sigs: Vec<&str> = s.signatures.iter().map(String::as_str).collect();
         return format!("{} (signatures: {})", tools.join(", "), sigs.join(", "));
     }
-    let stealth: Vec<&str> = s
-        .kinds
-        .keys()
-        .filter(|k| k.is_stealth())
-        .map(|k| k.name())
-        .collect();
+    let stealth: Vec<&str> = s.kinds.keys().filter(|k| k.is_stealth()).map(|k| k.name()).collect();
     if !stealth.is_empty() {
         return format!("port scanner ({} probes)", stealth.join(", "));
     }

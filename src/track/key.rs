@@ -24,18 +24,12 @@ impl SourceKey {
     /// The key for `ip`, with IPv6 addresses cut to `v6_prefix` bits.
     pub fn new(ip: IpAddr, v6_prefix: u8) -> Self {
         match ip {
-            IpAddr::V4(v4) => Self {
-                addr: u128::from(u32::from(v4)).to_be_bytes(),
-                len: 32,
-                v6: false,
-            },
+            IpAddr::V4(v4) => {
+                Self { addr: u128::from(u32::from(v4)).to_be_bytes(), len: 32, v6: false }
+            }
             IpAddr::V6(v6) => {
                 let len = v6_prefix.min(128);
-                Self {
-                    addr: (u128::from(v6) & prefix_mask(len)).to_be_bytes(),
-                    len,
-                    v6: true,
-                }
+                Self { addr: (u128::from(v6) & prefix_mask(len)).to_be_bytes(), len, v6: true }
             }
         }
     }
@@ -107,12 +101,8 @@ mod tests {
 
     #[test]
     fn ipv6_sources_group_by_prefix() {
-        let a: IpAddr = "fd5c:a11:1:2:aaaa::1"
-            .parse()
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let b: IpAddr = "fd5c:a11:1:2:bbbb::9"
-            .parse()
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let a: IpAddr = "fd5c:a11:1:2:aaaa::1".parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let b: IpAddr = "fd5c:a11:1:2:bbbb::9".parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         assert_eq!(SourceKey::new(a, 64), SourceKey::new(b, 64));
         assert_ne!(SourceKey::new(a, 128), SourceKey::new(b, 128));
         assert_eq!(SourceKey::new(a, 64).to_string(), "fd5c:a11:1:2::/64");

@@ -196,10 +196,7 @@ impl Shard {
 
     /// The active ban on `key`, if any.
     pub fn active_ban(&self, key: &SourceKey, now: Timestamp) -> Option<Ban> {
-        self.bans
-            .get(key)
-            .map(|r| r.ban)
-            .filter(|b| b.is_active(now))
+        self.bans.get(key).map(|r| r.ban).filter(|b| b.is_active(now))
     }
 
     /// Offences on record for `key` (active or remembered bans).
@@ -211,11 +208,7 @@ impl Shard {
     /// table is full of active bans; an active ban is never displaced.
     pub fn insert_ban(&mut self, key: SourceKey, ban: Ban, now: Timestamp) -> bool {
         if !self.bans.contains_key(&key) && self.bans.len() >= self.ban_capacity {
-            let lifted = self
-                .bans
-                .iter()
-                .find(|(_, r)| !r.ban.is_active(now))
-                .map(|(k, _)| *k);
+            let lifted = self.bans.iter().find(|(_, r)| !r.ban.is_active(now)).map(|(k, _)| *k);
             match lifted {
                 Some(old) => {
                     self.bans.remove(&old);
@@ -238,16 +231,12 @@ impl Shard {
     /// The flow `key`, if tracked and not idle for longer than `idle`. A
     /// stale entry is left for the sweep, or for `insert_flow` to replace.
     pub fn flow(&mut self, key: &FlowKey, now: Timestamp, idle: Duration) -> Option<&mut Flow> {
-        self.flows
-            .get_mut(key)
-            .filter(|f| now.saturating_since(f.last) <= idle)
+        self.flows.get_mut(key).filter(|f| now.saturating_since(f.last) <= idle)
     }
 
     /// True when the flow `key` is tracked and fresh; changes nothing.
     pub fn peek_flow(&self, key: &FlowKey, now: Timestamp, idle: Duration) -> bool {
-        self.flows
-            .peek(key)
-            .is_some_and(|f| now.saturating_since(f.last) <= idle)
+        self.flows.peek(key).is_some_and(|f| now.saturating_since(f.last) <= idle)
     }
 
     /// Starts tracking a flow.
@@ -287,23 +276,11 @@ impl Table {
         let per = |total: usize| total.div_ceil(n);
         let shards = (0..n)
             .map(|_| {
-                Mutex::new(Shard::new(
-                    per(limits.sources),
-                    per(limits.flows),
-                    per(limits.bans),
-                ))
+                Mutex::new(Shard::new(per(limits.sources), per(limits.flows), per(limits.bans)))
             })
             .collect();
-        let limits = TableLimits {
-            shards: n,
-            ..limits
-        };
-        Self {
-            shards,
-            hasher: DefaultHasher::default(),
-            mask: n - 1,
-            limits,
-        }
+        let limits = TableLimits { shards: n, ..limits };
+        Self { shards, hasher: DefaultHasher::default(), mask: n - 1, limits }
     }
 
     /// The limits in force (shards rounded to a power of two).
@@ -372,10 +349,7 @@ impl Table {
         let mut out = Sweep::default();
         for shard in self.shards.iter() {
             let mut g = lock(shard);
-            while g
-                .flows
-                .peek_lru()
-                .is_some_and(|(_, f)| now.saturating_since(f.last) > flow_idle)
+            while g.flows.peek_lru().is_some_and(|(_, f)| now.saturating_since(f.last) > flow_idle)
             {
                 g.flows.pop_lru();
                 out.flows_expired += 1;
@@ -394,8 +368,7 @@ impl Table {
                     out.lifted.push((*key, record.ban));
                 }
             }
-            g.bans
-                .retain(|_, r| now.saturating_since(r.ban.until) <= memory);
+            g.bans.retain(|_, r| now.saturating_since(r.ban.until) <= memory);
         }
         out.lifted.sort_by_key(|(k, _)| *k);
         out
@@ -425,12 +398,7 @@ mod tests {
     }
 
     fn table(sources: usize, bans: usize) -> Table {
-        Table::new(TableLimits {
-            shards: 1,
-            sources,
-            flows: 8,
-            bans,
-        })
+        Table::new(TableLimits { shards: 1, sources, flows: 8, bans })
     }
 
     #[test]
@@ -458,16 +426,10 @@ mod tests {
         };
         assert!(t.lock(&key(1)).insert_ban(key(1), ban(100), now));
         assert!(t.lock(&key(2)).insert_ban(key(2), ban(100), now));
-        assert!(
-            !t.lock(&key(3)).insert_ban(key(3), ban(100), now),
-            "full of active bans"
-        );
+        assert!(!t.lock(&key(3)).insert_ban(key(3), ban(100), now), "full of active bans");
         assert_eq!(t.stats().bans_refused_full, 1);
         let later = Timestamp::from_secs(200);
-        assert!(
-            t.lock(&key(3)).insert_ban(key(3), ban(300), later),
-            "a lifted ban makes room"
-        );
+        assert!(t.lock(&key(3)).insert_ban(key(3), ban(300), later), "a lifted ban makes room");
         assert_eq!(t.active_bans(later).len(), 1);
     }
 
@@ -483,18 +445,11 @@ mod tests {
         t.lock(&key(1)).insert_ban(key(1), ban, Timestamp::ZERO);
         let d = Duration::from_secs(60);
         assert!(t.sweep(Timestamp::from_secs(1), d, d, d).lifted.is_empty());
-        assert_eq!(
-            t.sweep(Timestamp::from_secs(6), d, d, d).lifted,
-            vec![(key(1), ban)]
-        );
+        assert_eq!(t.sweep(Timestamp::from_secs(6), d, d, d).lifted, vec![(key(1), ban)]);
         assert!(t.sweep(Timestamp::from_secs(7), d, d, d).lifted.is_empty());
         assert_eq!(t.lock(&key(1)).offences(&key(1)), 1, "remembered");
         t.sweep(Timestamp::from_secs(100), d, d, d);
-        assert_eq!(
-            t.lock(&key(1)).offences(&key(1)),
-            0,
-            "forgotten after the memory"
-        );
+        assert_eq!(t.lock(&key(1)).offences(&key(1)), 0, "forgotten after the memory");
     }
 
     #[test]
@@ -507,11 +462,7 @@ mod tests {
             local_port: 2,
             protocol: 6,
         };
-        let flow = Flow {
-            state: FlowState::SynSeen,
-            inbound: true,
-            last: Timestamp::from_secs(1),
-        };
+        let flow = Flow { state: FlowState::SynSeen, inbound: true, last: Timestamp::from_secs(1) };
         let idle = Duration::from_secs(10);
         let mut g = t.lock(&key(1));
         g.insert_flow(fk, flow);

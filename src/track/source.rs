@@ -46,10 +46,7 @@ impl SlowWindow {
     fn add(&mut self, now_s: u32, half_s: u32, proto: PortProto, port: u16) -> u32 {
         let elapsed = now_s.saturating_sub(self.start_s);
         if elapsed >= half_s.saturating_mul(2) {
-            *self = Self {
-                start_s: now_s,
-                ..Self::default()
-            };
+            *self = Self { start_s: now_s, ..Self::default() };
         } else if elapsed >= half_s {
             self.previous = self.current;
             self.current = [0; 4];
@@ -61,11 +58,7 @@ impl SlowWindow {
         if let Some(word) = self.current.get_mut((bit / 64) as usize) {
             *word |= 1 << (bit % 64);
         }
-        self.current
-            .iter()
-            .zip(&self.previous)
-            .map(|(c, p)| (c | p).count_ones())
-            .sum()
+        self.current.iter().zip(&self.previous).map(|(c, p)| (c | p).count_ones()).sum()
     }
 }
 
@@ -110,14 +103,8 @@ impl SourceState {
             last_handshake: Timestamp::ZERO,
             kinds: 0,
             recent: [PortHit::default(); RECENT_SLOTS],
-            slow: SlowWindow {
-                start_s: now.secs_u32(),
-                ..SlowWindow::default()
-            },
-            echo: Bucket {
-                milli: u32::MAX,
-                last: now,
-            },
+            slow: SlowWindow { start_s: now.secs_u32(), ..SlowWindow::default() },
+            echo: Bucket { milli: u32::MAX, last: now },
         }
     }
 
@@ -154,22 +141,10 @@ impl SourceState {
         if let Some(hit) = self.recent.get_mut(slot) {
             let same = hit.at_s != 0 && hit.port == port && hit.proto == proto_id;
             let weight = if same { hit.weight.max(weight) } else { weight };
-            *hit = PortHit {
-                at_s: now_s,
-                port,
-                proto: proto_id,
-                weight,
-            };
+            *hit = PortHit { at_s: now_s, port, proto: proto_id, weight };
         }
-        let recent = self
-            .recent
-            .iter()
-            .filter(|h| fresh(h))
-            .map(|h| u32::from(h.weight))
-            .sum();
-        let half_s = u32::try_from(slow_window.as_secs() / 2)
-            .unwrap_or(u32::MAX)
-            .max(1);
+        let recent = self.recent.iter().filter(|h| fresh(h)).map(|h| u32::from(h.weight)).sum();
+        let half_s = u32::try_from(slow_window.as_secs() / 2).unwrap_or(u32::MAX).max(1);
         let slow = self.slow.add(now_s, half_s, proto, port);
         Scores { recent, slow }
     }
@@ -191,10 +166,7 @@ impl SourceState {
 }
 
 fn oldest(hits: &[PortHit]) -> usize {
-    hits.iter()
-        .enumerate()
-        .min_by_key(|(_, h)| h.at_s)
-        .map_or(0, |(i, _)| i)
+    hits.iter().enumerate().min_by_key(|(_, h)| h.at_s).map_or(0, |(i, _)| i)
 }
 
 #[cfg(test)]
@@ -214,16 +186,8 @@ mod tests {
             1,
             "same port counts once"
         );
-        assert_eq!(
-            s.touch_closed(t, W, H, PortProto::Udp, 1, 1).recent,
-            2,
-            "protocols differ"
-        );
-        assert_eq!(
-            s.touch_closed(t, W, H, PortProto::Tcp, 1, 2).recent,
-            3,
-            "largest weight wins"
-        );
+        assert_eq!(s.touch_closed(t, W, H, PortProto::Udp, 1, 1).recent, 2, "protocols differ");
+        assert_eq!(s.touch_closed(t, W, H, PortProto::Tcp, 1, 2).recent, 3, "largest weight wins");
         let later = Timestamp::from_secs(100 + 61);
         assert_eq!(
             s.touch_closed(later, W, H, PortProto::Tcp, 9, 1).recent,
@@ -237,9 +201,7 @@ mod tests {
         let mut s = SourceState::new(Timestamp::from_secs(1));
         let mut last = 0;
         for port in 0..1000u16 {
-            last = s
-                .touch_closed(Timestamp::from_secs(5), W, H, PortProto::Tcp, port, 1)
-                .recent;
+            last = s.touch_closed(Timestamp::from_secs(5), W, H, PortProto::Tcp, port, 1).recent;
         }
         assert_eq!(last, RECENT_SLOTS as u32);
     }
@@ -258,10 +220,7 @@ mod tests {
         assert!(slow >= 18, "slow count {slow}");
         // After two whole horizons of silence the count starts again.
         let much_later = Timestamp::from_secs(10 + 3 * 3600);
-        assert_eq!(
-            s.touch_closed(much_later, W, H, PortProto::Tcp, 5, 1).slow,
-            1
-        );
+        assert_eq!(s.touch_closed(much_later, W, H, PortProto::Tcp, 5, 1).slow, 1);
     }
 
     #[test]
@@ -276,10 +235,6 @@ mod tests {
 
     #[test]
     fn state_has_a_fixed_small_size() {
-        assert_eq!(
-            std::mem::size_of::<SourceState>(),
-            248,
-            "the README states this size"
-        );
+        assert_eq!(std::mem::size_of::<SourceState>(), 248, "the README states this size");
     }
 }

@@ -68,17 +68,13 @@ mod tests {
         // RFC 1071 section 3: 0001 f203 f4f5 f6f7 sums to 0xddf2.
         let bytes = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(fold(sum(0, &bytes)), 0xddf2);
-        assert_eq!(
-            fold(sum(0, &bytes[..6])),
-            fold(sum(sum(0, &bytes[..2]), &bytes[2..6]))
-        );
+        assert_eq!(fold(sum(0, &bytes[..6])), fold(sum(sum(0, &bytes[..2]), &bytes[2..6])));
     }
 
     #[test]
     fn odd_length_and_round_trip() {
-        let mut bytes = vec![
-            0x45, 0x00, 0x00, 0x1c, 0, 0, 0x40, 0x00, 0x40, 0x01, 0, 0, 10, 0, 0, 1,
-        ];
+        let mut bytes =
+            vec![0x45, 0x00, 0x00, 0x1c, 0, 0, 0x40, 0x00, 0x40, 0x01, 0, 0, 10, 0, 0, 1];
         bytes.extend_from_slice(&[10, 0, 0, 2]);
         let c = compute(0, &bytes);
         bytes[10..12].copy_from_slice(&c.to_be_bytes());

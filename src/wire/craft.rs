@@ -87,15 +87,7 @@ impl Craft {
 
     /// An ICMP (IPv4 source) or ICMPv6 (IPv6 source) message.
     pub fn icmp(src: IpAddr, dst: IpAddr, kind: u8, code: u8) -> Self {
-        Self::new(
-            src,
-            dst,
-            Upper::Icmp {
-                kind,
-                code,
-                rest: [0, 1, 0, 1],
-            },
-        )
+        Self::new(src, dst, Upper::Icmp { kind, code, rest: [0, 1, 0, 1] })
     }
 
     /// A bare IP packet of another protocol.
@@ -190,11 +182,7 @@ impl Craft {
         let csum_at = match self.upper {
             Upper::Tcp { .. } => Some(16),
             Upper::Udp { .. } | Upper::Icmp { .. } => {
-                Some(if matches!(self.upper, Upper::Udp { .. }) {
-                    6
-                } else {
-                    2
-                })
+                Some(if matches!(self.upper, Upper::Udp { .. }) { 6 } else { 2 })
             }
             Upper::Raw { .. } => None,
         };
@@ -228,24 +216,13 @@ impl Craft {
 
     fn upper_bytes(&self) -> (u8, Vec<u8>) {
         match &self.upper {
-            Upper::Tcp {
-                sport,
-                dport,
-                seq,
-                ack,
-                flags,
-                window,
-                urgent,
-                options,
-            } => {
+            Upper::Tcp { sport, dport, seq, ack, flags, window, urgent, options } => {
                 let mut b = Vec::with_capacity(20 + options.len());
                 b.extend_from_slice(&sport.to_be_bytes());
                 b.extend_from_slice(&dport.to_be_bytes());
                 b.extend_from_slice(&seq.to_be_bytes());
                 b.extend_from_slice(&ack.to_be_bytes());
-                let offset = u16::try_from((20 + options.len()) / 4)
-                    .unwrap_or(15)
-                    .min(15);
+                let offset = u16::try_from((20 + options.len()) / 4).unwrap_or(15).min(15);
                 b.extend_from_slice(&((offset << 12) | (flags & 0x1ff)).to_be_bytes());
                 b.extend_from_slice(&window.to_be_bytes());
                 b.extend_from_slice(&[0, 0]);

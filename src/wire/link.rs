@@ -109,19 +109,10 @@ mod tests {
     #[test]
     fn ethernet_with_vlans() {
         assert_eq!(ip_offset(LinkType::Ethernet, &ether(&[], 0x0800)), Some(14));
-        assert_eq!(
-            ip_offset(LinkType::Ethernet, &ether(&[0x8100], 0x86dd)),
-            Some(18)
-        );
-        assert_eq!(
-            ip_offset(LinkType::Ethernet, &ether(&[0x88a8, 0x8100], 0x0800)),
-            Some(22)
-        );
+        assert_eq!(ip_offset(LinkType::Ethernet, &ether(&[0x8100], 0x86dd)), Some(18));
+        assert_eq!(ip_offset(LinkType::Ethernet, &ether(&[0x88a8, 0x8100], 0x0800)), Some(22));
         assert_eq!(ip_offset(LinkType::Ethernet, &ether(&[], 0x0806)), None);
-        assert_eq!(
-            ip_offset(LinkType::Ethernet, &ether(&[0x8100; 9], 0x0800)),
-            None
-        );
+        assert_eq!(ip_offset(LinkType::Ethernet, &ether(&[0x8100; 9], 0x0800)), None);
         assert_eq!(ip_offset(LinkType::Ethernet, &[0u8; 13]), None);
     }
 

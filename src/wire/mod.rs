@@ -282,11 +282,8 @@ pub fn parse(bytes: &[u8]) -> Result<PacketView<'_>, Error> {
             (ip, true)
         }
     };
-    let transport = if ip.fragment == Fragment::Later {
-        Transport::Fragment
-    } else {
-        transport(protocol, l4)?
-    };
+    let transport =
+        if ip.fragment == Fragment::Later { Transport::Fragment } else { transport(protocol, l4)? };
     let checksum = if !header_ok {
         Checksum::Bad
     } else if truncated || ip.fragment != Fragment::Whole {
@@ -296,12 +293,7 @@ pub fn parse(bytes: &[u8]) -> Result<PacketView<'_>, Error> {
     } else {
         Checksum::Bad
     };
-    Ok(PacketView {
-        ip,
-        transport,
-        checksum,
-        truncated,
-    })
+    Ok(PacketView { ip, transport, checksum, truncated })
 }
 
 fn fragment_of(offset: u16, more: bool) -> Fragment {
@@ -336,17 +328,10 @@ fn transport(protocol: IpNumber, l4: &[u8]) -> Result<Transport<'_>, Error> {
         IpNumber::UDP => {
             let (src_port, dst_port) = ports(l4).ok_or(Error::Udp)?;
             let payload = l4.get(8..).ok_or(Error::Udp)?;
-            Transport::Udp(Udp {
-                src_port,
-                dst_port,
-                payload,
-            })
+            Transport::Udp(Udp { src_port, dst_port, payload })
         }
         IpNumber::ICMP | IpNumber::IPV6_ICMP => {
-            let header: [u8; 8] = l4
-                .get(..8)
-                .and_then(|h| h.try_into().ok())
-                .ok_or(Error::Icmp)?;
+            let header: [u8; 8] = l4.get(..8).and_then(|h| h.try_into().ok()).ok_or(Error::Icmp)?;
             Transport::Icmp(Icmp {
                 v6: protocol == IpNumber::IPV6_ICMP,
                 kind: header[0],
@@ -380,11 +365,7 @@ fn l4_checksum_ok(ip: &Ip, protocol: IpNumber, l4: &[u8]) -> bool {
         IpNumber::UDP => {
             let zero = l4.get(6..8) == Some(&[0, 0]);
             // A zero UDP checksum means "none" over IPv4, and is illegal over IPv6.
-            if zero {
-                ip.src.is_ipv4()
-            } else {
-                checksum::verifies(pseudo(), l4)
-            }
+            if zero { ip.src.is_ipv4() } else { checksum::verifies(pseudo(), l4) }
         }
         IpNumber::ICMP => checksum::verifies(0, l4),
         // SCTP uses CRC32c, which portcloak does not check; others carry none we know.
@@ -410,11 +391,8 @@ pub struct Quoted {
 /// Reads the header quoted inside an ICMP error message (type 3, 11 or 12 for
 /// ICMPv4; 1 to 4 for ICMPv6), if it is there.
 pub fn quoted(icmp: &Icmp<'_>) -> Option<Quoted> {
-    let is_error = if icmp.v6 {
-        (1..=4).contains(&icmp.kind)
-    } else {
-        matches!(icmp.kind, 3 | 11 | 12)
-    };
+    let is_error =
+        if icmp.v6 { (1..=4).contains(&icmp.kind) } else { matches!(icmp.kind, 3 | 11 | 12) };
     if !is_error {
         return None;
     }
@@ -425,13 +403,7 @@ pub fn quoted(icmp: &Icmp<'_>) -> Option<Quoted> {
         IpNumber::TCP | IpNumber::UDP | IpNumber::SCTP => ports_prefix(payload.payload)?,
         _ => (0, 0),
     };
-    Some(Quoted {
-        src,
-        dst,
-        protocol: payload.ip_number.0,
-        src_port,
-        dst_port,
-    })
+    Some(Quoted { src, dst, protocol: payload.ip_number.0, src_port, dst_port })
 }
 
 fn ports_prefix(l4: &[u8]) -> Option<(u16, u16)> {

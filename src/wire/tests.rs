@@ -24,19 +24,11 @@ fn tcp_over_ipv4() {
     let view = parse(&bytes).unwrap();
     assert_eq!(view.ip.src, v4(2));
     assert_eq!(view.ip.dst, v4(1));
-    assert_eq!(
-        (view.ip.ttl, view.ip.id, view.ip.df, view.ip.protocol),
-        (51, 777, false, 6)
-    );
+    assert_eq!((view.ip.ttl, view.ip.id, view.ip.df, view.ip.protocol), (51, 777, false, 6));
     assert_eq!(view.checksum, Checksum::Valid);
     assert!(!view.truncated);
-    let Transport::Tcp(tcp) = view.transport else {
-        panic!("not tcp: {view:?}")
-    };
-    assert_eq!(
-        (tcp.src_port, tcp.dst_port, tcp.seq, tcp.window),
-        (40_000, 80, 9, 1024)
-    );
+    let Transport::Tcp(tcp) = view.transport else { panic!("not tcp: {view:?}") };
+    assert_eq!((tcp.src_port, tcp.dst_port, tcp.seq, tcp.window), (40_000, 80, 9, 1024));
     assert_eq!(tcp.flags.classic(), TcpFlags::SYN);
     assert_eq!(tcp.options, &[2, 4, 5, 180]);
 }
@@ -46,22 +38,13 @@ fn udp_and_icmp_over_ipv6() {
     let bytes = Craft::udp(v6(2), v6(1), 5353, 53).payload(b"hello").build();
     let view = parse(&bytes).unwrap();
     assert_eq!(view.checksum, Checksum::Valid);
-    let Transport::Udp(udp) = view.transport else {
-        panic!()
-    };
-    assert_eq!(
-        (udp.src_port, udp.dst_port, udp.payload),
-        (5353, 53, &b"hello"[..])
-    );
+    let Transport::Udp(udp) = view.transport else { panic!() };
+    assert_eq!((udp.src_port, udp.dst_port, udp.payload), (5353, 53, &b"hello"[..]));
 
-    let bytes = Craft::icmp(v6(2), v6(1), 128, 0)
-        .payload(&[1, 2, 3])
-        .build();
+    let bytes = Craft::icmp(v6(2), v6(1), 128, 0).payload(&[1, 2, 3]).build();
     let view = parse(&bytes).unwrap();
     assert_eq!(view.checksum, Checksum::Valid);
-    let Transport::Icmp(icmp) = view.transport else {
-        panic!()
-    };
+    let Transport::Icmp(icmp) = view.transport else { panic!() };
     assert!(icmp.v6);
     assert_eq!((icmp.kind, icmp.payload.len()), (128, 3));
 }
@@ -74,39 +57,24 @@ fn icmpv4_echo_fields() {
         .build();
     let view = parse(&bytes).unwrap();
     assert_eq!(view.checksum, Checksum::Valid);
-    let Transport::Icmp(icmp) = view.transport else {
-        panic!()
-    };
+    let Transport::Icmp(icmp) = view.transport else { panic!() };
     assert_eq!((icmp.ident(), icmp.sequence(), icmp.code), (0x1234, 295, 9));
 }
 
 #[test]
 fn bad_checksums_are_caught_at_every_layer() {
     for packet in [
-        Craft::tcp(v4(2), v4(1), 1, 2, TcpFlags::SYN)
-            .bad_checksum()
-            .build(),
-        Craft::udp(v4(2), v4(1), 1, 2)
-            .payload(b"x")
-            .bad_checksum()
-            .build(),
+        Craft::tcp(v4(2), v4(1), 1, 2, TcpFlags::SYN).bad_checksum().build(),
+        Craft::udp(v4(2), v4(1), 1, 2).payload(b"x").bad_checksum().build(),
         Craft::icmp(v4(2), v4(1), 8, 0).bad_checksum().build(),
-        Craft::tcp(v6(2), v6(1), 1, 2, TcpFlags::SYN)
-            .bad_checksum()
-            .build(),
+        Craft::tcp(v6(2), v6(1), 1, 2, TcpFlags::SYN).bad_checksum().build(),
         Craft::icmp(v6(2), v6(1), 128, 0).bad_checksum().build(),
         Craft::raw(v4(2), v4(1), 47).bad_checksum().build(),
     ] {
-        assert_eq!(
-            parse(&packet).unwrap().checksum,
-            Checksum::Bad,
-            "{packet:?}"
-        );
+        assert_eq!(parse(&packet).unwrap().checksum, Checksum::Bad, "{packet:?}");
     }
     // A flipped payload bit breaks an otherwise good segment.
-    let mut bytes = Craft::tcp(v4(2), v4(1), 1, 2, TcpFlags::ACK)
-        .payload(b"data")
-        .build();
+    let mut bytes = Craft::tcp(v4(2), v4(1), 1, 2, TcpFlags::ACK).payload(b"data").build();
     *bytes.last_mut().unwrap() ^= 1;
     assert_eq!(parse(&bytes).unwrap().checksum, Checksum::Bad);
 }
@@ -123,9 +91,7 @@ fn udp_zero_checksum_means_none_on_v4_only() {
 
 #[test]
 fn truncated_packets_are_unverified_not_bad() {
-    let bytes = Craft::tcp(v4(2), v4(1), 1, 2, TcpFlags::ACK)
-        .payload(&[7; 400])
-        .build();
+    let bytes = Craft::tcp(v4(2), v4(1), 1, 2, TcpFlags::ACK).payload(&[7; 400]).build();
     let view = parse(&bytes[..60]).unwrap();
     assert!(view.truncated);
     assert_eq!(view.checksum, Checksum::Unverified);
@@ -186,13 +152,7 @@ fn sctp_is_recognised() {
         .build();
     fix_ipv4_header(&mut bytes);
     let view = parse(&bytes).unwrap();
-    assert_eq!(
-        view.transport,
-        Transport::Sctp {
-            src_port: 5000,
-            dst_port: 80
-        }
-    );
+    assert_eq!(view.transport, Transport::Sctp { src_port: 5000, dst_port: 80 });
     assert_eq!(parse(&bytes[..28]).map(|v| v.truncated), Err(Error::Sctp));
 }
 
@@ -201,9 +161,7 @@ fn errors_name_the_layer() {
     assert_eq!(parse(&[]), Err(Error::Ip));
     assert_eq!(parse(&[0x45]), Err(Error::Ip));
     assert_eq!(parse(&[0x75; 40]), Err(Error::Ip));
-    let tcp = Craft::tcp(v4(2), v4(1), 1, 2, TcpFlags::SYN)
-        .options(&[2, 4, 5, 180])
-        .build();
+    let tcp = Craft::tcp(v4(2), v4(1), 1, 2, TcpFlags::SYN).options(&[2, 4, 5, 180]).build();
     assert_eq!(parse(&tcp[..30]), Err(Error::Tcp));
     let udp = Craft::udp(v4(2), v4(1), 1, 2).build();
     assert_eq!(parse(&udp[..25]), Err(Error::Udp));
@@ -214,23 +172,13 @@ fn errors_name_the_layer() {
 #[test]
 fn quoted_headers_of_icmp_errors() {
     let probe = Craft::udp(v4(2), v4(1), 45_000, 7).build();
-    let error = Craft::icmp(v4(1), v4(2), 3, 3)
-        .icmp_rest([0; 4])
-        .payload(&probe[..28])
-        .build();
+    let error = Craft::icmp(v4(1), v4(2), 3, 3).icmp_rest([0; 4]).payload(&probe[..28]).build();
     let view = parse(&error).unwrap();
-    let Transport::Icmp(icmp) = view.transport else {
-        panic!()
-    };
+    let Transport::Icmp(icmp) = view.transport else { panic!() };
     let q = quoted(&icmp).unwrap();
-    assert_eq!(
-        (q.src, q.dst, q.protocol, q.src_port, q.dst_port),
-        (v4(2), v4(1), 17, 45_000, 7)
-    );
+    assert_eq!((q.src, q.dst, q.protocol, q.src_port, q.dst_port), (v4(2), v4(1), 17, 45_000, 7));
     let echo = Craft::icmp(v4(1), v4(2), 0, 0).build();
-    let Transport::Icmp(icmp) = parse(&echo).unwrap().transport else {
-        panic!()
-    };
+    let Transport::Icmp(icmp) = parse(&echo).unwrap().transport else { panic!() };
     assert_eq!(quoted(&icmp), None);
 }
 
@@ -251,16 +199,10 @@ fn no_input_panics() {
             .options(&[2, 4, 5, 180, 1, 3, 3, 7])
             .payload(b"x")
             .build(),
-        Craft::tcp(v6(2), v6(1), 1, 2, TcpFlags::ACK)
-            .payload(&[0; 30])
-            .build(),
+        Craft::tcp(v6(2), v6(1), 1, 2, TcpFlags::ACK).payload(&[0; 30]).build(),
         Craft::udp(v4(2), v4(1), 1, 2).payload(b"abc").build(),
-        Craft::icmp(v4(1), v4(2), 3, 3)
-            .payload(&Craft::udp(v4(2), v4(1), 3, 4).build())
-            .build(),
-        Craft::icmp(v6(2), v6(1), 1, 4)
-            .payload(&Craft::tcp(v6(1), v6(2), 3, 4, 0).build())
-            .build(),
+        Craft::icmp(v4(1), v4(2), 3, 3).payload(&Craft::udp(v4(2), v4(1), 3, 4).build()).build(),
+        Craft::icmp(v6(2), v6(1), 1, 4).payload(&Craft::tcp(v6(1), v6(2), 3, 4, 0).build()).build(),
         Craft::raw(v4(2), v4(1), 132).payload(&[0; 16]).build(),
     ];
     for sample in &samples {

@@ -28,10 +28,7 @@ fn pcap_round_trip() {
     write_pcap(&mut bytes, 101, &input).unwrap();
     let path = temp("rt.pcap", &bytes);
     let got = frames(&path);
-    assert_eq!(
-        got,
-        vec![(input[0].0, 101, vec![1, 2, 3]), (input[1].0, 101, vec![4])]
-    );
+    assert_eq!(got, vec![(input[0].0, 101, vec![1, 2, 3]), (input[1].0, 101, vec![4])]);
     std::fs::remove_file(path).unwrap();
 }
 
@@ -39,19 +36,14 @@ fn pcap_round_trip() {
 fn big_endian_nanosecond_pcap() {
     let mut b = Vec::new();
     b.extend_from_slice(&0xa1b2_3c4du32.to_be_bytes());
-    b.extend_from_slice(&[
-        0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 1,
-    ]);
+    b.extend_from_slice(&[0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 1]);
     b.extend_from_slice(&7u32.to_be_bytes());
     b.extend_from_slice(&123_456_789u32.to_be_bytes());
     b.extend_from_slice(&2u32.to_be_bytes());
     b.extend_from_slice(&2u32.to_be_bytes());
     b.extend_from_slice(&[9, 9]);
     let path = temp("ns.pcap", &b);
-    assert_eq!(
-        frames(&path),
-        vec![(Timestamp::from_micros(7_123_456), 1, vec![9, 9])]
-    );
+    assert_eq!(frames(&path), vec![(Timestamp::from_micros(7_123_456), 1, vec![9, 9])]);
     std::fs::remove_file(path).unwrap();
 }
 
@@ -70,17 +62,12 @@ fn block(kind: u32, body: &[u8]) -> Vec<u8> {
 fn pcapng_with_two_interfaces_and_resolutions() {
     let mut b = block(
         0x0a0d_0d0a,
-        &[
-            0x4d, 0x3c, 0x2b, 0x1a, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        ],
+        &[0x4d, 0x3c, 0x2b, 0x1a, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
     );
     // Interface 0: Ethernet, default microseconds.
     b.extend(block(1, &[1, 0, 0, 0, 0, 0, 1, 0]));
     // Interface 1: raw IP, nanoseconds (if_tsresol = 9).
-    b.extend(block(
-        1,
-        &[101, 0, 0, 0, 0, 0, 1, 0, 9, 0, 1, 0, 9, 0, 0, 0, 0, 0, 0, 0],
-    ));
+    b.extend(block(1, &[101, 0, 0, 0, 0, 0, 1, 0, 9, 0, 1, 0, 9, 0, 0, 0, 0, 0, 0, 0]));
     let epb = |iface: u32, ts: u64, data: &[u8]| {
         let mut body = Vec::new();
         body.extend_from_slice(&iface.to_le_bytes());
@@ -111,16 +98,8 @@ fn pcapng_with_two_interfaces_and_resolutions() {
 fn garbage_is_a_clear_error() {
     for (name, bytes, want) in [
         ("empty", &b""[..], "file is empty"),
-        (
-            "text",
-            &b"hello, I am not a capture"[..],
-            "not a pcap or pcapng file",
-        ),
-        (
-            "short",
-            &0xa1b2_c3d4u32.to_le_bytes()[..],
-            "truncated pcap file header",
-        ),
+        ("text", &b"hello, I am not a capture"[..], "not a pcap or pcapng file"),
+        ("short", &0xa1b2_c3d4u32.to_le_bytes()[..], "truncated pcap file header"),
     ] {
         let path = temp(name, bytes);
         let err = PcapReader::open(&path).err().unwrap().to_string();
