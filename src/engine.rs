@@ -3,7 +3,8 @@
 //!
 //! `Engine::handle(now, direction, &mut bytes)`: `wire::parse` →
 //! shard lock → flow lookup → `classify` → `track` update → `policy`
-//! decision → [`Outcome`]. No I/O, no clock, no allocation per packet.
+//! decision → [`Outcome`]. No I/O, no clock; no allocation but a new table
+//! entry while its table is below its cap.
 //! `Engine::sweep(now)` expires idle state and reports lifted bans.
 
 use std::net::IpAddr;

@@ -17,8 +17,9 @@
 //! ```
 //!
 //! The engine does no I/O and reads no clock: `now` comes from the capture
-//! in replay and from `CLOCK_MONOTONIC` inline. Everything from `wire` to
-//! `policy` is allocation-free per packet and never panics on packet bytes.
+//! in replay and from `CLOCK_MONOTONIC` inline. Nothing from `wire` to
+//! `policy` panics on packet bytes or allocates, except a new table entry
+//! while its table is below its cap.
 //!
 //! # Modules, in data-flow order
 //! - [`io`]: packet sources; today the pcap/pcapng reader.
