@@ -4,6 +4,7 @@
 //!   the daemon uses, against the bounds the README documents.
 //! - `lab`: the fixtures re-recorded from the live tools, same checks.
 //! - `cli`: the `portcloak` binary as a user runs it.
+//! - `formats`: one capture in every link layer and file format, alike.
 //! - `rules`: every file under `rules/` loads.
 //! - `robustness`: every prefix and corruption of every fixture packet.
 #![allow(
@@ -15,6 +16,7 @@
 )]
 
 mod cli;
+mod formats;
 mod lab;
 mod replay;
 mod robustness;
