@@ -6,6 +6,24 @@
 //! decision → [`Outcome`]. No I/O, no clock; no allocation but a new table
 //! entry while its table is below its cap.
 //! `Engine::sweep(now)` expires idle state and reports lifted bans.
+//!
+//! ```
+//! use portcloak::wire::{TcpFlags, craft::Craft};
+//! use portcloak::{Config, Direction, Engine, Timestamp, Verdict};
+//!
+//! let engine = Engine::new(Config::default());
+//! // nmap's raw SYN: window 1024, only an MSS option, no DF.
+//! let (scanner, server) = ("198.18.1.2".parse()?, "198.18.1.1".parse()?);
+//! let mut syn = Craft::tcp(scanner, server, 40_000, 22, TcpFlags::SYN)
+//!     .window(1024)
+//!     .options(&[2, 4, 5, 180])
+//!     .df(false)
+//!     .build();
+//! let out = engine.handle(Timestamp::from_secs(1), Direction::Inbound, &mut syn);
+//! assert_eq!(out.verdict, Verdict::Drop);
+//! assert_eq!(out.ban.map(|b| b.reason.to_string()).as_deref(), Some("signature nmap-syn"));
+//! # Ok::<(), std::net::AddrParseError>(())
+//! ```
 
 use std::net::IpAddr;
 use std::time::Duration;
