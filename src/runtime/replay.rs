@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::classify::{PortProto, ProbeKind};
 use crate::config::Cidr;
-use crate::engine::{ChecksumCheck, Direction, Engine, Meta};
+use crate::engine::{ChecksumCheck, Direction, Engine, EngineStats, Meta};
 use crate::event::Event;
 use crate::io::pcap::{PcapReader, SourceError};
 use crate::policy::{Reason, Verdict};
@@ -96,6 +96,8 @@ pub struct Report {
     pub span: Option<(Timestamp, Timestamp)>,
     /// The local addresses used for direction.
     pub local: Vec<String>,
+    /// The engine's tables and ban guards at the end of the run.
+    pub engine: EngineStats,
 }
 
 impl Report {
@@ -239,6 +241,7 @@ pub fn run(
             bar.finish_and_clear();
         }
     }
+    report.engine = engine.stats();
     for (key, set) in ports {
         if let Some(entry) = report.sources.get_mut(&key) {
             entry.ports = set.len();
@@ -462,6 +465,28 @@ pub fn write_summary(
     }
     writeln!(out, "kinds      {}", counts(&kinds, ProbeKind::name))?;
     let banned: Vec<_> = report.sources.iter().filter(|(_, s)| s.ban.is_some()).collect();
+    let (t, g) = (&report.engine.tables, &report.engine.guards);
+    writeln!(
+        out,
+        "tables     {} sources (cap {}, {} evicted), {} flows (cap {}, {} evicted), {} ban records",
+        t.sources,
+        t.source_capacity,
+        t.source_evictions,
+        t.flows,
+        t.flow_capacity,
+        t.flow_evictions,
+        t.ban_records
+    )?;
+    if g.handshake_grace + g.rate_capped + g.table_full > 0 {
+        writeln!(
+            out,
+            "held back  {} bans: {} by the handshake grace, {} by the per-second cap, {} by a full ban table",
+            g.handshake_grace + g.rate_capped + g.table_full,
+            g.handshake_grace,
+            g.rate_capped,
+            g.table_full
+        )?;
+    }
     writeln!(out, "bans       {}", banned.len())?;
     let start = report.span.map_or(Timestamp::ZERO, |s| s.0);
     for (key, s) in banned {
