@@ -4,8 +4,8 @@
 //! the signatures against the tools installed today, not only against the
 //! committed captures.
 //!
-//! Needs root, `ip`, `nmap`, `masscan`, `hping3`, `tcpdump`, `ethtool` and
-//! `python3`.
+//! Needs root, `ip`, `nmap`, `masscan`, `zmap`, `hping3`, `tcpdump`,
+//! `ethtool` and `python3`.
 //! With `CI=true` a missing prerequisite fails the test; elsewhere the test
 //! skips and prints why.
 
@@ -15,7 +15,8 @@ use std::process::Command;
 use crate::replay::CHECKS;
 use crate::util::root;
 
-const TOOLS: [&str; 7] = ["ip", "nmap", "masscan", "hping3", "tcpdump", "ethtool", "python3"];
+const TOOLS: [&str; 8] =
+    ["ip", "nmap", "masscan", "zmap", "hping3", "tcpdump", "ethtool", "python3"];
 
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")

@@ -110,6 +110,10 @@ fn masscan_is_banned_on_its_first_probe(dir: &Path) {
     assert_scan(dir, "masscan", attacker(), "signature masscan", 0);
 }
 
+fn zmap_is_banned_on_its_first_probe(dir: &Path) {
+    assert_scan(dir, "zmap", attacker(), "signature zmap", 0);
+}
+
 fn hping3_is_banned_on_its_first_probe(dir: &Path) {
     assert_scan(dir, "hping3", attacker(), "signature hping3", 0);
 }
@@ -166,6 +170,7 @@ pub(crate) const CHECKS: &[(&str, Check)] = &[
     ("nmap_host_discovery_is_banned", nmap_host_discovery_is_banned),
     ("nmap_ipv6_syn_scan_is_banned_by_prefix", nmap_ipv6_syn_scan_is_banned_by_prefix),
     ("masscan_is_banned_on_its_first_probe", masscan_is_banned_on_its_first_probe),
+    ("zmap_is_banned_on_its_first_probe", zmap_is_banned_on_its_first_probe),
     ("hping3_is_banned_on_its_first_probe", hping3_is_banned_on_its_first_probe),
     ("legitimate_traffic_is_never_dropped", legitimate_traffic_is_never_dropped),
     (
@@ -196,6 +201,7 @@ on_committed_fixtures!(
     nmap_host_discovery_is_banned,
     nmap_ipv6_syn_scan_is_banned_by_prefix,
     masscan_is_banned_on_its_first_probe,
+    zmap_is_banned_on_its_first_probe,
     hping3_is_banned_on_its_first_probe,
     legitimate_traffic_is_never_dropped,
     a_client_that_mistypes_two_ports_keeps_working,
