@@ -129,7 +129,7 @@ pub fn run(
 ) -> Result<Report, ReplayError> {
     let mut report = Report::default();
     let mut fates: LruCache<Tuple, bool> =
-        LruCache::new(NonZeroUsize::new(TUPLES).unwrap_or(NonZeroUsize::MIN));
+        LruCache::sparse(NonZeroUsize::new(TUPLES).unwrap_or(NonZeroUsize::MIN));
     let mut ports: HashMap<SourceKey, HashSet<(PortProto, u16)>> = HashMap::new();
     for path in files {
         let local =
