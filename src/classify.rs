@@ -262,14 +262,20 @@ impl OsProbe {
     }
 }
 
-/// A signature: a tool fingerprint or an nmap OS probe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// A signature: a tool fingerprint or an nmap OS probe. Serialised as its
+/// name (`nmap-syn`, `nmap-os-t2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Signature {
     /// A scanner fingerprint.
     Tool(Fingerprint),
     /// An nmap OS-detection probe.
     OsProbe(OsProbe),
+}
+
+impl Serialize for Signature {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 impl fmt::Display for Signature {
