@@ -87,3 +87,22 @@ fn replay_of_unreadable_input_is_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("not a pcap or pcapng file"), "{stderr}");
 }
+
+#[test]
+fn replay_takes_the_local_addresses_from_the_command_line() {
+    let path = fixture("nmap-sU");
+    let path = path.to_str().expect("path");
+    let out = portcloak(&["replay", "--local", "198.18.1.1/32", path]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("local      198.18.1.1/32\n"), "{stdout}");
+    assert!(stdout.contains("offence 1: closed-ports 6"), "{stdout}");
+    // Naming the scanner as local turns the capture around: nothing is banned.
+    let out = portcloak(&["replay", "--local", "198.18.1.2", path]);
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("bans       0"), "{stdout}");
+    let out = portcloak(&["replay", "--local", "not-an-address", path]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("bad --local"), "{stderr}");
+}

@@ -4,12 +4,12 @@
 //! A capture records what the host really did without portcloak. To show
 //! what portcloak would have changed, replay:
 //!
-//! 1. finds the host's own addresses (`--local`, or the senders of SYN-ACKs,
-//!    else of ICMP replies and errors, else of RSTs, else the busiest
-//!    destination), so each packet gets a direction;
-//! 2. learns the open ports from the capture first (a SYN answered by a
-//!    SYN-ACK; a datagram answered by a datagram), unless
-//!    `services.learn_from_replies` is off;
+//! 1. surveys the capture once before replaying it, to find the host's own
+//!    addresses (`--local`, or the senders of SYN-ACKs, else the address
+//!    sent to the most distinct ports, else the busiest destination), so
+//!    each packet gets a direction, and the ports the host answered on (a
+//!    SYN answered by a SYN-ACK; a datagram answered by a datagram), which
+//!    are open unless `services.learn_from_replies` is off;
 //! 3. skips every reply whose request portcloak dropped: inline, the host
 //!    would never have seen the request, so it would never have answered.
 //!    Replies that do go out to a source that ends up banned are counted as
@@ -132,12 +132,10 @@ pub fn run(
         LruCache::sparse(NonZeroUsize::new(TUPLES).unwrap_or(NonZeroUsize::MIN));
     let mut ports: HashMap<SourceKey, HashSet<(PortProto, u16)>> = HashMap::new();
     for path in files {
-        let local =
-            if options.local.is_empty() { infer_local(path)? } else { options.local.clone() };
+        let survey = Survey::of(path)?;
+        let local = if options.local.is_empty() { survey.local() } else { options.local.clone() };
         report.local.extend(local.iter().map(ToString::to_string));
-        if engine.config().services.learn_from_replies {
-            learn_ports(engine, path, &local)?;
-        }
+        survey.learn_ports(engine, &local);
         let mut reader = PcapReader::open(path)?;
         let progress = progress_bar(path, options.progress);
         let mut buf = Vec::with_capacity(2048);
@@ -362,74 +360,82 @@ fn reply_tuple(view: &PacketView<'_>) -> Option<Tuple> {
     }
 }
 
-/// Finds the capturing host's own addresses: the senders of SYN-ACKs; else
-/// the address that was sent to the most distinct ports (a scan target);
-/// else the busiest destination.
-fn infer_local(path: &Path) -> Result<Vec<Cidr>, ReplayError> {
-    let mut synack = BTreeSet::new();
-    let mut ports: HashMap<IpAddr, HashSet<(u8, u16)>> = HashMap::new();
-    let mut destinations: HashMap<IpAddr, u64> = HashMap::new();
-    let mut reader = PcapReader::open(path)?;
-    while let Some(frame) = reader.next_frame()? {
-        let Some(view) = ip_bytes(frame.linktype, frame.data).and_then(|b| wire::parse(b).ok())
-        else {
-            continue;
-        };
-        *destinations.entry(view.ip.dst).or_default() += 1;
-        match view.transport {
-            Transport::Tcp(t) if t.flags.classic() == TcpFlags::SYN | TcpFlags::ACK => {
-                synack.insert(view.ip.src);
-            }
-            Transport::Tcp(t) => {
-                ports.entry(view.ip.dst).or_default().insert((6, t.dst_port));
-            }
-            Transport::Udp(u) => {
-                ports.entry(view.ip.dst).or_default().insert((17, u.dst_port));
-            }
-            _ => {}
-        }
-    }
-    let most = |counts: Vec<(IpAddr, usize)>| {
-        counts.into_iter().max_by_key(|(ip, n)| (*n, *ip)).map(|(ip, _)| ip)
-    };
-    let chosen: Vec<IpAddr> = if !synack.is_empty() {
-        synack.into_iter().collect()
-    } else if let Some(ip) = most(ports.into_iter().map(|(ip, set)| (ip, set.len())).collect()) {
-        vec![ip]
-    } else {
-        most(destinations.into_iter().map(|(ip, n)| (ip, n as usize)).collect())
-            .into_iter()
-            .collect()
-    };
-    Ok(chosen.into_iter().filter_map(|ip| ip.to_string().parse().ok()).collect())
+/// What one pass over a capture, before replaying it, learns.
+#[derive(Debug, Default)]
+struct Survey {
+    /// Senders of SYN-ACKs, with the ports they sent them from.
+    syn_ack: HashMap<IpAddr, BTreeSet<u16>>,
+    /// Senders of UDP datagrams that answered one, with their ports.
+    udp_answers: HashMap<IpAddr, BTreeSet<u16>>,
+    /// Distinct (protocol, port) pairs each address was sent TCP or UDP to.
+    ports_to: HashMap<IpAddr, HashSet<(u8, u16)>>,
+    /// Packets each address received.
+    received: HashMap<IpAddr, u64>,
 }
 
-/// Marks the ports the capture shows the host answering on as open.
-fn learn_ports(engine: &Engine, path: &Path, local: &[Cidr]) -> Result<(), ReplayError> {
-    let mut udp_requests: HashSet<(IpAddr, u16, u16)> = HashSet::new();
-    let mut reader = PcapReader::open(path)?;
-    while let Some(frame) = reader.next_frame()? {
-        let Some(view) = ip_bytes(frame.linktype, frame.data).and_then(|b| wire::parse(b).ok())
-        else {
-            continue;
+impl Survey {
+    fn of(path: &Path) -> Result<Self, ReplayError> {
+        let mut survey = Self::default();
+        let mut datagrams: HashSet<(IpAddr, u16, IpAddr, u16)> = HashSet::new();
+        let mut reader = PcapReader::open(path)?;
+        while let Some(frame) = reader.next_frame()? {
+            let Some(view) = ip_bytes(frame.linktype, frame.data).and_then(|b| wire::parse(b).ok())
+            else {
+                continue;
+            };
+            let (src, dst) = (view.ip.src, view.ip.dst);
+            *survey.received.entry(dst).or_default() += 1;
+            match view.transport {
+                Transport::Tcp(t) if t.flags.classic() == TcpFlags::SYN | TcpFlags::ACK => {
+                    survey.syn_ack.entry(src).or_default().insert(t.src_port);
+                }
+                Transport::Tcp(t) => {
+                    survey.ports_to.entry(dst).or_default().insert((6, t.dst_port));
+                }
+                Transport::Udp(u) => {
+                    survey.ports_to.entry(dst).or_default().insert((17, u.dst_port));
+                    if datagrams.contains(&(dst, u.dst_port, src, u.src_port)) {
+                        survey.udp_answers.entry(src).or_default().insert(u.src_port);
+                    }
+                    datagrams.insert((src, u.src_port, dst, u.dst_port));
+                }
+                _ => {}
+            }
+        }
+        Ok(survey)
+    }
+
+    /// The capturing host's own addresses: the senders of SYN-ACKs; else
+    /// the address sent to the most distinct ports (a scan target); else
+    /// the busiest destination.
+    fn local(&self) -> Vec<Cidr> {
+        let most = |counts: Vec<(IpAddr, usize)>| {
+            counts.into_iter().max_by_key(|(ip, n)| (*n, *ip)).map(|(ip, _)| ip)
         };
-        let outbound = local.iter().any(|c| c.contains(view.ip.src));
-        match (view.transport, outbound) {
-            (Transport::Tcp(t), true) if t.flags.classic() == TcpFlags::SYN | TcpFlags::ACK => {
-                engine.ports().learn(PortProto::Tcp, t.src_port);
+        let chosen: Vec<IpAddr> = if !self.syn_ack.is_empty() {
+            self.syn_ack.keys().copied().collect()
+        } else if let Some(ip) = most(self.ports_to.iter().map(|(ip, s)| (*ip, s.len())).collect())
+        {
+            vec![ip]
+        } else {
+            most(self.received.iter().map(|(ip, n)| (*ip, *n as usize)).collect())
+                .into_iter()
+                .collect()
+        };
+        chosen.into_iter().filter_map(|ip| ip.to_string().parse().ok()).collect()
+    }
+
+    /// Marks the ports the local host answered on as open in `engine`.
+    fn learn_ports(&self, engine: &Engine, local: &[Cidr]) {
+        let is_local = |ip: &IpAddr| local.iter().any(|c| c.contains(*ip));
+        for (proto, answers) in
+            [(PortProto::Tcp, &self.syn_ack), (PortProto::Udp, &self.udp_answers)]
+        {
+            for port in answers.iter().filter(|(ip, _)| is_local(ip)).flat_map(|(_, p)| p) {
+                engine.ports().learn(proto, *port);
             }
-            (Transport::Udp(u), false) => {
-                udp_requests.insert((view.ip.src, u.src_port, u.dst_port));
-            }
-            (Transport::Udp(u), true)
-                if udp_requests.contains(&(view.ip.dst, u.dst_port, u.src_port)) =>
-            {
-                engine.ports().learn(PortProto::Udp, u.src_port);
-            }
-            _ => {}
         }
     }
-    Ok(())
 }
 
 /// Writes the human summary.
