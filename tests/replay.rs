@@ -57,6 +57,8 @@ fn nmap_syn_scan_is_banned_on_its_first_probe(dir: &Path) {
 
 fn nmap_connect_scan_is_banned_on_the_closed_port_threshold(dir: &Path) {
     let r = assert_scan(dir, "nmap-sT", attacker(), "closed-ports 6", 6);
+    let scanner = r.sources.values().find(|s| s.ban.is_some()).expect("banned");
+    assert!(replay::scanner_name(scanner).contains("a TCP SYN or connect scan"));
     assert_eq!(r.drops.get(&Reason::ClosedPort).copied(), Some(6));
 }
 
@@ -77,7 +79,9 @@ fn nmap_stealth_scans_are_banned_on_their_first_probe(dir: &Path) {
 }
 
 fn nmap_udp_scan_is_banned_on_the_closed_port_threshold(dir: &Path) {
-    assert_scan(dir, "nmap-sU", attacker(), "closed-ports 6", 2);
+    let r = assert_scan(dir, "nmap-sU", attacker(), "closed-ports 6", 2);
+    let scanner = r.sources.values().find(|s| s.ban.is_some()).expect("banned");
+    assert!(replay::scanner_name(scanner).contains("a UDP scan"));
 }
 
 fn nmap_os_detection_is_banned_and_every_os_probe_recognised(dir: &Path) {

@@ -523,16 +523,21 @@ fn counts<K: Copy>(map: &BTreeMap<K, u64>, name: impl Fn(K) -> &'static str) -> 
     parts.join(", ")
 }
 
-/// Names the tool behind a source, from its signatures, or the scan style.
+/// Names the tool behind a source from its signatures; without one (a
+/// connect or UDP scan goes through the scanner's own kernel, so it looks
+/// like any client), names the style of scan from its most common probe.
 pub fn scanner_name(s: &SourceReport) -> String {
     if !s.tools.is_empty() {
         let tools: Vec<&str> = s.tools.iter().copied().collect();
         let sigs: Vec<&str> = s.signatures.iter().map(String::as_str).collect();
         return format!("{} (signatures: {})", tools.join(", "), sigs.join(", "));
     }
-    let stealth: Vec<&str> = s.kinds.keys().filter(|k| k.is_stealth()).map(|k| k.name()).collect();
-    if !stealth.is_empty() {
-        return format!("port scanner ({} probes)", stealth.join(", "));
-    }
-    "port scanner (closed-port threshold; no tool signature)".to_owned()
+    let style = match s.kinds.iter().max_by_key(|(_, n)| **n).map(|(k, _)| *k) {
+        Some(ProbeKind::TcpSyn) => "a TCP SYN or connect scan",
+        Some(ProbeKind::Udp) => "a UDP scan",
+        Some(ProbeKind::Sctp) => "an SCTP scan",
+        Some(k) if k.is_stealth() => "a stealth TCP scan",
+        _ => "a port scan",
+    };
+    format!("unknown tool, {style} (no tool signature)")
 }
