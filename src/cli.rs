@@ -26,7 +26,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate a rules file; print every problem with its key and line.
+    /// Validate a rules file; a problem is reported with its key and line.
     Check {
         /// The rules file.
         file: PathBuf,
