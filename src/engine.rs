@@ -275,12 +275,13 @@ impl Engine {
                         flow.last = now;
                         if syn && ack && flow.state == FlowState::SynSeen {
                             flow.state = FlowState::SynAckSeen;
+                            flow.isn = tcp.seq;
                         }
                     }
                     None if syn && !ack => {
                         shard.insert_flow(
                             fk,
-                            Flow { state: FlowState::SynSeen, inbound: false, last: now },
+                            Flow { state: FlowState::SynSeen, inbound: false, isn: 0, last: now },
                         );
                     }
                     None => {}
@@ -297,7 +298,7 @@ impl Engine {
                     }
                     None => shard.insert_flow(
                         fk,
-                        Flow { state: FlowState::Established, inbound: false, last: now },
+                        Flow { state: FlowState::Established, inbound: false, isn: 0, last: now },
                     ),
                 }
             }
@@ -410,7 +411,9 @@ fn track_inbound_flow(
     }
     let pure_ack =
         f & (TcpFlags::SYN | TcpFlags::RST | TcpFlags::FIN) == 0 && f & TcpFlags::ACK != 0;
-    if pure_ack && flow.inbound && flow.state == FlowState::SynAckSeen {
+    // Only the real owner of the address saw the SYN-ACK and can acknowledge it.
+    let proves = t.ack == flow.isn.wrapping_add(1);
+    if pure_ack && proves && flow.inbound && flow.state == FlowState::SynAckSeen {
         flow.state = FlowState::Established;
         return FlowMatch::Handshake;
     }
@@ -425,7 +428,7 @@ fn open_flow(shard: &mut Shard, fk: Option<FlowKey>, view: &PacketView<'_>, now:
         Transport::Tcp(_) => return,
         _ => FlowState::Established,
     };
-    shard.insert_flow(fk, Flow { state, inbound: true, last: now });
+    shard.insert_flow(fk, Flow { state, inbound: true, isn: 0, last: now });
 }
 
 #[cfg(test)]

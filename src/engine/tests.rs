@@ -540,3 +540,35 @@ fn truncated_packets_depend_on_what_the_caller_knows() {
     let meta = Meta { direction: Direction::Inbound, checksum: ChecksumCheck::VerifyPartial };
     assert_eq!(e.handle_with(at(0), meta, &mut cut).reason, Reason::Malformed);
 }
+
+/// Only an ACK of this host's own SYN-ACK completes a handshake: a blind
+/// spoofer, who never saw the SYN-ACK, cannot buy the handshake grace.
+#[test]
+fn a_blind_ack_does_not_complete_a_handshake() {
+    let e = Engine::new(config());
+    let spoofed = host(40);
+    run(&e, at(0), Direction::Inbound, syn(spoofed, 33_000, 80));
+    let syn_ack =
+        Craft::tcp(server(), spoofed, 80, 33_000, F::SYN | F::ACK).seq_ack(0x7000_0000, 2);
+    run(&e, at(1), Direction::Outbound, syn_ack.build());
+    let blind = Craft::tcp(spoofed, server(), 33_000, 80, F::ACK).seq_ack(2, 0x1234_5678).build();
+    assert_eq!(run(&e, at(2), Direction::Inbound, blind).reason, Reason::Flow);
+    let probe = Craft::tcp(spoofed, server(), 40_000, 1, 0).build();
+    assert!(
+        run(&e, at(3), Direction::Inbound, probe).ban.is_some(),
+        "no grace without a handshake"
+    );
+
+    let e = Engine::new(config());
+    let owner = host(41);
+    run(&e, at(0), Direction::Inbound, syn(owner, 33_000, 80));
+    let syn_ack = Craft::tcp(server(), owner, 80, 33_000, F::SYN | F::ACK).seq_ack(0x7000_0000, 2);
+    run(&e, at(1), Direction::Outbound, syn_ack.build());
+    let ack = Craft::tcp(owner, server(), 33_000, 80, F::ACK).seq_ack(2, 0x7000_0001).build();
+    run(&e, at(2), Direction::Inbound, ack);
+    let forged = Craft::tcp(owner, server(), 40_000, 1, 0).build();
+    assert!(
+        run(&e, at(3), Direction::Inbound, forged).ban.is_none(),
+        "grace after a real handshake"
+    );
+}

@@ -12,7 +12,8 @@
 //! resolver and get it banned. Two guards bound that harm:
 //!
 //! - a source that completed a TCP handshake within `ban.handshake_grace`
-//!   (10 minutes by default) has shown it really owns its address; it is
+//!   (10 minutes by default) has shown it really owns its address (it
+//!   acknowledged this host's SYN-ACK, which a spoofer never sees); it is
 //!   not banned on one packet, only on the closed-port threshold, which
 //!   needs many packets and whose SYNs to closed ports a real client rarely
 //!   sends. Its forged probes are still dropped.

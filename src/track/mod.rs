@@ -110,6 +110,9 @@ pub struct Flow {
     pub state: FlowState,
     /// True when the remote end opened it.
     pub inbound: bool,
+    /// This host's initial sequence number, from its SYN-ACK: the remote end
+    /// proves it owns its address by acknowledging `isn + 1`.
+    pub isn: u32,
     /// Latest packet.
     pub last: Timestamp,
 }
@@ -462,7 +465,12 @@ mod tests {
             local_port: 2,
             protocol: 6,
         };
-        let flow = Flow { state: FlowState::SynSeen, inbound: true, last: Timestamp::from_secs(1) };
+        let flow = Flow {
+            state: FlowState::SynSeen,
+            inbound: true,
+            isn: 0,
+            last: Timestamp::from_secs(1),
+        };
         let idle = Duration::from_secs(10);
         let mut g = t.lock(&key(1));
         g.insert_flow(fk, flow);
