@@ -572,3 +572,34 @@ fn a_blind_ack_does_not_complete_a_handshake() {
         "grace after a real handshake"
     );
 }
+
+/// Workers share one engine: scanners and clients spread over threads (as
+/// `--queue-balance` spreads them over queues) get the verdicts they get on
+/// one thread.
+#[test]
+fn threads_sharing_one_engine_agree() {
+    let e = std::sync::Arc::new(Engine::new(config()));
+    std::thread::scope(|scope| {
+        for t in 0..4u8 {
+            let e = std::sync::Arc::clone(&e);
+            scope.spawn(move || {
+                for i in 0..200u16 {
+                    // Each scanner's probes are split over all threads.
+                    let scanner = IpAddr::from([198, 18, 3, (i % 10) as u8]);
+                    run(
+                        &e,
+                        at(u64::from(i)),
+                        Direction::Inbound,
+                        syn(scanner, 40_000, 1000 + i * 4 + u16::from(t)),
+                    );
+                    let client = IpAddr::from([198, 18, 4, t]);
+                    let outs = connect(&e, at(u64::from(i)), client, 20_000 + i, 80);
+                    assert!(outs.iter().all(|o| o.verdict == Verdict::Accept), "{outs:?}");
+                }
+            });
+        }
+    });
+    let bans = e.bans(at(1000));
+    assert_eq!(bans.len(), 10, "{bans:?}");
+    assert!(bans.iter().all(|(k, _)| k.to_string().starts_with("198.18.3.")));
+}
