@@ -275,7 +275,12 @@ fn is_probe_kind(kind: ProbeKind) -> bool {
 fn progress_bar(path: &Path, wanted: bool) -> Option<ProgressBar> {
     const LARGE: u64 = 16 << 20;
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    if !wanted || size < LARGE || !std::io::stderr().is_terminal() {
+    // Off when either output is piped: a bar belongs to a person watching.
+    if !wanted
+        || size < LARGE
+        || !std::io::stderr().is_terminal()
+        || !std::io::stdout().is_terminal()
+    {
         return None;
     }
     let bar = ProgressBar::new(size);
