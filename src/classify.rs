@@ -332,9 +332,8 @@ pub fn classify(view: &PacketView<'_>, in_flow: bool) -> Probe {
     match &view.transport {
         Transport::Tcp(tcp) => {
             let kind = tcp_kind(tcp.flags, in_flow);
-            let signature = os_probe_tcp(view, tcp)
-                .map(Signature::OsProbe)
-                .or_else(|| tcp_tool(view, tcp, kind));
+            let signature =
+                os_probe_tcp(tcp).map(Signature::OsProbe).or_else(|| tcp_tool(view, tcp, kind));
             Probe { kind, signature, port: Some((PortProto::Tcp, tcp.dst_port)) }
         }
         Transport::Udp(udp) => {
@@ -466,7 +465,7 @@ fn options_are(options: &[u8], want: &[u8]) -> bool {
     options.strip_prefix(want).is_some_and(|pad| pad.iter().all(|&b| b == 0))
 }
 
-fn os_probe_tcp(_view: &PacketView<'_>, tcp: &Tcp<'_>) -> Option<OsProbe> {
+fn os_probe_tcp(tcp: &Tcp<'_>) -> Option<OsProbe> {
     let flags = tcp.flags.0 & (TcpFlags::CLASSIC | TcpFlags::ECE | TcpFlags::CWR);
     OS_TCP_PROBES
         .iter()

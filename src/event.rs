@@ -20,8 +20,8 @@ use crate::track::{Ban, BanReason, SourceKey};
 pub enum Event {
     /// A packet was dropped.
     Drop {
-        /// Time, in seconds.
-        ts: f64,
+        /// Time, serialised in seconds.
+        ts: Timestamp,
         /// Direction.
         direction: Direction,
         /// Packet source address.
@@ -43,8 +43,8 @@ pub enum Event {
     },
     /// A source was banned.
     Ban {
-        /// Time, in seconds.
-        ts: f64,
+        /// Time, serialised in seconds.
+        ts: Timestamp,
         /// Who.
         source: SourceKey,
         /// Why.
@@ -56,24 +56,20 @@ pub enum Event {
     },
     /// A ban ended.
     Unban {
-        /// Time, in seconds.
-        ts: f64,
+        /// Time, serialised in seconds.
+        ts: Timestamp,
         /// Who.
         source: SourceKey,
     },
     /// A packet was rewritten in place.
     Rewrite {
-        /// Time, in seconds.
-        ts: f64,
+        /// Time, serialised in seconds.
+        ts: Timestamp,
         /// Direction.
         direction: Direction,
         /// Packet destination address.
         dst: Option<IpAddr>,
     },
-}
-
-fn secs(t: Timestamp) -> f64 {
-    t.micros() as f64 / 1e6
 }
 
 impl Event {
@@ -84,7 +80,7 @@ impl Event {
         addrs: Option<(IpAddr, IpAddr)>,
         outcome: &Outcome,
     ) -> impl Iterator<Item = Self> {
-        let ts = secs(now);
+        let ts = now;
         let first = if outcome.verdict == Verdict::Drop {
             Some(Self::Drop {
                 ts,
@@ -110,7 +106,7 @@ impl Event {
     /// The event for a ban.
     pub fn ban(source: SourceKey, ban: &Ban) -> Self {
         Self::Ban {
-            ts: secs(ban.since),
+            ts: ban.since,
             source,
             reason: ban.reason,
             seconds: ban.until.saturating_since(ban.since).as_secs(),
@@ -120,6 +116,6 @@ impl Event {
 
     /// The event for a lifted ban.
     pub fn unban(now: Timestamp, source: SourceKey) -> Self {
-        Self::Unban { ts: secs(now), source }
+        Self::Unban { ts: now, source }
     }
 }

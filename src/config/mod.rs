@@ -423,11 +423,7 @@ fn describe(text: &str, err: &toml::de::Error) -> String {
 
 /// The `[section]` a line belongs to.
 fn section_of_line(text: &str, line: usize) -> Option<String> {
-    text.lines()
-        .take(line)
-        .filter_map(|l| l.trim().strip_prefix('[').and_then(|r| r.strip_suffix(']')))
-        .last()
-        .map(|s| s.trim().to_owned())
+    text.lines().take(line).filter_map(section_header).last().map(str::to_owned)
 }
 
 fn key_on_line(text: &str, line: usize) -> Option<String> {
@@ -437,13 +433,18 @@ fn key_on_line(text: &str, line: usize) -> Option<String> {
     (!key.is_empty() && !key.starts_with('#')).then(|| key.to_owned())
 }
 
+/// The name in a `[section]` header line.
+fn section_header(line: &str) -> Option<&str> {
+    line.trim().strip_prefix('[').and_then(|r| r.strip_suffix(']')).map(str::trim)
+}
+
 /// Formats an error about `section.key`, with the line it is on if present.
 fn at_key(text: &str, section: &str, key: &str, why: &str) -> String {
     let mut current = "";
     for (n, line) in text.lines().enumerate() {
         let l = line.trim();
-        if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            current = name.trim();
+        if let Some(name) = section_header(line) {
+            current = name;
         } else if current == section && l.split_once('=').is_some_and(|(k, _)| k.trim() == key) {
             return format!("line {}: key `{section}.{key}` {why}", n + 1);
         }

@@ -117,6 +117,13 @@ pub struct Flow {
     pub last: Timestamp,
 }
 
+impl Flow {
+    /// True unless the flow has been idle for longer than `idle`.
+    pub fn is_fresh(&self, now: Timestamp, idle: Duration) -> bool {
+        now.saturating_since(self.last) <= idle
+    }
+}
+
 /// Table sizes and counters, summed over shards.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TableStats {
@@ -234,12 +241,12 @@ impl Shard {
     /// The flow `key`, if tracked and not idle for longer than `idle`. A
     /// stale entry is left for the sweep, or for `insert_flow` to replace.
     pub fn flow(&mut self, key: &FlowKey, now: Timestamp, idle: Duration) -> Option<&mut Flow> {
-        self.flows.get_mut(key).filter(|f| now.saturating_since(f.last) <= idle)
+        self.flows.get_mut(key).filter(|f| f.is_fresh(now, idle))
     }
 
     /// True when the flow `key` is tracked and fresh; changes nothing.
     pub fn peek_flow(&self, key: &FlowKey, now: Timestamp, idle: Duration) -> bool {
-        self.flows.peek(key).is_some_and(|f| now.saturating_since(f.last) <= idle)
+        self.flows.peek(key).is_some_and(|f| f.is_fresh(now, idle))
     }
 
     /// Starts tracking a flow.
@@ -352,8 +359,7 @@ impl Table {
         let mut out = Sweep::default();
         for shard in self.shards.iter() {
             let mut g = lock(shard);
-            while g.flows.peek_lru().is_some_and(|(_, f)| now.saturating_since(f.last) > flow_idle)
-            {
+            while g.flows.peek_lru().is_some_and(|(_, f)| !f.is_fresh(now, flow_idle)) {
                 g.flows.pop_lru();
                 out.flows_expired += 1;
             }
