@@ -168,8 +168,14 @@ pub enum Fingerprint {
 
 impl Fingerprint {
     /// Every fingerprint.
-    pub const ALL: [Self; 5] =
-        [Self::NmapSyn, Self::Masscan, Self::Zmap, Self::Hping3, Self::NmapEcho];
+    pub const ALL: [Self; 6] = [
+        Self::NmapSyn,
+        Self::Masscan,
+        Self::Zmap,
+        Self::Hping3,
+        Self::NmapEcho,
+        Self::NmapStealth,
+    ];
 
     /// The rule name, as in `[fingerprints]` of the rules file.
     pub const fn name(self) -> &'static str {
@@ -239,6 +245,26 @@ pub enum OsProbe {
 }
 
 impl OsProbe {
+    /// Every probe, in the order nmap sends them.
+    pub const ALL: [Self; 16] = [
+        Self::Seq1,
+        Self::Seq2,
+        Self::Seq3,
+        Self::Seq4,
+        Self::Seq5,
+        Self::Seq6,
+        Self::Ecn,
+        Self::T2,
+        Self::T3,
+        Self::T4,
+        Self::T5,
+        Self::T6,
+        Self::T7,
+        Self::U1,
+        Self::Ie1,
+        Self::Ie2,
+    ];
+
     /// A short stable name.
     pub const fn name(self) -> &'static str {
         match self {

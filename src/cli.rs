@@ -12,7 +12,13 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Cidr, Config};
 use crate::engine::Engine;
-use crate::runtime::replay;
+use crate::firewall::{self, Plan};
+use crate::runtime::control::{self, Request};
+use crate::runtime::{daemon, replay};
+use crate::time::{format_duration, parse_duration};
+
+/// Where the control socket is when neither `--socket` nor a rules file says.
+const DEFAULT_SOCKET: &str = "/run/portcloak.sock";
 
 /// portcloak: hide a Linux server from port scanners.
 #[derive(Debug, Parser)]
@@ -51,6 +57,83 @@ pub enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Run inline: install the firewall objects, inspect the queues, ban
+    /// scanners in the kernel. Needs root or CAP_NET_ADMIN.
+    Run {
+        /// Rules file; the built-in defaults (identical to rules/default.toml) if absent.
+        #[arg(short = 'c', long = "rules")]
+        rules: Option<PathBuf>,
+        /// Install no firewall objects: the administrator's own ruleset
+        /// feeds the queues and applies bans (see `portcloak firewall`).
+        #[arg(long)]
+        no_firewall: bool,
+    },
+    /// Print the exact ruleset `run` would install, without applying it.
+    Firewall {
+        /// Rules file; the built-in defaults if absent.
+        #[arg(short = 'c', long = "rules")]
+        rules: Option<PathBuf>,
+    },
+    /// The running daemon's counters: per worker, tables, bans, memory.
+    Status {
+        /// Which daemon.
+        #[command(flatten)]
+        target: Target,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the active bans.
+    Bans {
+        /// Which daemon.
+        #[command(flatten)]
+        target: Target,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban an address (an IPv6 address bans its tracked prefix).
+    Ban {
+        /// The address.
+        ip: std::net::IpAddr,
+        /// How long, such as 90s, 30m, 2h or 1d; the rules' ban.duration if absent.
+        #[arg(long = "for", value_name = "DURATION")]
+        length: Option<String>,
+        /// Which daemon.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Lift the ban on an address, or every ban with `all`.
+    Unban {
+        /// The address, or `all`.
+        ip: String,
+        /// Which daemon.
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which daemon a control command talks to.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// The control socket [default: daemon.socket of the rules file, or /run/portcloak.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The rules file the daemon runs with, to find its socket.
+    #[arg(short = 'c', long = "rules")]
+    rules: Option<PathBuf>,
+}
+
+impl Target {
+    fn socket(&self) -> anyhow::Result<PathBuf> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        match &self.rules {
+            Some(path) => Ok(Config::load(path)?.daemon.socket),
+            None => Ok(PathBuf::from(DEFAULT_SOCKET)),
+        }
+    }
 }
 
 /// What a command wants the process to exit with.
@@ -90,7 +173,162 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
             }
             Ok(Status::Ok)
         }
+        Command::Run { rules, no_firewall } => {
+            let config = load_or_default(rules.as_deref())?;
+            daemon::run(daemon::Options { config, firewall: !no_firewall })?;
+            Ok(Status::Ok)
+        }
+        Command::Firewall { rules } => {
+            let config = load_or_default(rules.as_deref())?;
+            let (backend, note) = match firewall::detect() {
+                Ok(b) => (b, None),
+                Err(e) => (firewall::Backend::Iptables, Some(e)),
+            };
+            let plan = Plan::new(&config, backend, daemon::worker_count(&config));
+            let mut out = std::io::stdout().lock();
+            if let Some(e) = note {
+                writeln!(out, "# could not ask the kernel ({e}); assuming no nft queue")?;
+            }
+            out.write_all(plan.describe().as_bytes())?;
+            Ok(Status::Ok)
+        }
+        Command::Status { target, json } => {
+            let answer = control::request(&target.socket()?, &Request::Status)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{answer}")?;
+            } else {
+                write_status(&mut out, &answer)?;
+            }
+            Ok(Status::Ok)
+        }
+        Command::Bans { target, json } => {
+            let answer = control::request(&target.socket()?, &Request::Bans)?;
+            let bans = answer.get("bans").cloned().unwrap_or_default();
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{bans}")?;
+            } else {
+                write_bans(&mut out, &bans)?;
+            }
+            Ok(Status::Ok)
+        }
+        Command::Ban { ip, length, target } => {
+            let seconds = match length {
+                Some(text) => Some(
+                    parse_duration(&text)
+                        .filter(|d| !d.is_zero())
+                        .with_context(|| format!("bad --for `{text}`: write 90s, 30m, 2h or 1d"))?
+                        .as_secs()
+                        .max(1),
+                ),
+                None => None,
+            };
+            let answer = control::request(&target.socket()?, &Request::Ban { ip, seconds })?;
+            let source = answer.get("source").and_then(|v| v.as_str()).unwrap_or("?");
+            let secs = answer.get("seconds").and_then(serde_json::Value::as_u64).unwrap_or(0);
+            let length = format_duration(std::time::Duration::from_secs(secs));
+            writeln!(std::io::stdout().lock(), "banned {source} for {length}")?;
+            Ok(Status::Ok)
+        }
+        Command::Unban { ip, target } => {
+            let ip = if ip == "all" {
+                None
+            } else {
+                Some(ip.parse().map_err(|_| anyhow::anyhow!("`{ip}` is not an address or `all`"))?)
+            };
+            let answer = control::request(&target.socket()?, &Request::Unban { ip })?;
+            let lifted = answer.get("lifted").and_then(|v| v.as_array()).map_or(0, Vec::len);
+            writeln!(std::io::stdout().lock(), "lifted {lifted} ban(s)")?;
+            Ok(Status::Ok)
+        }
     }
+}
+
+fn load_or_default(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    })
+}
+
+fn write_status(out: &mut impl Write, s: &serde_json::Value) -> std::io::Result<()> {
+    let n = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    writeln!(
+        out,
+        "portcloak pid {}, up {}s, firewall {}, fail {}",
+        n(s, "pid"),
+        n(s, "uptime"),
+        s.get("firewall").and_then(|v| v.as_str()).unwrap_or("?"),
+        s.get("fail_mode").and_then(|v| v.as_str()).unwrap_or("?"),
+    )?;
+    writeln!(
+        out,
+        "{:>6} {:>4} {:>12} {:>12} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10}",
+        "queue", "cpu", "packets", "accepted", "dropped", "shed", "invalid", "waiting", "q_dropped", "u_dropped"
+    )?;
+    for w in s.get("workers").and_then(|v| v.as_array()).into_iter().flatten() {
+        let k = w.get("kernel").cloned().unwrap_or_default();
+        let cpu = w.get("cpu").and_then(serde_json::Value::as_u64).map_or("-".to_owned(), |c| c.to_string());
+        writeln!(
+            out,
+            "{:>6} {:>4} {:>12} {:>12} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10}",
+            n(w, "queue"),
+            cpu,
+            n(w, "packets"),
+            n(w, "accepted"),
+            n(w, "dropped"),
+            n(w, "shed"),
+            n(w, "invalid"),
+            n(&k, "waiting"),
+            n(&k, "queue_dropped"),
+            n(&k, "user_dropped"),
+        )?;
+    }
+    let share = s.get("uninspected_share").and_then(serde_json::Value::as_f64);
+    writeln!(
+        out,
+        "inspected {} of {} packets; uninspected {} ({})",
+        n(s, "inspected"),
+        n(s, "packets"),
+        n(s, "uninspected"),
+        share.map_or("unknown".to_owned(), |x| format!("{:.2}%", x * 100.0)),
+    )?;
+    if let Some(drops) = s.get("drops").and_then(|v| v.as_object()) {
+        let list: Vec<String> = drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        writeln!(out, "drops: {}", if list.is_empty() { "none".to_owned() } else { list.join(", ") })?;
+    }
+    let t = s.get("tables").cloned().unwrap_or_default();
+    writeln!(out, "tables: {t}")?;
+    let m = s.get("memory").cloned().unwrap_or_default();
+    writeln!(
+        out,
+        "bans: {}; memory {} MiB resident, {} MiB peak, limit {} MiB",
+        n(s, "bans"),
+        n(&m, "rss") >> 20,
+        n(&m, "peak") >> 20,
+        n(&m, "limit") >> 20,
+    )
+}
+
+fn write_bans(out: &mut impl Write, bans: &serde_json::Value) -> std::io::Result<()> {
+    let list = bans.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return writeln!(out, "no active bans");
+    }
+    writeln!(out, "{:<28} {:>10} {:>8}  reason", "source", "remaining", "offences")?;
+    for b in list {
+        let remaining = b.get("remaining").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        writeln!(
+            out,
+            "{:<28} {:>10} {:>8}  {}",
+            b.get("source").and_then(|v| v.as_str()).unwrap_or("?"),
+            format_duration(std::time::Duration::from_secs(remaining)),
+            b.get("offences").and_then(serde_json::Value::as_u64).unwrap_or(0),
+            b.get("reason").and_then(|v| v.as_str()).unwrap_or("?"),
+        )?;
+    }
+    Ok(())
 }
 
 fn check(file: &std::path::Path) -> anyhow::Result<Status> {

@@ -335,6 +335,12 @@ impl Engine {
         shard.insert_ban(key, ban, now)
     }
 
+    /// Puts back a ban saved by an earlier run, with its reason and offence
+    /// count. Returns false when the ban table is full.
+    pub fn restore(&self, now: Timestamp, source: SourceKey, ban: Ban) -> bool {
+        self.table.lock(&source).insert_ban(source, ban, now)
+    }
+
     /// Lifts the ban on `ip` and forgets its offences.
     pub fn unban(&self, ip: IpAddr) -> Option<Ban> {
         let key = self.key(ip);

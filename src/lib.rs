@@ -37,6 +37,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod firewall;
 pub mod io;
 pub mod policy;
 pub mod runtime;

@@ -27,6 +27,14 @@ impl Timestamp {
         Self(secs.saturating_mul(1_000_000))
     }
 
+    /// A wall-clock time, as microseconds since the Unix epoch (zero
+    /// before it). The daemon uses wall time so that ban ends written to
+    /// its state file mean the same after a restart.
+    pub fn from_system(t: std::time::SystemTime) -> Self {
+        let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Self(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
+    }
+
     /// Microseconds since the epoch.
     pub const fn micros(self) -> u64 {
         self.0

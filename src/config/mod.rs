@@ -62,6 +62,8 @@ pub struct Config {
     pub icmp: IcmpRules,
     /// Table sizes.
     pub tracking: Tracking,
+    /// The inline daemon (`portcloak run`): queues, workers, fail mode, files.
+    pub daemon: Daemon,
 }
 
 /// `[services]`
@@ -220,6 +222,70 @@ pub struct Tracking {
     pub flow_idle: Dur,
 }
 
+/// `[daemon]`
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Daemon {
+    /// Workers, one per inbound queue; 0 means one per CPU.
+    pub workers: usize,
+    /// Number of the first queue.
+    pub queue: u16,
+    /// Bytes of each inbound packet copied to userspace.
+    pub copy_range: u16,
+    /// Packets the kernel holds per queue awaiting a verdict.
+    pub queue_maxlen: u32,
+    /// Receive buffer of each queue's socket, in bytes.
+    pub recv_buffer: usize,
+    /// What happens to traffic portcloak cannot inspect.
+    pub fail_mode: FailMode,
+    /// A worker sheds while its queue holds more packets than this.
+    pub shed_backlog: u32,
+    /// A worker sheds packets that waited longer than this (when stamped).
+    pub shed_age: Dur,
+    /// Also queue outbound replies and each handshake's completing ACK.
+    pub outbound: bool,
+    /// Memory the daemon may use, in MiB.
+    pub memory_limit: u64,
+    /// Where bans persist across restarts.
+    pub state_file: PathBuf,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// A JSON-lines event file; empty for none.
+    pub events: PathBuf,
+    /// How often the drops-by-reason summary is logged.
+    pub summary_interval: Dur,
+    /// How often listening sockets are re-read.
+    pub listen_interval: Dur,
+}
+
+/// What happens to traffic that portcloak cannot inspect in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// It passes: the kernel accepts on a full queue or with no listener,
+    /// and a worker that falls behind accepts without inspection.
+    Open,
+    /// It is dropped: availability is traded for never passing a packet
+    /// unseen.
+    Closed,
+}
+
+impl Daemon {
+    /// Bytes the tables may take at their configured sizes, with the fixed
+    /// cost of buffers and threads. Per-entry figures are measured upper
+    /// bounds (benches/flood.rs fills every table), rounded up.
+    pub fn table_budget(tracking: &Tracking) -> u64 {
+        const SOURCE: u64 = 448;
+        const FLOW: u64 = 192;
+        const BAN: u64 = 128;
+        const BASE: u64 = 32 << 20;
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        BASE.saturating_add(n(tracking.sources).saturating_mul(SOURCE))
+            .saturating_add(n(tracking.flows).saturating_mul(FLOW))
+            .saturating_add(n(tracking.bans).saturating_mul(BAN))
+    }
+}
+
 impl Lists {
     /// True when `ip` is in an allowlisted network.
     pub fn allows(&self, ip: std::net::IpAddr) -> bool {
@@ -331,6 +397,28 @@ impl Default for Tracking {
     }
 }
 
+impl Default for Daemon {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            queue: 0,
+            copy_range: 128,
+            queue_maxlen: 4096,
+            recv_buffer: 4 << 20,
+            fail_mode: FailMode::Open,
+            shed_backlog: 2048,
+            shed_age: Dur::millis(50),
+            outbound: false,
+            memory_limit: 512,
+            state_file: PathBuf::from("/var/lib/portcloak/state.json"),
+            socket: PathBuf::from("/run/portcloak.sock"),
+            events: PathBuf::new(),
+            summary_interval: Dur::secs(60),
+            listen_interval: Dur::secs(2),
+        }
+    }
+}
+
 impl Config {
     /// Reads and checks a rules file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -392,6 +480,33 @@ impl Config {
         }
         if !(1..=128).contains(&t.ipv6_prefix) {
             return fail("tracking", "ipv6_prefix", "must be between 1 and 128".to_owned());
+        }
+        let d = &self.daemon;
+        if d.workers > 1024 {
+            return fail("daemon", "workers", "must be at most 1024 (0 = one per CPU)".to_owned());
+        }
+        if d.copy_range < 80 {
+            return fail("daemon", "copy_range", "must be at least 80 (IP and TCP headers)".into());
+        }
+        if d.queue_maxlen == 0 {
+            return fail("daemon", "queue_maxlen", "must be at least 1".to_owned());
+        }
+        if d.shed_backlog == 0 || d.shed_backlog > d.queue_maxlen {
+            return fail("daemon", "shed_backlog", "must be between 1 and queue_maxlen".to_owned());
+        }
+        if d.summary_interval.get() < Duration::from_secs(1) {
+            return fail("daemon", "summary_interval", "must be at least 1s".to_owned());
+        }
+        if d.listen_interval.get() < Duration::from_millis(100) {
+            return fail("daemon", "listen_interval", "must be at least 100ms".to_owned());
+        }
+        let need = Daemon::table_budget(t) >> 20;
+        if d.memory_limit < need {
+            return fail(
+                "daemon",
+                "memory_limit",
+                format!("is below the {need} MiB the [tracking] tables can take; raise it or shrink them"),
+            );
         }
         Ok(())
     }

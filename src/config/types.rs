@@ -54,6 +54,11 @@ impl Dur {
         Self(Duration::from_secs(n))
     }
 
+    /// `n` milliseconds.
+    pub const fn millis(n: u64) -> Self {
+        Self(Duration::from_millis(n))
+    }
+
     /// The duration.
     pub const fn get(self) -> Duration {
         self.0
@@ -104,6 +109,25 @@ impl Cidr {
             }
             _ => false,
         }
+    }
+}
+
+impl Cidr {
+    /// True for an IPv4 block.
+    pub const fn is_ipv4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+
+    /// The block with its host bits cleared, as firewalls want it written.
+    pub fn network(&self) -> Self {
+        let addr = match self.addr {
+            IpAddr::V4(v4) => {
+                let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.len)) };
+                IpAddr::V4((u32::from(v4) & mask).into())
+            }
+            IpAddr::V6(_) => SourceKey::new(self.addr, self.len).ip(),
+        };
+        Self { addr, len: self.len }
     }
 }
 

@@ -89,6 +89,28 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order: `Reason::ALL[r as usize] == r`.
+    pub const ALL: [Self; 18] = [
+        Self::Flow,
+        Self::OpenPort,
+        Self::ClosedPortReject,
+        Self::Allowlisted,
+        Self::Icmp,
+        Self::Fragment,
+        Self::OtherProtocol,
+        Self::RuleOff,
+        Self::Outbound,
+        Self::Malformed,
+        Self::Banned,
+        Self::Denylisted,
+        Self::BadChecksum,
+        Self::ClosedPort,
+        Self::Probe,
+        Self::Signature,
+        Self::RateLimited,
+        Self::UnsolicitedSynAck,
+    ];
+
     /// A short stable name.
     pub fn name(self) -> &'static str {
         match self {

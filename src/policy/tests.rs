@@ -17,3 +17,12 @@ fn limiter_resets_each_second() {
     assert!(l.allow(t(5)), "an older time counts against the current second");
     assert!(!l.allow(t(5)) && !l.allow(t(6)), "and never resets it");
 }
+
+#[test]
+fn every_reason_is_listed_at_its_index() {
+    for (i, r) in Reason::ALL.iter().enumerate() {
+        assert_eq!(*r as usize, i, "{r:?}");
+    }
+    // A reason added after UnsolicitedSynAck must be added to ALL too.
+    assert_eq!(Reason::UnsolicitedSynAck as usize + 1, Reason::ALL.len());
+}

@@ -1,6 +1,24 @@
 //! Drivers of the engine. Each turns a packet source into `Engine::handle`
 //! calls and reports what happened; none adds packet logic of its own.
 //!
-//! Today: [`replay`], offline captures with their own timestamps.
+//! - [`replay`]: offline captures, with their own timestamps.
+//! - [`daemon`]: `portcloak run`, inline on NFQUEUE, with wall-clock time;
+//!   its parts are [`queue`] (the sockets), [`worker`] (one per queue),
+//!   [`state`] (bans across restarts), [`listen`] (the host's open ports)
+//!   and [`control`] (the Unix socket behind `status`, `bans`, `ban`,
+//!   `unban`).
 
+pub mod control;
+pub mod daemon;
+pub mod listen;
+pub mod queue;
 pub mod replay;
+pub mod state;
+pub mod worker;
+
+/// Writes one log line to stderr, prefixed `portcloak:` (journald keeps
+/// stderr; a fail2ban filter can follow the ban lines).
+#[allow(clippy::print_stderr)]
+pub fn log(line: &str) {
+    eprintln!("portcloak: {line}");
+}

@@ -34,6 +34,7 @@ use serde::Serialize;
 use crate::classify::{ProbeKind, Signature};
 use crate::time::Timestamp;
 
+pub(crate) use self::key::prefix_mask;
 pub use self::key::{FlowKey, SourceKey};
 pub use self::source::{RECENT_SLOTS, Scores, SourceState};
 
@@ -62,6 +63,36 @@ impl std::fmt::Display for BanReason {
             Self::SlowScan(n) => write!(f, "slow-scan {n}"),
             Self::Manual => f.write_str("manual"),
         }
+    }
+}
+
+impl std::str::FromStr for BanReason {
+    type Err = String;
+
+    /// Reads back what `Display` wrote.
+    fn from_str(text: &str) -> Result<Self, String> {
+        use crate::classify::{Fingerprint, OsProbe};
+        let count = |rest: &str| rest.parse::<u32>().map_err(|_| format!("bad count in `{text}`"));
+        if text == "manual" {
+            return Ok(Self::Manual);
+        }
+        if let Some(rest) = text.strip_prefix("closed-ports ") {
+            return count(rest).map(Self::ClosedPorts);
+        }
+        if let Some(rest) = text.strip_prefix("slow-scan ") {
+            return count(rest).map(Self::SlowScan);
+        }
+        let candidates = ProbeKind::ALL
+            .into_iter()
+            .map(Self::Probe)
+            .chain(Fingerprint::ALL.into_iter().map(|f| Self::Signature(Signature::Tool(f))))
+            .chain(OsProbe::ALL.into_iter().map(|p| Self::Signature(Signature::OsProbe(p))));
+        for reason in candidates {
+            if reason.to_string() == text {
+                return Ok(reason);
+            }
+        }
+        Err(format!("unknown ban reason `{text}`"))
     }
 }
 
@@ -404,6 +435,21 @@ mod tests {
 
     fn key(i: u32) -> SourceKey {
         SourceKey::new(IpAddr::V4(Ipv4Addr::from(0xc612_0000 | i)), 64)
+    }
+
+    #[test]
+    fn ban_reasons_read_back_what_they_print() {
+        use crate::classify::{Fingerprint, OsProbe};
+        let reasons = ProbeKind::ALL
+            .into_iter()
+            .map(BanReason::Probe)
+            .chain(Fingerprint::ALL.map(|f| BanReason::Signature(Signature::Tool(f))))
+            .chain(OsProbe::ALL.map(|p| BanReason::Signature(Signature::OsProbe(p))))
+            .chain([BanReason::ClosedPorts(6), BanReason::SlowScan(20), BanReason::Manual]);
+        for r in reasons {
+            assert_eq!(r.to_string().parse::<BanReason>(), Ok(r));
+        }
+        assert!("probe nonsense".parse::<BanReason>().is_err());
     }
 
     fn table(sources: usize, bans: usize) -> Table {

@@ -1,0 +1,238 @@
+//! FIREWALL: the kernel side of the daemon. portcloak owns exactly these
+//! objects and touches nothing else:
+//!
+//! - the nft table `inet portcloak`: the ban sets `ban4` and `ban6` (IPv6
+//!   keyed by the tracked prefix), with element timeouts; the allow and
+//!   deny sets; and a chain on the prerouting hook, ahead of every other
+//!   filter, that drops members of the ban and deny sets;
+//! - the rules that feed the queues. Where the kernel has the nft `queue`
+//!   expression they are chains of the same table. Where it does not (the
+//!   common case: `CONFIG_NFT_QUEUE` unset), they live in the iptables-nft
+//!   chains `PORTCLOAK_IN` and `PORTCLOAK_OUT` of the `mangle` table, each
+//!   with one jump from `PREROUTING` or `POSTROUTING`.
+//!
+//! Installing replaces the nft table in one transaction and loads each
+//! iptables chain with one `iptables-restore --noflush`, so stale objects
+//! from a crashed run are replaced, never stacked. [`remove`] deletes them
+//! all. Ban updates are one nft transaction per batch.
+
+mod render;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use thiserror::Error;
+
+pub use self::render::{Backend, Plan, QueueRange};
+use crate::track::SourceKey;
+
+/// The nft table portcloak owns.
+pub const TABLE: &str = "portcloak";
+/// The iptables chain that feeds inbound packets to the queues.
+pub const CHAIN_IN: &str = "PORTCLOAK_IN";
+/// The iptables chain that feeds outbound replies to the queues.
+pub const CHAIN_OUT: &str = "PORTCLOAK_OUT";
+
+/// A firewall command that failed.
+#[derive(Debug, Error)]
+pub enum FirewallError {
+    /// The program is not installed, or could not be started.
+    #[error("cannot run `{program}` (install nftables and iptables): {source}")]
+    Spawn {
+        /// The program.
+        program: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// It ran and failed.
+    #[error("`{command}` failed: {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+}
+
+/// One change to the kernel ban sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BanOp {
+    /// Ban (or re-ban) a source for this long from now.
+    Add(SourceKey, Duration),
+    /// Lift a ban.
+    Remove(SourceKey),
+}
+
+/// Runs `program args`, feeding `input` on stdin when given.
+fn exec(program: &'static str, args: &[&str], input: Option<&str>) -> Result<String, FirewallError> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| FirewallError::Spawn { program, source })?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(text.as_bytes()).map_err(|source| FirewallError::Spawn { program, source })?;
+    }
+    let out = child.wait_with_output().map_err(|source| FirewallError::Spawn { program, source })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(FirewallError::Failed {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Which backend this kernel supports for the queue rules: nft when a
+/// dry run of a `queue` rule passes, iptables-nft otherwise.
+pub fn detect() -> Result<Backend, FirewallError> {
+    let probe = "table inet portcloak_probe {\n chain c {\n  type filter hook prerouting priority 0;\n  queue flags bypass num 0\n }\n}\n";
+    match exec("nft", &["-c", "-f", "-"], Some(probe)) {
+        Ok(_) => Ok(Backend::Nft),
+        Err(FirewallError::Failed { .. }) => Ok(Backend::Iptables),
+        Err(e) => Err(e),
+    }
+}
+
+/// Installs everything in `plan`, replacing stale objects of an earlier
+/// run, with `bans` already in the sets.
+pub fn install(plan: &Plan, bans: &[(SourceKey, Duration)]) -> Result<(), FirewallError> {
+    if plan.backend == Backend::Iptables {
+        // Stale queue rules first: until the new ones are in, traffic
+        // passes uninspected, exactly as the bypass would let it.
+        remove_iptables()?;
+    }
+    exec("nft", &["-f", "-"], Some(&plan.nft_script(bans)))?;
+    if plan.backend == Backend::Iptables {
+        for family in [Family::V4, Family::V6] {
+            exec(family.restore(), &["--noflush"], Some(&plan.iptables_script(family.is_v6())))?;
+            for (hook, chain) in plan.iptables_jumps() {
+                let check = ["-t", "mangle", "-C", hook, "-j", chain];
+                if exec(family.tool(), &check, None).is_err() {
+                    exec(family.tool(), &["-t", "mangle", "-I", hook, "1", "-j", chain], None)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes everything portcloak may have installed, in any earlier run.
+/// Missing objects are not errors.
+pub fn remove() -> Result<(), FirewallError> {
+    remove_iptables()?;
+    let script = format!("table inet {TABLE}\ndelete table inet {TABLE}\n");
+    exec("nft", &["-f", "-"], Some(&script)).map(drop)
+}
+
+/// Removes the iptables queue rules of an earlier run and leaves the ban
+/// table, so the kernel keeps dropping banned sources while the daemon
+/// starts. (nft queue chains go with the table's atomic replacement.)
+pub fn remove_queue_rules() -> Result<(), FirewallError> {
+    remove_iptables()
+}
+
+fn remove_iptables() -> Result<(), FirewallError> {
+    for family in [Family::V4, Family::V6] {
+        let tool = family.tool();
+        for (hook, chain) in [("PREROUTING", CHAIN_IN), ("POSTROUTING", CHAIN_OUT)] {
+            if exec(tool, &["-t", "mangle", "-n", "-L", chain], None).is_err() {
+                continue;
+            }
+            while exec(tool, &["-t", "mangle", "-D", hook, "-j", chain], None).is_ok() {}
+            exec(tool, &["-t", "mangle", "-F", chain], None)?;
+            exec(tool, &["-t", "mangle", "-X", chain], None)?;
+        }
+        drop_empty_mangle(family);
+    }
+    Ok(())
+}
+
+/// iptables-nft leaves the `mangle` table and its base chains behind when
+/// the last rule goes. A table with no rules at all filters nothing, so
+/// it is deleted, leaving the ruleset as portcloak found it.
+fn drop_empty_mangle(family: Family) {
+    let table = format!("{} mangle", family.nft_family());
+    let Ok(listing) = exec("nft", &["-a", "list", "table", family.nft_family(), "mangle"], None)
+    else {
+        return;
+    };
+    let has_rules = listing.lines().any(|l| {
+        let l = l.trim();
+        l.contains("# handle") && !l.starts_with("chain ") && !l.starts_with("table ")
+    });
+    if !has_rules {
+        let _ = exec("nft", &["-f", "-"], Some(&format!("delete table {table}\n")));
+    }
+}
+
+/// Applies a batch of ban changes in one nft transaction.
+pub fn apply(ops: &[BanOp]) -> Result<(), FirewallError> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    exec("nft", &["-f", "-"], Some(&render::ban_ops(ops))).map(drop)
+}
+
+/// Packets the queue rules sent to the queues so far (every one,
+/// inspected or passed by the kernel's fail-open and bypass), read from
+/// the rule counters; `None` when they cannot be read.
+pub fn queued_packets(backend: Backend) -> Option<u64> {
+    match backend {
+        Backend::Iptables => {
+            let mut total = 0u64;
+            for family in [Family::V4, Family::V6] {
+                for chain in [CHAIN_IN, CHAIN_OUT] {
+                    let args = ["-t", "mangle", "-n", "-v", "-x", "-L", chain];
+                    let Ok(text) = exec(family.tool(), &args, None) else { continue };
+                    total = total.saturating_add(render::sum_iptables_counters(&text));
+                }
+            }
+            Some(total)
+        }
+        Backend::Nft => {
+            let text = exec("nft", &["list", "table", "inet", TABLE], None).ok()?;
+            Some(render::sum_nft_queue_counters(&text))
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    const fn is_v6(self) -> bool {
+        matches!(self, Self::V6)
+    }
+
+    const fn tool(self) -> &'static str {
+        match self {
+            Self::V4 => "iptables-nft",
+            Self::V6 => "ip6tables-nft",
+        }
+    }
+
+    const fn restore(self) -> &'static str {
+        match self {
+            Self::V4 => "iptables-nft-restore",
+            Self::V6 => "ip6tables-nft-restore",
+        }
+    }
+
+    const fn nft_family(self) -> &'static str {
+        match self {
+            Self::V4 => "ip",
+            Self::V6 => "ip6",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

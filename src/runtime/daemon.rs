@@ -1,0 +1,579 @@
+//! DAEMON: `portcloak run`. Sets up the kernel side, starts the pinned
+//! workers and the threads around them, and takes everything down again
+//! on SIGTERM or SIGINT.
+//!
+//! Threads: one worker per queue (see [`super::worker`]); the ban keeper,
+//! which batches bans into one nft transaction per 50 ms, logs them and
+//! saves the state file; housekeeping (queue backlogs every 10 ms, engine
+//! sweeps every second, listening ports, the periodic summary); the
+//! control socket; and, when configured, the event file writer.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
+use serde_json::{Value, json};
+
+use super::control::{self, Request};
+use super::queue::{self, KernelQueue};
+use super::worker::{self, KernelMsg, Shared, WorkerStats};
+use super::{listen, log, state};
+use crate::config::{Config, FailMode};
+use crate::engine::Engine;
+use crate::event::Event;
+use crate::firewall::{self, BanOp, Backend, Plan};
+use crate::policy::Reason;
+use crate::time::{Timestamp, format_duration};
+use crate::track::SourceKey;
+
+/// Ban changes are applied to the kernel at most this long after they happen.
+const BATCH: Duration = Duration::from_millis(50);
+/// Capacity of the ban channel; a full channel loses bans to the kernel
+/// (the engine still drops those sources) and counts them.
+const BAN_CHANNEL: usize = 4096;
+/// Capacity of the event channel.
+const EVENT_CHANNEL: usize = 65_536;
+
+/// How `run` was asked to start.
+#[derive(Debug)]
+pub struct Options {
+    /// The rules.
+    pub config: Config,
+    /// Install and remove portcloak's firewall objects (not with `--no-firewall`).
+    pub firewall: bool,
+}
+
+/// The number of workers `config` asks for: `daemon.workers`, or one per CPU.
+pub fn worker_count(config: &Config) -> u16 {
+    let n = match config.daemon.workers {
+        0 => core_affinity::get_core_ids().map_or(1, |c| c.len()),
+        n => n,
+    };
+    u16::try_from(n.max(1)).unwrap_or(u16::MAX)
+}
+
+/// The wall clock, in the engine's units.
+fn wall_now() -> Timestamp {
+    Timestamp::from_system(SystemTime::now())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(options: Options) -> anyhow::Result<()> {
+    let Options { config, firewall: manage } = options;
+    require_net_admin()?;
+    let d = config.daemon.clone();
+    let listener = control::bind(&d.socket)?;
+    let now = wall_now();
+    let restored = match state::load(&d.state_file, now, config.tracking.ipv6_prefix) {
+        Ok(bans) => bans,
+        Err(e) => {
+            log(&format!("warning: {e}; starting with no saved bans"));
+            Vec::new()
+        }
+    };
+    let engine = Arc::new(Engine::new(config.clone()));
+    for (key, ban) in &restored {
+        engine.restore(now, *key, *ban);
+    }
+    listen::refresh(engine.ports());
+
+    let workers = worker_count(&config);
+    let backend = if manage { firewall::detect()? } else { Backend::Iptables };
+    let plan = Plan::new(&config, backend, workers);
+    if manage {
+        firewall::remove_queue_rules().context("removing stale queue rules")?;
+    }
+    let mut queues = Vec::new();
+    for num in plan.inbound.iter() {
+        queues.push(queue::open(num, &d, d.copy_range).context("opening NFQUEUE")?);
+    }
+    if let Some(out) = plan.outbound {
+        for num in out.iter() {
+            queues.push(queue::open(num, &d, u16::MAX).context("opening NFQUEUE")?);
+        }
+    }
+    if manage {
+        let bans = remaining(&engine, now);
+        firewall::install(&plan, &bans).context("installing firewall objects")?;
+    }
+
+    let (kernel_tx, kernel_rx) = channel::bounded(BAN_CHANNEL);
+    let (events_tx, events_rx) = channel::bounded(EVENT_CHANNEL);
+    let events_on = !d.events.as_os_str().is_empty();
+    let shared = Arc::new(Shared {
+        engine: Arc::clone(&engine),
+        stop: AtomicBool::new(false),
+        kernel: kernel_tx.clone(),
+        events: events_on.then(|| events_tx.clone()),
+        workers: (0..queues.len()).map(|_| WorkerStats::default()).collect(),
+        fail_open: d.fail_mode == FailMode::Open,
+        shed_backlog: d.shed_backlog,
+        shed_age: d.shed_age.get(),
+    });
+
+    let term = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&term))?;
+    }
+
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut handles: Vec<JoinHandle<()>> = Vec::new();
+    for (index, q) in queues.into_iter().enumerate() {
+        let shared = Arc::clone(&shared);
+        // Outbound queue i shares CPU i with inbound queue i: the kernel
+        // hashes both directions of a flow to the same index.
+        let core = (!cores.is_empty()).then(|| cores.get((index % usize::from(workers)) % cores.len())).flatten().copied();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("worker-{}", q.num))
+                .spawn(move || worker::run(q, &shared, index, core))?,
+        );
+    }
+    let started = Instant::now();
+    let keeper = {
+        let (shared, path, events) = (Arc::clone(&shared), d.state_file.clone(), events_on.then(|| events_tx.clone()));
+        std::thread::Builder::new()
+            .name("bans".into())
+            .spawn(move || keep_bans(&shared, &kernel_rx, manage, &path, events.as_ref()))?
+    };
+    let writer = if events_on {
+        let path = d.events.clone();
+        Some(std::thread::Builder::new().name("events".into()).spawn(move || write_events(&path, &events_rx))?)
+    } else {
+        None
+    };
+    drop(events_tx);
+    let house = {
+        let shared = Arc::clone(&shared);
+        let cfg = config.clone();
+        std::thread::Builder::new()
+            .name("housekeeping".into())
+            .spawn(move || housekeeping(&shared, &cfg, backend, manage))?
+    };
+    let ctl = {
+        let shared = Arc::clone(&shared);
+        let kernel = kernel_tx.clone();
+        let info = Info { backend, manage, started, config: config.clone() };
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || serve_control(&listener, &shared, &kernel, &info))?
+    };
+    drop(kernel_tx);
+
+    log(&format!(
+        "started: {} worker(s) on queue(s) {}, {} firewall{}, fail {}, {} ban(s) restored",
+        workers,
+        describe_range(plan.inbound.first, workers),
+        if backend == Backend::Nft { "nft" } else { "iptables-nft" },
+        if manage { "" } else { " (not managed: --no-firewall)" },
+        if shared.fail_open { "open" } else { "closed" },
+        restored.len(),
+    ));
+
+    let mut crashed = None;
+    while !term.load(Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(h) = handles.iter().find(|h| h.is_finished()) {
+            crashed = Some(h.thread().name().unwrap_or("worker").to_owned());
+            break;
+        }
+    }
+    if let Some(name) = crashed {
+        // Leave the firewall objects: the queue bypass keeps traffic
+        // flowing and the kernel keeps dropping banned sources until a
+        // restart (systemd's Restart=on-failure) takes over.
+        shared.stop.store(true, Relaxed);
+        anyhow::bail!("thread {name} stopped unexpectedly; firewall objects left in place for the restart");
+    }
+    log("stopping");
+    if manage && let Err(e) = firewall::remove() {
+        log(&format!("error: removing firewall objects: {e}"));
+    }
+    shared.stop.store(true, Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    let _ = ctl.join();
+    let _ = house.join();
+    drop(shared);
+    let _ = keeper.join();
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    let _ = std::fs::remove_file(&d.socket);
+    let saved = engine.bans(wall_now()).len();
+    log(&format!("stopped; {saved} ban(s) kept in {}", d.state_file.display()));
+    Ok(())
+}
+
+fn describe_range(first: u16, count: u16) -> String {
+    if count > 1 {
+        format!("{first}-{}", first.saturating_add(count - 1))
+    } else {
+        first.to_string()
+    }
+}
+
+/// Active bans with their remaining time.
+fn remaining(engine: &Engine, now: Timestamp) -> Vec<(SourceKey, Duration)> {
+    engine.bans(now).into_iter().map(|(k, b)| (k, b.until.saturating_since(now))).collect()
+}
+
+/// Fails unless the process holds CAP_NET_ADMIN.
+fn require_net_admin() -> anyhow::Result<()> {
+    const CAP_NET_ADMIN: u32 = 12;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    if eff & (1 << CAP_NET_ADMIN) == 0 {
+        anyhow::bail!("portcloak run needs root or CAP_NET_ADMIN");
+    }
+    Ok(())
+}
+
+/// The ban keeper: batches ban changes, applies them to the kernel sets,
+/// logs them, and saves the state file.
+fn keep_bans(
+    shared: &Shared,
+    rx: &Receiver<KernelMsg>,
+    manage: bool,
+    path: &Path,
+    events: Option<&Sender<Event>>,
+) {
+    let engine = &shared.engine;
+    loop {
+        let first = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                if shared.stop.load(Relaxed) {
+                    break;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let deadline = Instant::now() + BATCH;
+        let mut batch = vec![first];
+        while let Ok(m) = rx.recv_deadline(deadline) {
+            batch.push(m);
+        }
+        let now = wall_now();
+        let mut ops = Vec::with_capacity(batch.len());
+        for msg in &batch {
+            match *msg {
+                KernelMsg::Ban(key, ban) => {
+                    let length = ban.until.saturating_since(ban.since);
+                    log(&format!(
+                        "ban {key} for {} reason \"{}\" offences {}",
+                        format_duration(length),
+                        ban.reason,
+                        ban.offences
+                    ));
+                    if let Some(ev) = events {
+                        let _ = ev.try_send(Event::ban(key, &ban));
+                    }
+                    ops.push(BanOp::Add(key, ban.until.saturating_since(now)));
+                }
+                KernelMsg::Unban(key) => {
+                    log(&format!("unban {key} reason \"manual\""));
+                    if let Some(ev) = events {
+                        let _ = ev.try_send(Event::unban(now, key));
+                    }
+                    ops.push(BanOp::Remove(key));
+                }
+            }
+        }
+        if manage && let Err(e) = firewall::apply(&ops) {
+            log(&format!("error: kernel ban update failed ({e}); the engine still drops these sources"));
+        }
+        if let Err(e) = state::save(path, now, &engine.bans(now)) {
+            log(&format!("error: cannot save {}: {e}", path.display()));
+        }
+    }
+    if let Err(e) = state::save(path, wall_now(), &engine.bans(wall_now())) {
+        log(&format!("error: cannot save {}: {e}", path.display()));
+    }
+}
+
+fn write_events(path: &Path, rx: &Receiver<Event>) {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
+    let mut out = match file {
+        Ok(f) => std::io::BufWriter::new(f),
+        Err(e) => {
+            log(&format!("error: cannot open event file {}: {e}", path.display()));
+            return;
+        }
+    };
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(event) => {
+                if serde_json::to_writer(&mut out, &event).is_ok() {
+                    let _ = out.write_all(b"\n");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = out.flush();
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = out.flush();
+}
+
+/// Counter totals over every worker.
+#[derive(Clone, Copy, Debug, Default)]
+struct Totals {
+    packets: u64,
+    accepted: u64,
+    dropped: u64,
+    shed: u64,
+    invalid: u64,
+    drops: [u64; Reason::ALL.len()],
+}
+
+impl Totals {
+    fn read(workers: &[WorkerStats]) -> Self {
+        let mut t = Self::default();
+        for w in workers {
+            t.packets += w.packets.load(Relaxed);
+            t.accepted += w.accepted.load(Relaxed);
+            t.dropped += w.dropped.load(Relaxed);
+            t.shed += w.shed.load(Relaxed);
+            t.invalid += w.invalid.load(Relaxed);
+            for (sum, c) in t.drops.iter_mut().zip(&w.drops) {
+                *sum += c.load(Relaxed);
+            }
+        }
+        t
+    }
+
+    fn inspected(&self) -> u64 {
+        self.accepted + self.dropped
+    }
+}
+
+/// Packets queued by the rules but never inspected (kernel fail-open,
+/// bypass, shedding, INVALID drops), and their share of all queued.
+fn uninspected(backend: Backend, manage: bool, totals: &Totals) -> Option<(u64, f64)> {
+    let queued = if manage { firewall::queued_packets(backend)? } else { totals.packets };
+    let queued = queued.max(totals.packets);
+    let missed = queued.saturating_sub(totals.inspected());
+    #[allow(clippy::cast_precision_loss)]
+    let share = if queued == 0 { 0.0 } else { missed as f64 / queued as f64 };
+    Some((missed, share))
+}
+
+fn housekeeping(shared: &Shared, config: &Config, backend: Backend, manage: bool) {
+    let d = &config.daemon;
+    let mut last_sweep = Instant::now();
+    let mut last_listen = Instant::now();
+    let mut last_summary = Instant::now();
+    let mut previous = Totals::default();
+    while !shared.stop.load(Relaxed) {
+        std::thread::sleep(Duration::from_millis(10));
+        let kq = queue::kernel_queues();
+        for w in &shared.workers {
+            let num = w.queue.load(Relaxed);
+            if let Some(k) = kq.iter().find(|k| u32::from(k.queue) == num) {
+                w.backlog.store(k.waiting, Relaxed);
+            }
+        }
+        if last_sweep.elapsed() >= Duration::from_secs(1) {
+            last_sweep = Instant::now();
+            let sweep = shared.engine.sweep(wall_now());
+            for (key, _) in &sweep.lifted {
+                log(&format!("unban {key} reason \"expired\""));
+            }
+        }
+        if last_listen.elapsed() >= d.listen_interval.get() {
+            last_listen = Instant::now();
+            listen::refresh(shared.engine.ports());
+        }
+        if last_summary.elapsed() >= d.summary_interval.get() {
+            let span = last_summary.elapsed();
+            last_summary = Instant::now();
+            let now = Totals::read(&shared.workers);
+            log(&summary(&previous, &now, span, uninspected(backend, manage, &now), shared.engine.bans(wall_now()).len()));
+            let rss = memory().0;
+            if rss > d.memory_limit.saturating_mul(1 << 20) {
+                log(&format!("warning: resident memory {} MiB is over daemon.memory_limit {} MiB", rss >> 20, d.memory_limit));
+            }
+            previous = now;
+        }
+    }
+}
+
+fn summary(before: &Totals, now: &Totals, span: Duration, missed: Option<(u64, f64)>, bans: usize) -> String {
+    let mut reasons: Vec<String> = Reason::ALL
+        .iter()
+        .zip(now.drops.iter().zip(&before.drops))
+        .filter(|(_, (n, b))| n > b)
+        .map(|(r, (n, b))| format!("{} {}", r.name(), n - b))
+        .collect();
+    if reasons.is_empty() {
+        reasons.push("none".into());
+    }
+    let missed = missed.map_or_else(|| "unknown".to_owned(), |(_, s)| format!("{:.2}%", s * 100.0));
+    format!(
+        "summary {}: {} packets, {} dropped ({}), {} shed, {} invalid; uninspected since start {}; {} active ban(s)",
+        format_duration(span),
+        now.packets - before.packets,
+        now.dropped - before.dropped,
+        reasons.join(", "),
+        now.shed - before.shed,
+        now.invalid - before.invalid,
+        missed,
+        bans,
+    )
+}
+
+/// Resident and peak resident memory, in bytes.
+fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+struct Info {
+    backend: Backend,
+    manage: bool,
+    started: Instant,
+    config: Config,
+}
+
+fn serve_control(listener: &std::os::unix::net::UnixListener, shared: &Shared, kernel: &Sender<KernelMsg>, info: &Info) {
+    while !shared.stop.load(Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => control::answer(stream, |req| handle(req, shared, kernel, info)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                log(&format!("error: control socket: {e}"));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+fn handle(req: Request, shared: &Shared, kernel: &Sender<KernelMsg>, info: &Info) -> Result<Value, String> {
+    let engine = &shared.engine;
+    let now = wall_now();
+    match req {
+        Request::Status => Ok(status(shared, info)),
+        Request::Bans => Ok(json!({ "bans": bans_json(engine, now) })),
+        Request::Ban { ip, seconds } => {
+            let length = seconds.map_or(info.config.ban.duration.get(), Duration::from_secs);
+            if length.is_zero() {
+                return Err("a ban must last longer than 0s".into());
+            }
+            if !engine.ban(now, ip, length) {
+                return Err("the ban table is full".into());
+            }
+            let key = SourceKey::new(ip, info.config.tracking.ipv6_prefix);
+            let ban = engine.bans(now).into_iter().find(|(k, _)| *k == key).map(|(_, b)| b);
+            if let Some(ban) = ban {
+                kernel.send(KernelMsg::Ban(key, ban)).map_err(|e| e.to_string())?;
+            }
+            Ok(json!({ "source": key.to_string(), "seconds": length.as_secs() }))
+        }
+        Request::Unban { ip } => {
+            let keys: Vec<SourceKey> = match ip {
+                Some(ip) => vec![SourceKey::new(ip, info.config.tracking.ipv6_prefix)],
+                None => engine.bans(now).into_iter().map(|(k, _)| k).collect(),
+            };
+            let mut lifted = Vec::new();
+            for key in keys {
+                if engine.unban(key.ip()).is_some() {
+                    lifted.push(key.to_string());
+                }
+                kernel.send(KernelMsg::Unban(key)).map_err(|e| e.to_string())?;
+            }
+            Ok(json!({ "lifted": lifted }))
+        }
+    }
+}
+
+fn bans_json(engine: &Engine, now: Timestamp) -> Vec<Value> {
+    engine
+        .bans(now)
+        .into_iter()
+        .map(|(k, b)| {
+            json!({
+                "source": k.to_string(),
+                "reason": b.reason.to_string(),
+                "since": b.since.micros() / 1_000_000,
+                "until": b.until.micros() / 1_000_000,
+                "remaining": b.until.saturating_since(now).as_secs(),
+                "offences": b.offences,
+            })
+        })
+        .collect()
+}
+
+fn status(shared: &Shared, info: &Info) -> Value {
+    let kq: BTreeMap<u16, KernelQueue> = queue::kernel_queues().into_iter().map(|k| (k.queue, k)).collect();
+    let workers: Vec<Value> = shared
+        .workers
+        .iter()
+        .map(|w| {
+            let q = w.queue.load(Relaxed);
+            let k = u16::try_from(q).ok().and_then(|q| kq.get(&q)).copied().unwrap_or_default();
+            let cpu = w.cpu.load(Relaxed);
+            json!({
+                "queue": q,
+                "cpu": (cpu != u32::MAX).then_some(cpu),
+                "packets": w.packets.load(Relaxed),
+                "accepted": w.accepted.load(Relaxed),
+                "dropped": w.dropped.load(Relaxed),
+                "shed": w.shed.load(Relaxed),
+                "invalid": w.invalid.load(Relaxed),
+                "lost": w.lost.load(Relaxed),
+                "errors": w.errors.load(Relaxed),
+                "kernel": k,
+            })
+        })
+        .collect();
+    let totals = Totals::read(&shared.workers);
+    let drops: serde_json::Map<String, Value> = Reason::ALL
+        .iter()
+        .zip(totals.drops)
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| (r.name().to_owned(), json!(n)))
+        .collect();
+    let (missed, share) = uninspected(info.backend, info.manage, &totals).map_or((None, None), |(m, s)| (Some(m), Some(s)));
+    let stats = shared.engine.stats();
+    let (rss, peak) = memory();
+    json!({
+        "pid": std::process::id(),
+        "uptime": info.started.elapsed().as_secs(),
+        "firewall": if info.manage { if info.backend == Backend::Nft { "nft" } else { "iptables-nft" } } else { "unmanaged" },
+        "fail_mode": if shared.fail_open { "open" } else { "closed" },
+        "workers": workers,
+        "packets": totals.packets,
+        "inspected": totals.inspected(),
+        "uninspected": missed,
+        "uninspected_share": share,
+        "drops": drops,
+        "tables": stats.tables,
+        "guards": stats.guards,
+        "bans": shared.engine.bans(wall_now()).len(),
+        "memory": { "rss": rss, "peak": peak, "limit": info.config.daemon.memory_limit << 20 },
+    })
+}

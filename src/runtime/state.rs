@@ -1,0 +1,173 @@
+//! STATE: bans that outlive the process. Written after every batch of ban
+//! changes by write-then-rename, so a crash leaves either the old file or
+//! the new one; read once at start, keeping only bans still running.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::time::Timestamp;
+use crate::track::{Ban, SourceKey};
+
+const VERSION: u32 = 1;
+
+/// Why the state file could not be read.
+#[derive(Debug, Error)]
+pub enum StateError {
+    /// It exists but could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// It is not a portcloak state file, or is damaged.
+    #[error("{path} is damaged: {why}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    /// When it was written, in Unix seconds.
+    saved: u64,
+    bans: Vec<SavedBan>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedBan {
+    source: String,
+    reason: String,
+    /// Unix microseconds.
+    since: u64,
+    /// Unix microseconds.
+    until: u64,
+    offences: u16,
+}
+
+/// Writes `bans` to `path` through a temporary file and a rename,
+/// creating the directory (mode 0700) when needed.
+pub fn save(path: &Path, now: Timestamp, bans: &[(SourceKey, Ban)]) -> std::io::Result<()> {
+    let file = StateFile {
+        version: VERSION,
+        saved: now.micros() / 1_000_000,
+        bans: bans
+            .iter()
+            .map(|(k, b)| SavedBan {
+                source: k.to_string(),
+                reason: b.reason.to_string(),
+                since: b.since.micros(),
+                until: b.until.micros(),
+                offences: b.offences,
+            })
+            .collect(),
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut out = std::fs::File::create(&tmp)?;
+    serde_json::to_writer_pretty(&mut out, &file)?;
+    out.write_all(b"\n")?;
+    out.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads the bans still running at `now`. A missing file is an empty
+/// start; a damaged one is an error the caller reports and then ignores.
+pub fn load(path: &Path, now: Timestamp, v6_prefix: u8) -> Result<Vec<(SourceKey, Ban)>, StateError> {
+    let name = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(StateError::Io { path: name, source }),
+    };
+    let corrupt = |why: String| StateError::Corrupt { path: name.clone(), why };
+    let file: StateFile = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+    if file.version != VERSION {
+        return Err(corrupt(format!("version {} (this portcloak reads {VERSION})", file.version)));
+    }
+    let mut bans = Vec::with_capacity(file.bans.len());
+    for saved in file.bans {
+        let (addr, len) = match saved.source.split_once('/') {
+            Some((a, l)) => (a, l.parse::<u8>().ok()),
+            None => (saved.source.as_str(), None),
+        };
+        let ip: IpAddr = addr.parse().map_err(|_| corrupt(format!("bad source `{}`", saved.source)))?;
+        let key = SourceKey::new(ip, len.unwrap_or(v6_prefix));
+        let reason = saved.reason.parse().map_err(corrupt)?;
+        let ban = Ban {
+            reason,
+            since: Timestamp::from_micros(saved.since),
+            until: Timestamp::from_micros(saved.until),
+            offences: saved.offences,
+        };
+        if ban.is_active(now) {
+            bans.push((key, ban));
+        }
+    }
+    Ok(bans)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::track::BanReason;
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("portcloak-state-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn bans_survive_a_round_trip_and_expired_ones_are_dropped() {
+        let path = dir("round").join("sub/state.json");
+        let now = Timestamp::from_secs(1_000_000);
+        let ban = |secs: u64, reason| Ban {
+            reason,
+            since: now,
+            until: now.saturating_add(Duration::from_secs(secs)),
+            offences: 2,
+        };
+        let v4 = SourceKey::new("198.18.1.2".parse().unwrap(), 64);
+        let v6 = SourceKey::new("fd5c:a11:1::2".parse().unwrap(), 64);
+        let short = SourceKey::new("198.18.1.3".parse().unwrap(), 64);
+        let bans = vec![
+            (v4, ban(3600, BanReason::ClosedPorts(6))),
+            (v6, ban(60, BanReason::Manual)),
+            (short, ban(5, BanReason::Manual)),
+        ];
+        save(&path, now, &bans).unwrap();
+        let later = now.saturating_add(Duration::from_secs(10));
+        let back = load(&path, later, 64).unwrap();
+        assert_eq!(back, bans[..2].to_vec());
+        assert_eq!(back[1].0.to_string(), "fd5c:a11:1::/64");
+    }
+
+    #[test]
+    fn a_missing_file_is_empty_and_a_damaged_one_is_an_error() {
+        let d = dir("bad");
+        assert!(load(&d.join("none.json"), Timestamp::ZERO, 64).unwrap().is_empty());
+        std::fs::create_dir_all(&d).unwrap();
+        for text in ["{", "[]", "{\"version\":9,\"saved\":0,\"bans\":[]}"] {
+            let p = d.join("state.json");
+            std::fs::write(&p, text).unwrap();
+            assert!(matches!(load(&p, Timestamp::ZERO, 64), Err(StateError::Corrupt { .. })), "{text}");
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! WORKER: one thread per queue, pinned to its CPU. Each takes a packet
+//! from its queue, hands it to the shared engine and sends the verdict.
+//!
+//! No lock is taken here besides the engine's own per-shard locks, and
+//! nothing is allocated per packet: the payload is copied into one buffer
+//! the worker owns (the engine may rewrite it in place, and nfq would send
+//! any payload borrowed mutably back to the kernel), and bans and events
+//! go out over bounded channels of plain values.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::SystemTime;
+
+use crossbeam::channel::Sender;
+use nfq::Verdict as NfVerdict;
+
+use super::queue::BoundQueue;
+use crate::engine::{ChecksumCheck, Direction, Engine, Meta};
+use crate::event::Event;
+use crate::policy::{Reason, Verdict};
+use crate::time::Timestamp;
+use crate::track::{Ban, SourceKey};
+
+/// Netfilter hook numbers on which portcloak's rules queue outbound packets.
+const NF_INET_LOCAL_OUT: u8 = 3;
+const NF_INET_POST_ROUTING: u8 = 4;
+
+/// What the worker tells the ban keeper.
+#[derive(Clone, Copy, Debug)]
+pub enum KernelMsg {
+    /// The engine banned `source`.
+    Ban(SourceKey, Ban),
+    /// An operator lifted the ban on `source`.
+    Unban(SourceKey),
+}
+
+/// One worker's counters, read by `status` and the summary.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Queue number.
+    pub queue: AtomicU32,
+    /// CPU it is pinned to, or `u32::MAX`.
+    pub cpu: AtomicU32,
+    /// Packets received.
+    pub packets: AtomicU64,
+    /// Inspected and accepted.
+    pub accepted: AtomicU64,
+    /// Inspected and dropped.
+    pub dropped: AtomicU64,
+    /// Passed (or, failing closed, dropped) without inspection because the
+    /// worker fell behind.
+    pub shed: AtomicU64,
+    /// Dropped without inspection: conntrack called them INVALID and they
+    /// were too long to verify here.
+    pub invalid: AtomicU64,
+    /// Bans or events lost because their channel was full.
+    pub lost: AtomicU64,
+    /// Queue socket errors.
+    pub errors: AtomicU64,
+    /// Packets waiting in the kernel for this queue, sampled.
+    pub backlog: AtomicU32,
+    /// Drops by reason, indexed by `Reason as usize`.
+    pub drops: [AtomicU64; Reason::ALL.len()],
+}
+
+/// What every worker shares.
+pub struct Shared {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// Set to stop.
+    pub stop: AtomicBool,
+    /// Bans to the kernel.
+    pub kernel: Sender<KernelMsg>,
+    /// Drop events for the event file, when one is configured.
+    pub events: Option<Sender<Event>>,
+    /// Per-worker counters, by worker index.
+    pub workers: Vec<WorkerStats>,
+    /// `daemon.fail_mode == "open"`.
+    pub fail_open: bool,
+    /// Shed while the backlog is above this.
+    pub shed_backlog: u32,
+    /// Shed packets older than this (when the kernel stamped them).
+    pub shed_age: std::time::Duration,
+}
+
+/// Runs worker `index` on `queue` until `shared.stop` is set.
+pub fn run(mut queue: BoundQueue, shared: &Shared, index: usize, cpu: Option<core_affinity::CoreId>) {
+    let Some(stats) = shared.workers.get(index) else { return };
+    stats.queue.store(u32::from(queue.num), Relaxed);
+    if let Some(core) = cpu
+        && core_affinity::set_for_current(core)
+    {
+        stats.cpu.store(u32::try_from(core.id).unwrap_or(u32::MAX), Relaxed);
+    } else {
+        stats.cpu.store(u32::MAX, Relaxed);
+    }
+    let mut buf = vec![0u8; usize::from(u16::MAX)];
+    let mut shedding = false;
+    let shed_low = shared.shed_backlog / 2;
+    while !shared.stop.load(Relaxed) {
+        let mut msg = match queue.queue.recv() {
+            Ok(msg) => msg,
+            Err(e) => {
+                use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
+                if !matches!(e.kind(), WouldBlock | TimedOut | Interrupted) {
+                    stats.errors.fetch_add(1, Relaxed);
+                }
+                continue;
+            }
+        };
+        stats.packets.fetch_add(1, Relaxed);
+        let wall = SystemTime::now();
+        let backlog = stats.backlog.load(Relaxed);
+        if backlog > shared.shed_backlog {
+            shedding = true;
+        } else if backlog <= shed_low {
+            shedding = false;
+        }
+        let stale = msg
+            .get_timestamp()
+            .and_then(|t| wall.duration_since(t).ok())
+            .is_some_and(|age| age > shared.shed_age);
+        let verdict = if shedding || stale {
+            stats.shed.fetch_add(1, Relaxed);
+            if shared.fail_open { NfVerdict::Accept } else { NfVerdict::Drop }
+        } else {
+            inspect(shared, stats, &mut msg, &mut buf, Timestamp::from_system(wall))
+        };
+        msg.set_verdict(verdict);
+        if queue.queue.verdict(msg).is_err() {
+            stats.errors.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+fn inspect(
+    shared: &Shared,
+    stats: &WorkerStats,
+    msg: &mut nfq::Message,
+    buf: &mut [u8],
+    now: Timestamp,
+) -> NfVerdict {
+    let direction = match msg.get_hook() {
+        NF_INET_LOCAL_OUT | NF_INET_POST_ROUTING => Direction::Outbound,
+        _ => Direction::Inbound,
+    };
+    let payload = msg.get_payload();
+    let checksum = if msg.get_original_len() <= payload.len() {
+        // Whole packets (every probe and bare SYN fits the copy range):
+        // the engine verifies their checksums itself.
+        ChecksumCheck::Verify
+    } else if msg.get_conntrack().is_some() {
+        // Cut short by the copy range: conntrack already verified the
+        // checksums, since a bad one would have made the packet INVALID.
+        ChecksumCheck::Kernel
+    } else {
+        // INVALID in conntrack (bad checksum, or no valid state) and too
+        // long to check here: drop it, as the host's stack would.
+        stats.invalid.fetch_add(1, Relaxed);
+        return NfVerdict::Drop;
+    };
+    let n = payload.len().min(buf.len());
+    let (Some(dst), Some(src)) = (buf.get_mut(..n), payload.get(..n)) else {
+        return NfVerdict::Accept;
+    };
+    dst.copy_from_slice(src);
+    let out = shared.engine.handle_with(now, Meta { direction, checksum }, dst);
+    if out.rewritten {
+        let target = msg.get_payload_mut();
+        if let Some(target) = target.get_mut(..n) {
+            target.copy_from_slice(dst);
+        }
+    }
+    if let (Some(ban), Some(source)) = (out.ban, out.source)
+        && shared.kernel.try_send(KernelMsg::Ban(source, ban)).is_err()
+    {
+        stats.lost.fetch_add(1, Relaxed);
+    }
+    match out.verdict {
+        Verdict::Accept => {
+            stats.accepted.fetch_add(1, Relaxed);
+            NfVerdict::Accept
+        }
+        Verdict::Drop => {
+            stats.dropped.fetch_add(1, Relaxed);
+            if let Some(counter) = stats.drops.get(out.reason as usize) {
+                counter.fetch_add(1, Relaxed);
+            }
+            if let Some(events) = &shared.events {
+                let addrs = crate::wire::addresses(dst);
+                let event = Event::from_outcome(now, direction, addrs, &out).next();
+                if event.is_some_and(|e| events.try_send(e).is_err()) {
+                    stats.lost.fetch_add(1, Relaxed);
+                }
+            }
+            NfVerdict::Drop
+        }
+    }
+}
