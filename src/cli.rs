@@ -264,22 +264,21 @@ fn write_status(out: &mut impl Write, s: &serde_json::Value) -> std::io::Result<
     )?;
     writeln!(
         out,
-        "{:>6} {:>4} {:>12} {:>12} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10}",
-        "queue", "cpu", "packets", "accepted", "dropped", "shed", "invalid", "waiting", "q_dropped", "u_dropped"
+        "{:>6} {:>4} {:>12} {:>12} {:>10} {:>8} {:>8} {:>10} {:>10}",
+        "queue", "cpu", "packets", "accepted", "dropped", "shed", "waiting", "q_dropped", "u_dropped"
     )?;
     for w in s.get("workers").and_then(|v| v.as_array()).into_iter().flatten() {
         let k = w.get("kernel").cloned().unwrap_or_default();
         let cpu = w.get("cpu").and_then(serde_json::Value::as_u64).map_or("-".to_owned(), |c| c.to_string());
         writeln!(
             out,
-            "{:>6} {:>4} {:>12} {:>12} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10}",
+            "{:>6} {:>4} {:>12} {:>12} {:>10} {:>8} {:>8} {:>10} {:>10}",
             n(w, "queue"),
             cpu,
             n(w, "packets"),
             n(w, "accepted"),
             n(w, "dropped"),
             n(w, "shed"),
-            n(w, "invalid"),
             n(&k, "waiting"),
             n(&k, "queue_dropped"),
             n(&k, "user_dropped"),

@@ -1,11 +1,13 @@
-//! The lab: re-records every fixture from the live tools, in private network
+//! The lab. The first test re-records every fixture from the live tools, in private network
 //! namespaces (`tests/fixtures/record.sh`), and runs the replay checks on
 //! the fresh captures. This keeps the recording script working and proves
 //! the signatures against the tools installed today, not only against the
 //! committed captures.
 //!
+//! The second runs the daemon inline against real scanners.
+//!
 //! Needs root, `ip`, `nmap`, `masscan`, `zmap`, `hping3`, `tcpdump`,
-//! `ethtool` and `python3`.
+//! `ethtool`, `python3`, `nft` and `iptables-nft`.
 //! With `CI=true` a missing prerequisite fails the test; elsewhere the test
 //! skips and prints why.
 
@@ -15,8 +17,28 @@ use std::process::Command;
 use crate::replay::CHECKS;
 use crate::util::root;
 
-const TOOLS: [&str; 8] =
-    ["ip", "nmap", "masscan", "zmap", "hping3", "tcpdump", "ethtool", "python3"];
+const TOOLS: [&str; 11] = [
+    "ip", "nmap", "masscan", "zmap", "hping3", "tcpdump", "ethtool", "python3", "nft",
+    "iptables-nft", "ip6tables-nft",
+];
+
+/// The lab tests share two CPUs; run them one at a time, so a flood in one
+/// does not starve the timed scans of the other.
+static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes the lab, or skips (outside CI) or fails (in CI) when a
+/// prerequisite is missing.
+fn take_lab() -> Option<std::sync::MutexGuard<'static, ()>> {
+    if let Some(missing) = missing_prerequisites() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the lab tests must run in CI, but these are missing: {missing}"
+        );
+        eprintln!("skipping a lab test (not in CI): missing {missing}");
+        return None;
+    }
+    Some(LAB.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+}
 
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
@@ -35,14 +57,7 @@ fn missing_prerequisites() -> Option<String> {
 
 #[test]
 fn captures_recorded_now_from_live_tools_meet_the_same_bounds() {
-    if let Some(missing) = missing_prerequisites() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the lab test must run in CI, but these are missing: {missing}"
-        );
-        eprintln!("skipping the lab test (not in CI): missing {missing}");
-        return;
-    }
+    let Some(_lab) = take_lab() else { return };
     let dir = std::env::temp_dir().join(format!("portcloak-lab-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let out = Command::new("bash")
@@ -65,4 +80,23 @@ fn check_all(dir: &Path) {
         eprintln!("lab: {name}");
         check(dir);
     }
+}
+
+/// The daemon inline, against real nmap, hping3 and clients
+/// (`tests/lab/inline.py`): every scan learns at most what the issue
+/// allows, clients never fail, kill -9 fails open, bans survive restarts
+/// and floods, and a clean stop leaves an empty ruleset.
+#[test]
+fn inline_daemon_hides_the_server_from_real_scanners() {
+    let Some(_lab) = take_lab() else { return };
+    let dir = std::env::temp_dir().join(format!("portcloak-inline-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = Command::new("python3")
+        .arg(root().join("tests/lab/inline.py"))
+        .arg(env!("CARGO_BIN_EXE_portcloak"))
+        .arg(&dir)
+        .status()
+        .expect("run inline.py");
+    assert!(status.success(), "tests/lab/inline.py failed (its log is above)");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -51,6 +51,8 @@ pub struct Plan {
     pub bypass: bool,
     /// IPv6 bans cover this prefix.
     pub ipv6_prefix: u8,
+    /// Bytes of an inbound packet the queues copy.
+    pub copy_range: u16,
     /// `lists.allow`.
     pub allow: Vec<Cidr>,
     /// `lists.deny`.
@@ -71,6 +73,7 @@ impl Plan {
             outbound,
             bypass: d.fail_mode == FailMode::Open,
             ipv6_prefix: config.tracking.ipv6_prefix,
+            copy_range: d.copy_range,
             allow: config.lists.allow.clone(),
             deny: config.lists.deny.clone(),
         }
@@ -143,8 +146,10 @@ impl Plan {
             let _ = writeln!(
                 s,
                 "    ct state established,related return
+    ct state invalid meta length > {} drop
     meta l4proto {{ tcp, udp, icmp, ipv6-icmp }} counter {q}
-  }}"
+  }}",
+                self.copy_range
             );
             if let Some(out) = self.outbound {
                 let q = self.nft_queue(out);
@@ -212,6 +217,10 @@ impl Plan {
             ));
         }
         rule("-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN");
+        // Longer than the copy range, the daemon cannot verify checksums
+        // and relies on conntrack's; INVALID ones (bad checksum, no valid
+        // state) are dropped here, as the host's stack would.
+        rule(&format!("-m conntrack --ctstate INVALID -m length --length {}:65535 -j DROP", u32::from(self.copy_range) + 1));
         for proto in ["tcp", "udp", icmp] {
             rule(&format!("-p {proto} {q}"));
         }

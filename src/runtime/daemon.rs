@@ -336,7 +336,6 @@ struct Totals {
     accepted: u64,
     dropped: u64,
     shed: u64,
-    invalid: u64,
     drops: [u64; Reason::ALL.len()],
 }
 
@@ -348,7 +347,6 @@ impl Totals {
             t.accepted += w.accepted.load(Relaxed);
             t.dropped += w.dropped.load(Relaxed);
             t.shed += w.shed.load(Relaxed);
-            t.invalid += w.invalid.load(Relaxed);
             for (sum, c) in t.drops.iter_mut().zip(&w.drops) {
                 *sum += c.load(Relaxed);
             }
@@ -362,7 +360,7 @@ impl Totals {
 }
 
 /// Packets queued by the rules but never inspected (kernel fail-open,
-/// bypass, shedding, INVALID drops), and their share of all queued.
+/// bypass, shedding), and their share of all queued.
 fn uninspected(backend: Backend, manage: bool, totals: &Totals) -> Option<(u64, f64)> {
     let queued = if manage { firewall::queued_packets(backend)? } else { totals.packets };
     let queued = queued.max(totals.packets);
@@ -424,13 +422,12 @@ fn summary(before: &Totals, now: &Totals, span: Duration, missed: Option<(u64, f
     }
     let missed = missed.map_or_else(|| "unknown".to_owned(), |(_, s)| format!("{:.2}%", s * 100.0));
     format!(
-        "summary {}: {} packets, {} dropped ({}), {} shed, {} invalid; uninspected since start {}; {} active ban(s)",
+        "summary {}: {} packets, {} dropped ({}), {} shed; uninspected since start {}; {} active ban(s)",
         format_duration(span),
         now.packets - before.packets,
         now.dropped - before.dropped,
         reasons.join(", "),
         now.shed - before.shed,
-        now.invalid - before.invalid,
         missed,
         bans,
     )
@@ -543,7 +540,6 @@ fn status(shared: &Shared, info: &Info) -> Value {
                 "accepted": w.accepted.load(Relaxed),
                 "dropped": w.dropped.load(Relaxed),
                 "shed": w.shed.load(Relaxed),
-                "invalid": w.invalid.load(Relaxed),
                 "lost": w.lost.load(Relaxed),
                 "errors": w.errors.load(Relaxed),
                 "kernel": k,

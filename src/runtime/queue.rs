@@ -31,16 +31,16 @@ pub struct BoundQueue {
     pub num: u16,
 }
 
-/// Opens queue `num`: binds it, sets copy range, length, fail-open,
-/// conntrack info, the receive buffer and the receive timeout.
+/// Opens queue `num`: binds it, sets copy range, length, fail-open, the
+/// receive buffer and the receive timeout.
 ///
 /// Call from one thread at a time: the socket is told apart by the
 /// descriptors that appear while it opens.
 pub fn open(num: u16, daemon: &Daemon, copy_range: u16) -> io::Result<BoundQueue> {
-    let before = open_fds()?;
+    let before = netfilter_fds()?;
     let mut queue = Queue::open()?;
-    let after = open_fds()?;
-    let fd = find_netlink_fd(&before, &after).ok_or_else(|| {
+    let after = netfilter_fds()?;
+    let fd = new_fd(&before, &after).ok_or_else(|| {
         io::Error::other("cannot find the NFQUEUE socket that nfq opened")
     })?;
     let ctx = |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("queue {num}: {what}: {e}"));
@@ -52,27 +52,27 @@ pub fn open(num: u16, daemon: &Daemon, copy_range: u16) -> io::Result<BoundQueue
     queue.set_queue_max_len(num, daemon.queue_maxlen).map_err(ctx("queue length"))?;
     let fail_open = daemon.fail_mode == crate::config::FailMode::Open;
     queue.set_fail_open(num, fail_open).map_err(ctx("fail-open flag"))?;
-    queue.set_recv_conntrack(num, true).map_err(ctx("conntrack info"))?;
     set_timeout(fd, RECV_TIMEOUT).map_err(ctx("receive timeout"))?;
     Ok(BoundQueue { queue, num })
 }
 
-fn open_fds() -> io::Result<BTreeSet<RawFd>> {
+/// The descriptors of this process that are netfilter netlink sockets.
+fn netfilter_fds() -> io::Result<BTreeSet<RawFd>> {
     let mut fds = BTreeSet::new();
     for entry in std::fs::read_dir("/proc/self/fd")? {
-        if let Some(fd) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) {
+        if let Some(fd) = entry?.file_name().to_str().and_then(|s| s.parse().ok())
+            && get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) == Some(libc::AF_NETLINK)
+            && get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER)
+        {
             fds.insert(fd);
         }
     }
     Ok(fds)
 }
 
-/// The one new descriptor that is a netfilter netlink socket.
-fn find_netlink_fd(before: &BTreeSet<RawFd>, after: &BTreeSet<RawFd>) -> Option<RawFd> {
-    let mut found = after.difference(before).copied().filter(|&fd| {
-        get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) == Some(libc::AF_NETLINK)
-            && get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER)
-    });
+/// The one descriptor in `after` but not in `before`.
+fn new_fd(before: &BTreeSet<RawFd>, after: &BTreeSet<RawFd>) -> Option<RawFd> {
+    let mut found = after.difference(before).copied();
     let fd = found.next()?;
     found.next().is_none().then_some(fd)
 }

@@ -50,9 +50,6 @@ pub struct WorkerStats {
     /// Passed (or, failing closed, dropped) without inspection because the
     /// worker fell behind.
     pub shed: AtomicU64,
-    /// Dropped without inspection: conntrack called them INVALID and they
-    /// were too long to verify here.
-    pub invalid: AtomicU64,
     /// Bans or events lost because their channel was full.
     pub lost: AtomicU64,
     /// Queue socket errors.
@@ -149,15 +146,11 @@ fn inspect(
         // Whole packets (every probe and bare SYN fits the copy range):
         // the engine verifies their checksums itself.
         ChecksumCheck::Verify
-    } else if msg.get_conntrack().is_some() {
-        // Cut short by the copy range: conntrack already verified the
-        // checksums, since a bad one would have made the packet INVALID.
-        ChecksumCheck::Kernel
     } else {
-        // INVALID in conntrack (bad checksum, or no valid state) and too
-        // long to check here: drop it, as the host's stack would.
-        stats.invalid.fetch_add(1, Relaxed);
-        return NfVerdict::Drop;
+        // Cut short by the copy range. Conntrack verified the checksums:
+        // a bad one makes a packet INVALID, and the queue rules drop
+        // INVALID packets longer than the copy range before queueing.
+        ChecksumCheck::Kernel
     };
     let n = payload.len().min(buf.len());
     let (Some(dst), Some(src)) = (buf.get_mut(..n), payload.get(..n)) else {

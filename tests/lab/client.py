@@ -8,6 +8,7 @@ non-zero when any request that should succeed failed.
   client.py HOST parallel N PORT K N requests, K connections open at once
   client.py HOST mistype PORT     connect to PORT+1 and PORT+8001 (closed), then 20 requests
   client.py HOST health ROUNDS    poll TCP 22, 80, 443, 8080 and UDP 53, ROUNDS times
+  client.py HOST loop SECONDS PORT  sequential requests for SECONDS seconds
 """
 import socket
 import sys
@@ -87,6 +88,12 @@ def main():
                 ok, bad = (ok + 1, bad) if attempt(http, host, port) else (ok, bad + 1)
             ok, bad = (ok + 1, bad) if attempt(udp, host, 53) else (ok, bad + 1)
             time.sleep(0.5)
+    elif mode == "loop":
+        seconds, port = args
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            ok, bad = (ok + 1, bad) if attempt(http, host, port) else (ok, bad + 1)
+            time.sleep(0.02)
     else:
         sys.exit("unknown mode " + mode)
     print("ok=%d failed=%d" % (ok, bad))

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""End-to-end: portcloak run inline in the lab's server namespace, against
+real nmap, hping3 and ordinary clients. Exits non-zero on the first
+failed check; tears the lab down whatever happens.
+
+  inline.py PORTCLOAK_BINARY WORKDIR
+"""
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lab import (ATTACKER4, SERVER4, SERVER4_C, SERVER6, Daemon, Lab, log, run)  # noqa: E402
+
+# Fast timeouts suit a lab with microsecond round trips; they change how
+# long a scan takes, not what it can learn.
+NMAP = ["nmap", "-Pn", "-T4", "--max-retries", "1", "--host-timeout", "90s",
+        "--max-rtt-timeout", "150ms", "-n", "-oX", "-"]
+MEMORY_LIMIT_MIB = 256
+DAEMON = "memory_limit = %d" % MEMORY_LIMIT_MIB
+LEARNED = {"open", "closed", "unfiltered"}
+
+
+class Failed(Exception):
+    pass
+
+
+def check(cond, what):
+    if not cond:
+        raise Failed(what)
+    log("  ok:", what)
+
+
+def scan(lab, *args):
+    """Runs nmap from the attacker; returns {state: count} over every port."""
+    r = run(lab.ns(lab.attacker, *NMAP, *args), timeout=120, check=False)
+    if r.returncode != 0:
+        raise Failed("nmap %s failed: %s" % (" ".join(args), r.stderr))
+    states = {}
+    root = ET.fromstring(r.stdout)
+    for host in root.iter("host"):
+        for extra in host.iter("extraports"):
+            states[extra.get("state")] = states.get(extra.get("state"), 0) + int(extra.get("count"))
+        for port in host.iter("port"):
+            s = port.find("state").get("state")
+            states[s] = states.get(s, 0) + 1
+    return states
+
+
+def learned(states):
+    return sum(n for s, n in states.items() if s in LEARNED)
+
+
+def client_ok(lab, *args, timeout=120):
+    r = lab.client_run(*args, timeout=timeout)
+    log("  client", " ".join(args), "->", r.stdout.strip())
+    return r.returncode == 0, r.stdout
+
+
+def ratio(out):
+    fields = dict(f.split("=") for f in out.split())
+    ok, bad = int(fields["ok"]), int(fields["failed"])
+    return ok / max(1, ok + bad), ok + bad
+
+
+def banned(d, source):
+    return any(b["source"] == source for b in d.bans())
+
+
+def main():
+    binary, workdir = sys.argv[1], sys.argv[2]
+    lab = Lab("pce%d" % (os.getpid() % 100000))
+    started = time.monotonic()
+    try:
+        lab.up()
+        d = Daemon(lab, binary, workdir, daemon_keys=DAEMON)
+        d.start()
+
+        log("nmap -sS -p1-1000")
+        st = scan(lab, "-sS", "-p1-1000", SERVER4)
+        check(learned(st) <= 1, "-sS reports at most 1 port open or closed: %s" % st)
+        check(banned(d, ATTACKER4), "the SYN scanner is banned")
+        check(not lab.can_connect(lab.attacker, SERVER4, 80), "the attacker cannot reach port 80")
+        check(client_ok(lab, SERVER4_C, "burst", "5", "80")[0], "the client still can")
+        counters = run(lab.ns(lab.server, "nft", "list", "set", "inet", "portcloak", "ban4")).stdout
+        check(ATTACKER4 in counters, "the ban is in the kernel set ban4")
+
+        d.ctl("unban", "all")
+        log("nmap -sT -p1-1000")
+        st = scan(lab, "-sT", "-p1-1000", SERVER4)
+        check(learned(st) <= 6, "-sT reports at most 6 ports open or closed: %s" % st)
+
+        for kind in ("-sF", "-sN", "-sX", "-sM", "-sA", "-sW"):
+            d.ctl("unban", "all")
+            log("nmap", kind, "-p1-1000")
+            st = scan(lab, kind, "-p1-1000", SERVER4)
+            check(learned(st) == 0, "%s reports no port open, closed or unfiltered: %s" % (kind, st))
+            check(banned(d, ATTACKER4), "the %s scanner is banned" % kind)
+
+        d.ctl("unban", "all")
+        log("nmap -sU -p1-200")
+        st = scan(lab, "-sU", "-p1-200", SERVER4)
+        check(learned(st) <= 2, "-sU reports at most 2 ports: %s" % st)
+
+        d.ctl("unban", "all")
+        log("nmap -6 -sS -p1-1000")
+        st = scan(lab, "-6", "-sS", "-p1-1000", SERVER6)
+        check(learned(st) <= 1, "-6 -sS reports at most 1 port open or closed: %s" % st)
+        check(banned(d, "fd5c:a11:1::/64"), "the IPv6 scanner's /64 is banned")
+        check(not lab.can_connect(lab.attacker, SERVER6, 80), "the IPv6 attacker cannot reach port 80")
+
+        log("ordinary clients")
+        check(client_ok(lab, SERVER4_C, "burst", "120", "80")[0], "120 sequential requests all succeed")
+        check(client_ok(lab, SERVER4_C, "parallel", "80", "80", "40")[0], "80 requests, 40 at once, all succeed")
+        check(client_ok(lab, SERVER4_C, "mistype", "80")[0], "two mistyped ports, then 20 requests all succeed")
+
+        log("kill -9 during a request loop")
+        scan(lab, "-sS", "-p1-100", SERVER4)
+        check(banned(d, ATTACKER4), "the attacker is banned again")
+        time.sleep(0.3)  # the state file follows a ban within 50 ms
+        loop = lab.spawn(lab.client, "python3", os.path.join(os.path.dirname(__file__), "client.py"),
+                         SERVER4_C, "loop", "6", "80", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        d.kill9()
+        check(not lab.can_connect(lab.attacker, SERVER4, 80), "with portcloak dead, the kernel set still drops the attacker")
+        out, _ = loop.communicate(timeout=60)
+        log("  client loop ->", out.strip())
+        check(loop.returncode == 0, "every request during the kill -9 succeeded (bypass)")
+        d.start()
+        check(banned(d, ATTACKER4), "after the restart the attacker's ban is back")
+        check(not lab.can_connect(lab.attacker, SERVER4, 80), "and the attacker still cannot reach port 80")
+
+        log("SYN flood from random sources for 10 s")
+        loop = lab.spawn(lab.client, "python3", os.path.join(os.path.dirname(__file__), "client.py"),
+                         SERVER4_C, "loop", "12", "80", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        run(lab.ns(lab.attacker, "timeout", "10", "hping3", "--flood", "--rand-source", "-S", "-p", "80", "-q", SERVER4),
+            timeout=30, check=False)
+        out, _ = loop.communicate(timeout=60)
+        share, total = ratio(out)
+        log("  client during the flood: %.2f%% of %d requests succeeded" % (share * 100, total))
+        check(total >= 20 and share >= 0.99, "the client's success is at least 99%")
+        status = d.status()
+        peak = status["memory"]["peak"] >> 20
+        log("  daemon: %d packets, %d shed, peak memory %d MiB, tables %s"
+            % (status["packets"], sum(w["shed"] for w in status["workers"]), peak, status["tables"]))
+        check(status["packets"] > 10000, "the flood reached the daemon")
+        check(peak < MEMORY_LIMIT_MIB, "peak memory %d MiB stays under the configured %d MiB" % (peak, MEMORY_LIMIT_MIB))
+        check(banned(d, ATTACKER4), "the flood's sources did not evict the attacker's ban")
+
+        d.ctl("unban", ATTACKER4)
+        time.sleep(0.3)
+        check(lab.can_connect(lab.attacker, SERVER4, 80), "portcloak unban lets the attacker back in")
+
+        log("clean stop")
+        check(d.stop() == 0, "SIGTERM stops the daemon cleanly")
+        ruleset = run(lab.ns(lab.server, "nft", "list", "ruleset")).stdout
+        check("portcloak" not in ruleset.lower() and ruleset.strip() == "",
+              "the ruleset holds nothing of portcloak:\n" + ruleset)
+        with open(d.state) as f:
+            check('"source"' in f.read(), "the bans wait in the state file")
+        log("end-to-end passed in %.0f s" % (time.monotonic() - started))
+    except Failed as e:
+        log("FAILED:", e)
+        log("---- daemon log ----")
+        log(d.read_log() if "d" in locals() else "")
+        sys.exit(1)
+    finally:
+        lab.down()
+
+
+if __name__ == "__main__":
+    main()
