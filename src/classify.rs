@@ -168,14 +168,8 @@ pub enum Fingerprint {
 
 impl Fingerprint {
     /// Every fingerprint.
-    pub const ALL: [Self; 6] = [
-        Self::NmapSyn,
-        Self::Masscan,
-        Self::Zmap,
-        Self::Hping3,
-        Self::NmapEcho,
-        Self::NmapStealth,
-    ];
+    pub const ALL: [Self; 6] =
+        [Self::NmapSyn, Self::Masscan, Self::Zmap, Self::Hping3, Self::NmapEcho, Self::NmapStealth];
 
     /// The rule name, as in `[fingerprints]` of the rules file.
     pub const fn name(self) -> &'static str {

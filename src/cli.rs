@@ -253,7 +253,8 @@ fn load_or_default(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
 }
 
 fn write_status(out: &mut impl Write, s: &serde_json::Value) -> std::io::Result<()> {
-    let n = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let n =
+        |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
     writeln!(
         out,
         "portcloak pid {}, up {}s, firewall {}, fail {}",
@@ -265,11 +266,22 @@ fn write_status(out: &mut impl Write, s: &serde_json::Value) -> std::io::Result<
     writeln!(
         out,
         "{:>6} {:>4} {:>12} {:>12} {:>10} {:>8} {:>8} {:>10} {:>10}",
-        "queue", "cpu", "packets", "accepted", "dropped", "shed", "waiting", "q_dropped", "u_dropped"
+        "queue",
+        "cpu",
+        "packets",
+        "accepted",
+        "dropped",
+        "shed",
+        "waiting",
+        "q_dropped",
+        "u_dropped"
     )?;
     for w in s.get("workers").and_then(|v| v.as_array()).into_iter().flatten() {
         let k = w.get("kernel").cloned().unwrap_or_default();
-        let cpu = w.get("cpu").and_then(serde_json::Value::as_u64).map_or("-".to_owned(), |c| c.to_string());
+        let cpu = w
+            .get("cpu")
+            .and_then(serde_json::Value::as_u64)
+            .map_or("-".to_owned(), |c| c.to_string());
         writeln!(
             out,
             "{:>6} {:>4} {:>12} {:>12} {:>10} {:>8} {:>8} {:>10} {:>10}",
@@ -295,7 +307,11 @@ fn write_status(out: &mut impl Write, s: &serde_json::Value) -> std::io::Result<
     )?;
     if let Some(drops) = s.get("drops").and_then(|v| v.as_object()) {
         let list: Vec<String> = drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        writeln!(out, "drops: {}", if list.is_empty() { "none".to_owned() } else { list.join(", ") })?;
+        writeln!(
+            out,
+            "drops: {}",
+            if list.is_empty() { "none".to_owned() } else { list.join(", ") }
+        )?;
     }
     let t = s.get("tables").cloned().unwrap_or_default();
     writeln!(out, "tables: {t}")?;

@@ -18,8 +18,17 @@ use crate::replay::CHECKS;
 use crate::util::root;
 
 const TOOLS: [&str; 11] = [
-    "ip", "nmap", "masscan", "zmap", "hping3", "tcpdump", "ethtool", "python3", "nft",
-    "iptables-nft", "ip6tables-nft",
+    "ip",
+    "nmap",
+    "masscan",
+    "zmap",
+    "hping3",
+    "tcpdump",
+    "ethtool",
+    "python3",
+    "nft",
+    "iptables-nft",
+    "ip6tables-nft",
 ];
 
 /// The lab tests share two CPUs; run them one at a time, so a flood in one

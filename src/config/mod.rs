@@ -505,7 +505,9 @@ impl Config {
             return fail(
                 "daemon",
                 "memory_limit",
-                format!("is below the {need} MiB the [tracking] tables can take; raise it or shrink them"),
+                format!(
+                    "is below the {need} MiB the [tracking] tables can take; raise it or shrink them"
+                ),
             );
         }
         Ok(())

@@ -65,7 +65,11 @@ pub enum BanOp {
 }
 
 /// Runs `program args`, feeding `input` on stdin when given.
-fn exec(program: &'static str, args: &[&str], input: Option<&str>) -> Result<String, FirewallError> {
+fn exec(
+    program: &'static str,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<String, FirewallError> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -74,9 +78,12 @@ fn exec(program: &'static str, args: &[&str], input: Option<&str>) -> Result<Str
         .spawn()
         .map_err(|source| FirewallError::Spawn { program, source })?;
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes()).map_err(|source| FirewallError::Spawn { program, source })?;
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|source| FirewallError::Spawn { program, source })?;
     }
-    let out = child.wait_with_output().map_err(|source| FirewallError::Spawn { program, source })?;
+    let out =
+        child.wait_with_output().map_err(|source| FirewallError::Spawn { program, source })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

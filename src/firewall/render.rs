@@ -93,11 +93,16 @@ impl Plan {
             ("deny4", false, &self.deny),
             ("deny6", true, &self.deny),
         ] {
-            let _ = writeln!(s, "  set {name} {{\n    type {};\n    flags interval;", addr_type(v6));
-            let members: Vec<String> =
-                list.iter().filter(|c| c.is_ipv4() != v6).map(|c| c.network().to_string()).collect();
+            let _ =
+                writeln!(s, "  set {name} {{\n    type {};\n    flags interval;", addr_type(v6));
+            let members: Vec<String> = list
+                .iter()
+                .filter(|c| c.is_ipv4() != v6)
+                .map(|c| c.network().to_string())
+                .collect();
             if !members.is_empty() {
-                let _ = writeln!(s, "    auto-merge;\n    elements = {{ {} }};", members.join(", "));
+                let _ =
+                    writeln!(s, "    auto-merge;\n    elements = {{ {} }};", members.join(", "));
             }
             s.push_str("  }\n");
         }
@@ -220,7 +225,10 @@ impl Plan {
         // Longer than the copy range, the daemon cannot verify checksums
         // and relies on conntrack's; INVALID ones (bad checksum, no valid
         // state) are dropped here, as the host's stack would.
-        rule(&format!("-m conntrack --ctstate INVALID -m length --length {}:65535 -j DROP", u32::from(self.copy_range) + 1));
+        rule(&format!(
+            "-m conntrack --ctstate INVALID -m length --length {}:65535 -j DROP",
+            u32::from(self.copy_range) + 1
+        ));
         for proto in ["tcp", "udp", icmp] {
             rule(&format!("-p {proto} {q}"));
         }
@@ -268,7 +276,8 @@ impl Plan {
                 let _ = writeln!(s, "\n# {tool}-restore --noflush");
                 s.push_str(&self.iptables_script(v6));
                 for (hook, chain) in self.iptables_jumps() {
-                    let _ = writeln!(s, "# {tool} -t mangle -I {hook} 1 -j {chain}   (unless present)");
+                    let _ =
+                        writeln!(s, "# {tool} -t mangle -I {hook} 1 -j {chain}   (unless present)");
                 }
             }
         }
@@ -311,7 +320,8 @@ pub(super) fn ban_ops(ops: &[BanOp]) -> String {
         let _ = writeln!(s, "add element inet {TABLE} {set} {{ {ip} }}");
         let _ = writeln!(s, "delete element inet {TABLE} {set} {{ {ip} }}");
         if let BanOp::Add(_, d) = op {
-            let _ = writeln!(s, "add element inet {TABLE} {set} {{ {ip} timeout {}s }}", ceil_secs(*d));
+            let _ =
+                writeln!(s, "add element inet {TABLE} {set} {{ {ip} timeout {}s }}", ceil_secs(*d));
         }
     }
     s

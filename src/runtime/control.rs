@@ -41,7 +41,9 @@ pub enum Request {
 #[derive(Debug, Error)]
 pub enum ControlError {
     /// Nothing listens on the socket.
-    #[error("no portcloak daemon is running (nothing listens on {0}); start one with `portcloak run`")]
+    #[error(
+        "no portcloak daemon is running (nothing listens on {0}); start one with `portcloak run`"
+    )]
     NotRunning(PathBuf),
     /// The socket exists but may not be used.
     #[error("permission denied on {0}: the control socket is root's (mode 0600)")]

@@ -27,7 +27,7 @@ use super::{listen, log, state};
 use crate::config::{Config, FailMode};
 use crate::engine::Engine;
 use crate::event::Event;
-use crate::firewall::{self, BanOp, Backend, Plan};
+use crate::firewall::{self, Backend, BanOp, Plan};
 use crate::policy::Reason;
 use crate::time::{Timestamp, format_duration};
 use crate::track::SourceKey;
@@ -128,7 +128,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         let shared = Arc::clone(&shared);
         // Outbound queue i shares CPU i with inbound queue i: the kernel
         // hashes both directions of a flow to the same index.
-        let core = (!cores.is_empty()).then(|| cores.get((index % usize::from(workers)) % cores.len())).flatten().copied();
+        let core = (!cores.is_empty())
+            .then(|| cores.get((index % usize::from(workers)) % cores.len()))
+            .flatten()
+            .copied();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("worker-{}", q.num))
@@ -137,14 +140,19 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let keeper = {
-        let (shared, path, events) = (Arc::clone(&shared), d.state_file.clone(), events_on.then(|| events_tx.clone()));
+        let (shared, path, events) =
+            (Arc::clone(&shared), d.state_file.clone(), events_on.then(|| events_tx.clone()));
         std::thread::Builder::new()
             .name("bans".into())
             .spawn(move || keep_bans(&shared, &kernel_rx, manage, &path, events.as_ref()))?
     };
     let writer = if events_on {
         let path = d.events.clone();
-        Some(std::thread::Builder::new().name("events".into()).spawn(move || write_events(&path, &events_rx))?)
+        Some(
+            std::thread::Builder::new()
+                .name("events".into())
+                .spawn(move || write_events(&path, &events_rx))?,
+        )
     } else {
         None
     };
@@ -189,7 +197,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         // flowing and the kernel keeps dropping banned sources until a
         // restart (systemd's Restart=on-failure) takes over.
         shared.stop.store(true, Relaxed);
-        anyhow::bail!("thread {name} stopped unexpectedly; firewall objects left in place for the restart");
+        anyhow::bail!(
+            "thread {name} stopped unexpectedly; firewall objects left in place for the restart"
+        );
     }
     log("stopping");
     if manage && let Err(e) = firewall::remove() {
@@ -293,7 +303,9 @@ fn keep_bans(
             }
         }
         if manage && let Err(e) = firewall::apply(&ops) {
-            log(&format!("error: kernel ban update failed ({e}); the engine still drops these sources"));
+            log(&format!(
+                "error: kernel ban update failed ({e}); the engine still drops these sources"
+            ));
         }
         if let Err(e) = state::save(path, now, &engine.bans(now)) {
             log(&format!("error: cannot save {}: {e}", path.display()));
@@ -400,17 +412,33 @@ fn housekeeping(shared: &Shared, config: &Config, backend: Backend, manage: bool
             let span = last_summary.elapsed();
             last_summary = Instant::now();
             let now = Totals::read(&shared.workers);
-            log(&summary(&previous, &now, span, uninspected(backend, manage, &now), shared.engine.bans(wall_now()).len()));
+            log(&summary(
+                &previous,
+                &now,
+                span,
+                uninspected(backend, manage, &now),
+                shared.engine.bans(wall_now()).len(),
+            ));
             let rss = memory().0;
             if rss > d.memory_limit.saturating_mul(1 << 20) {
-                log(&format!("warning: resident memory {} MiB is over daemon.memory_limit {} MiB", rss >> 20, d.memory_limit));
+                log(&format!(
+                    "warning: resident memory {} MiB is over daemon.memory_limit {} MiB",
+                    rss >> 20,
+                    d.memory_limit
+                ));
             }
             previous = now;
         }
     }
 }
 
-fn summary(before: &Totals, now: &Totals, span: Duration, missed: Option<(u64, f64)>, bans: usize) -> String {
+fn summary(
+    before: &Totals,
+    now: &Totals,
+    span: Duration,
+    missed: Option<(u64, f64)>,
+    bans: usize,
+) -> String {
     let mut reasons: Vec<String> = Reason::ALL
         .iter()
         .zip(now.drops.iter().zip(&before.drops))
@@ -454,7 +482,12 @@ struct Info {
     config: Config,
 }
 
-fn serve_control(listener: &std::os::unix::net::UnixListener, shared: &Shared, kernel: &Sender<KernelMsg>, info: &Info) {
+fn serve_control(
+    listener: &std::os::unix::net::UnixListener,
+    shared: &Shared,
+    kernel: &Sender<KernelMsg>,
+    info: &Info,
+) {
     while !shared.stop.load(Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => control::answer(stream, |req| handle(req, shared, kernel, info)),
@@ -469,7 +502,12 @@ fn serve_control(listener: &std::os::unix::net::UnixListener, shared: &Shared, k
     }
 }
 
-fn handle(req: Request, shared: &Shared, kernel: &Sender<KernelMsg>, info: &Info) -> Result<Value, String> {
+fn handle(
+    req: Request,
+    shared: &Shared,
+    kernel: &Sender<KernelMsg>,
+    info: &Info,
+) -> Result<Value, String> {
     let engine = &shared.engine;
     let now = wall_now();
     match req {
@@ -525,7 +563,8 @@ fn bans_json(engine: &Engine, now: Timestamp) -> Vec<Value> {
 }
 
 fn status(shared: &Shared, info: &Info) -> Value {
-    let kq: BTreeMap<u16, KernelQueue> = queue::kernel_queues().into_iter().map(|k| (k.queue, k)).collect();
+    let kq: BTreeMap<u16, KernelQueue> =
+        queue::kernel_queues().into_iter().map(|k| (k.queue, k)).collect();
     let workers: Vec<Value> = shared
         .workers
         .iter()
@@ -553,7 +592,8 @@ fn status(shared: &Shared, info: &Info) -> Value {
         .filter(|(_, n)| *n > 0)
         .map(|(r, n)| (r.name().to_owned(), json!(n)))
         .collect();
-    let (missed, share) = uninspected(info.backend, info.manage, &totals).map_or((None, None), |(m, s)| (Some(m), Some(s)));
+    let (missed, share) = uninspected(info.backend, info.manage, &totals)
+        .map_or((None, None), |(m, s)| (Some(m), Some(s)));
     let stats = shared.engine.stats();
     let (rss, peak) = memory();
     json!({

@@ -40,10 +40,11 @@ pub fn open(num: u16, daemon: &Daemon, copy_range: u16) -> io::Result<BoundQueue
     let before = netfilter_fds()?;
     let mut queue = Queue::open()?;
     let after = netfilter_fds()?;
-    let fd = new_fd(&before, &after).ok_or_else(|| {
-        io::Error::other("cannot find the NFQUEUE socket that nfq opened")
-    })?;
-    let ctx = |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("queue {num}: {what}: {e}"));
+    let fd = new_fd(&before, &after)
+        .ok_or_else(|| io::Error::other("cannot find the NFQUEUE socket that nfq opened"))?;
+    let ctx = |what: &'static str| {
+        move |e: io::Error| io::Error::new(e.kind(), format!("queue {num}: {what}: {e}"))
+    };
     set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, daemon.recv_buffer)
         .or_else(|_| set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, daemon.recv_buffer))
         .map_err(ctx("receive buffer"))?;
@@ -82,9 +83,7 @@ fn get_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> Option<libc::c_i
     let mut len = libc::socklen_t::try_from(size_of::<libc::c_int>()).ok()?;
     // SAFETY: `value` and `len` are valid for writes of the sizes given,
     // and getsockopt on a descriptor that is not a socket only fails.
-    let rc = unsafe {
-        libc::getsockopt(fd, level, name, (&raw mut value).cast(), &raw mut len)
-    };
+    let rc = unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &raw mut len) };
     (rc == 0).then_some(value)
 }
 
@@ -172,7 +171,13 @@ mod tests {
         assert_eq!(q.len(), 2);
         assert_eq!(
             q[0],
-            KernelQueue { queue: 0, waiting: 3, queue_dropped: 7, user_dropped: 9, id_sequence: 4242 }
+            KernelQueue {
+                queue: 0,
+                waiting: 3,
+                queue_dropped: 7,
+                user_dropped: 9,
+                id_sequence: 4242
+            }
         );
         assert_eq!(q[1].queue, 1);
     }

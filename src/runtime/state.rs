@@ -87,7 +87,11 @@ pub fn save(path: &Path, now: Timestamp, bans: &[(SourceKey, Ban)]) -> std::io::
 
 /// Reads the bans still running at `now`. A missing file is an empty
 /// start; a damaged one is an error the caller reports and then ignores.
-pub fn load(path: &Path, now: Timestamp, v6_prefix: u8) -> Result<Vec<(SourceKey, Ban)>, StateError> {
+pub fn load(
+    path: &Path,
+    now: Timestamp,
+    v6_prefix: u8,
+) -> Result<Vec<(SourceKey, Ban)>, StateError> {
     let name = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -105,7 +109,8 @@ pub fn load(path: &Path, now: Timestamp, v6_prefix: u8) -> Result<Vec<(SourceKey
             Some((a, l)) => (a, l.parse::<u8>().ok()),
             None => (saved.source.as_str(), None),
         };
-        let ip: IpAddr = addr.parse().map_err(|_| corrupt(format!("bad source `{}`", saved.source)))?;
+        let ip: IpAddr =
+            addr.parse().map_err(|_| corrupt(format!("bad source `{}`", saved.source)))?;
         let key = SourceKey::new(ip, len.unwrap_or(v6_prefix));
         let reason = saved.reason.parse().map_err(corrupt)?;
         let ban = Ban {
@@ -167,7 +172,10 @@ mod tests {
         for text in ["{", "[]", "{\"version\":9,\"saved\":0,\"bans\":[]}"] {
             let p = d.join("state.json");
             std::fs::write(&p, text).unwrap();
-            assert!(matches!(load(&p, Timestamp::ZERO, 64), Err(StateError::Corrupt { .. })), "{text}");
+            assert!(
+                matches!(load(&p, Timestamp::ZERO, 64), Err(StateError::Corrupt { .. })),
+                "{text}"
+            );
         }
     }
 }

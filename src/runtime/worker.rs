@@ -81,7 +81,12 @@ pub struct Shared {
 }
 
 /// Runs worker `index` on `queue` until `shared.stop` is set.
-pub fn run(mut queue: BoundQueue, shared: &Shared, index: usize, cpu: Option<core_affinity::CoreId>) {
+pub fn run(
+    mut queue: BoundQueue,
+    shared: &Shared,
+    index: usize,
+    cpu: Option<core_affinity::CoreId>,
+) {
     let Some(stats) = shared.workers.get(index) else { return };
     stats.queue.store(u32::from(queue.num), Relaxed);
     if let Some(core) = cpu
