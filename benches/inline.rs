@@ -1,0 +1,232 @@
+//! The inline bench: new TCP connections per second and SYN → SYN-ACK
+//! latency from a client namespace to a server namespace, for three
+//! configurations measured in the same run, interleaved (a b c a b c ...):
+//!
+//! - (a) no filtering;
+//! - (b) portcloak run (default rules, `--queue-balance` over every CPU);
+//! - (c) kernel-only: xt_recent (a source that sent 10 SYNs to unserved
+//!   ports within 60 s is dropped; every SYN pays the check) plus the
+//!   NULL and XMAS drops.
+//!
+//! The client connects and closes in a loop on one thread; each
+//! `connect()` returns when the SYN-ACK has arrived, so its duration,
+//! taken with `Instant` (nanosecond clock), is the SYN → SYN-ACK round
+//! trip as the client sees it, to the microsecond.
+//!
+//! Run as root: `cargo bench --bench inline` (options: `--rounds N`,
+//! `--seconds S`). Uses namespaces `pcb<pid>-*`, 198.18.3.0/24 only, and
+//! removes them at the end.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PORT: u16 = 5000;
+const SERVER: &str = "198.18.3.1";
+const CLIENT: &str = "198.18.3.2";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("--serve") => serve(),
+        Some("--client") => {
+            let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
+            client(secs);
+        }
+        _ => orchestrate(&args),
+    }
+}
+
+fn serve() {
+    let listener = TcpListener::bind(("0.0.0.0", PORT)).unwrap_or_else(|e| panic!("bind: {e}"));
+    for conn in listener.incoming() {
+        drop(conn);
+    }
+}
+
+/// Prints `connections seconds p50_us p99_us`.
+fn client(secs: f64) {
+    let addr: SocketAddr = format!("{SERVER}:{PORT}").parse().unwrap_or_else(|e| panic!("{e}"));
+    let mut lat = Vec::with_capacity(200_000);
+    let start = Instant::now();
+    let mut failed = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        let t = Instant::now();
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => {
+                lat.push(t.elapsed().as_nanos());
+                drop(s);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    let took = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+        lat.get(i).copied().unwrap_or(0) as f64 / 1000.0
+    };
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{} {took} {} {} {failed}", lat.len(), pct(0.50), pct(0.99));
+    }
+}
+
+fn sh(cmd: &[&str]) {
+    let ok = Command::new(cmd[0]).args(&cmd[1..]).status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "failed: {}", cmd.join(" "));
+}
+
+fn nsx<'a>(ns: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(cmd);
+    v
+}
+
+struct Lab {
+    server: String,
+    client: String,
+    children: Vec<Child>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.server, &self.client] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Config {
+    Plain,
+    Portcloak,
+    Kernel,
+}
+
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+fn orchestrate(args: &[String]) {
+    let opt = |name: &str, default: f64| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let rounds = opt("--rounds", 3.0) as usize;
+    let seconds = opt("--seconds", 3.0);
+    let me = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+    let me = me.to_string_lossy().into_owned();
+    let bin = env!("CARGO_BIN_EXE_portcloak");
+    let p = format!("pcb{}", std::process::id());
+    let lab = Lab { server: format!("{p}-s"), client: format!("{p}-c"), children: Vec::new() };
+    let mut lab = lab;
+    let (s, c) = (lab.server.clone(), lab.client.clone());
+    for ns in [&s, &c] {
+        sh(&["ip", "netns", "add", ns]);
+        sh(&nsx(ns, &["ip", "link", "set", "lo", "up"]));
+    }
+    let (vs, vc) = (format!("{p}-s0"), format!("{p}-c0"));
+    sh(&["ip", "link", "add", &vs, "netns", &s, "type", "veth", "peer", "name", &vc, "netns", &c]);
+    for (ns, dev, addr) in [(&s, &vs, SERVER), (&c, &vc, CLIENT)] {
+        sh(&nsx(ns, &["ip", "link", "set", dev, "up"]));
+        sh(&nsx(ns, &["ip", "addr", "add", &format!("{addr}/24"), "dev", dev]));
+    }
+    // The client's own namespace: reuse TIME_WAIT ports, so a long loop
+    // does not run out of them.
+    sh(&nsx(&c, &["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65000"]));
+    let server = Command::new("ip").args(nsx(&s, &[&me, "--serve"])).spawn();
+    lab.children.push(server.unwrap_or_else(|e| panic!("{e}")));
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = std::env::temp_dir().join(&p);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let rules = dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "[daemon]\nstate_file = \"{}\"\nsocket = \"{}\"\n",
+            dir.join("state.json").display(),
+            dir.join("sock").display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let mut results: Vec<(Config, f64, f64, f64)> = Vec::new();
+    for round in 0..rounds {
+        for config in [Config::Plain, Config::Portcloak, Config::Kernel] {
+            let mut daemon = None;
+            match config {
+                Config::Plain => {}
+                Config::Portcloak => {
+                    let child = Command::new("ip")
+                        .args(nsx(&s, &[bin, "run", "-c", &rules.to_string_lossy()]))
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    daemon = Some(child);
+                    std::thread::sleep(Duration::from_millis(1500));
+                }
+                Config::Kernel => {
+                    let port = PORT.to_string();
+                    for rule in [
+                        vec!["-A", "INPUT", "-p", "tcp", "--tcp-flags", "ALL", "NONE", "-j", "DROP"],
+                        vec!["-A", "INPUT", "-p", "tcp", "--tcp-flags", "ALL", "FIN,PSH,URG", "-j", "DROP"],
+                        vec!["-A", "INPUT", "-m", "recent", "--name", "pcscan", "--rcheck", "--seconds", "60", "--hitcount", "10", "-j", "DROP"],
+                        vec!["-A", "INPUT", "-p", "tcp", "--syn", "!", "--dport", &port, "-m", "recent", "--name", "pcscan", "--set"],
+                    ] {
+                        let mut cmd = vec!["iptables-nft"];
+                        cmd.extend(rule);
+                        sh(&nsx(&s, &cmd));
+                    }
+                }
+            }
+            let secs = seconds.to_string();
+            let out = Command::new("ip")
+                .args(nsx(&c, &[&me, "--client", &secs]))
+                .output()
+                .unwrap_or_else(|e| panic!("{e}"));
+            let text = String::from_utf8_lossy(&out.stdout);
+            let f: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let (n, took, p50, p99, failed) = (f[0], f[1], f[2], f[3], f[4]);
+            let rate = n / took;
+            eprintln!("round {round} {config:?}: {rate:.0} conn/s, p50 {p50:.1} us, p99 {p99:.1} us, {failed} failed");
+            results.push((config, rate, p50, p99));
+            if let Some(mut d) = daemon {
+                sh(&["kill", "-TERM", &d.id().to_string()]);
+                let _ = d.wait();
+            }
+            if matches!(config, Config::Kernel) {
+                sh(&nsx(&s, &["iptables-nft", "-F", "INPUT"]));
+                sh(&nsx(&s, &["nft", "flush", "ruleset"]));
+            }
+        }
+    }
+    let median = |config: fn(&Config) -> bool, pick: fn(&(Config, f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = results.iter().filter(|r| config(&r.0)).map(pick).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let row = |name: &str, is: fn(&Config) -> bool| {
+        (name.to_owned(), median(is, |r| r.1), median(is, |r| r.2), median(is, |r| r.3))
+    };
+    let rows = [
+        row("(a) no filtering", |c| matches!(c, Config::Plain)),
+        row("(b) portcloak", |c| matches!(c, Config::Portcloak)),
+        row("(c) kernel-only xt_recent", |c| matches!(c, Config::Kernel)),
+    ];
+    let base = rows[0].clone();
+    println!("inline bench: medians of {rounds} interleaved rounds of {seconds} s, one client thread");
+    println!("{:<28} {:>10} {:>8} {:>10} {:>10} {:>12}", "config", "conn/s", "vs (a)", "p50 us", "p99 us", "p99 added");
+    for (name, rate, p50, p99) in &rows {
+        println!(
+            "{name:<28} {rate:>10.0} {:>8.3} {p50:>10.1} {p99:>10.1} {:>+12.1}",
+            rate / base.1,
+            p99 - base.3
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
