@@ -106,3 +106,54 @@ fn replay_takes_the_local_addresses_from_the_command_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("bad --local"), "{stderr}");
 }
+
+#[test]
+fn control_commands_say_clearly_when_no_daemon_runs() {
+    let socket = std::env::temp_dir().join(format!("portcloak-none-{}.sock", std::process::id()));
+    let socket = socket.to_str().expect("utf-8 path");
+    for args in [
+        vec!["status", "--socket", socket],
+        vec!["bans", "--socket", socket],
+        vec!["ban", "198.18.1.2", "--socket", socket],
+        vec!["unban", "all", "--socket", socket],
+    ] {
+        let out = portcloak(&args);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("no portcloak daemon is running"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn control_commands_reject_bad_arguments_before_connecting() {
+    let out = portcloak(&["unban", "not-an-address", "--socket", "/nonexistent.sock"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("`not-an-address` is not an address or `all`"));
+    let out = portcloak(&["ban", "198.18.1.2", "--for", "soon", "--socket", "/nonexistent.sock"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("bad --for `soon`"));
+}
+
+#[test]
+fn firewall_prints_the_ruleset_without_applying_it() {
+    let out = portcloak(&["firewall", "-c", "rules/default.toml"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("table inet portcloak {"), "{stdout}");
+    assert!(stdout.contains("set ban4") && stdout.contains("set ban6"), "{stdout}");
+    assert!(stdout.contains("NFQUEUE") || stdout.contains("queue flags bypass"), "{stdout}");
+}
+
+#[test]
+fn run_refuses_tables_that_do_not_fit_the_memory_limit() {
+    let dir = std::env::temp_dir().join(format!("portcloak-mem-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("big.toml");
+    std::fs::write(&file, "[tracking]\nsources = 4000000\n[daemon]\nmemory_limit = 64\n")
+        .expect("write");
+    let out = portcloak(&["run", "-c", file.to_str().expect("utf-8 path")]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("daemon.memory_limit"), "{stderr}");
+    std::fs::remove_dir_all(dir).expect("clean up");
+}

@@ -76,7 +76,11 @@ def main():
     try:
         lab.up()
         d = Daemon(lab, binary, workdir, daemon_keys=DAEMON)
+        with open(d.state, "w") as f:
+            f.write('{"version": 1, "bans": [')  # a state file cut short
         d.start()
+        check("damaged" in d.read_log(), "a damaged state file is a warning and an empty start")
+        check(d.bans() == [], "no bans after the damaged state file")
 
         log("nmap -sS -p1-1000")
         st = scan(lab, "-sS", "-p1-1000", SERVER4)
@@ -161,6 +165,22 @@ def main():
               "the ruleset holds nothing of portcloak:\n" + ruleset)
         with open(d.state) as f:
             check('"source"' in f.read(), "the bans wait in the state file")
+
+        log("outbound queues on (SYN-ACKs, RSTs, ICMP replies and handshake ACKs queued)")
+        d = Daemon(lab, binary, os.path.join(workdir, "outbound"), daemon_keys=DAEMON + "\noutbound = true")
+        d.start()
+        check(client_ok(lab, SERVER4_C, "burst", "60", "80")[0], "60 sequential requests all succeed")
+        check(client_ok(lab, SERVER4_C, "parallel", "80", "80", "40")[0], "80 requests, 40 at once, all succeed")
+        st = scan(lab, "-sS", "-p1-1000", SERVER4)
+        check(learned(st) <= 1, "-sS reports at most 1 port open or closed: %s" % st)
+        status = d.status()
+        outbound = status["workers"][len(status["workers"]) // 2:]
+        check(sum(w["packets"] for w in outbound) >= 140, "the outbound workers saw the SYN-ACKs: %s"
+              % [w["packets"] for w in outbound])
+        check(status["tables"]["flows"] > 0, "handshakes are tracked")
+        check(d.stop() == 0, "SIGTERM stops the daemon cleanly")
+        ruleset = run(lab.ns(lab.server, "nft", "list", "ruleset")).stdout
+        check(ruleset.strip() == "", "the ruleset is empty again:\n" + ruleset)
         log("end-to-end passed in %.0f s" % (time.monotonic() - started))
     except Failed as e:
         log("FAILED:", e)
