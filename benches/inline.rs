@@ -223,52 +223,17 @@ fn orchestrate(args: &[String]) {
                     std::thread::sleep(Duration::from_millis(1500));
                 }
                 Config::Kernel => {
-                    let port = PORT.to_string();
+                    let recent = format!(
+                        "-A INPUT -p tcp --syn ! --dport {PORT} -m recent --name pcscan --set"
+                    );
                     for rule in [
-                        vec![
-                            "-A",
-                            "INPUT",
-                            "-p",
-                            "tcp",
-                            "--tcp-flags",
-                            "ALL",
-                            "NONE",
-                            "-j",
-                            "DROP",
-                        ],
-                        vec![
-                            "-A",
-                            "INPUT",
-                            "-p",
-                            "tcp",
-                            "--tcp-flags",
-                            "ALL",
-                            "FIN,PSH,URG",
-                            "-j",
-                            "DROP",
-                        ],
-                        vec![
-                            "-A",
-                            "INPUT",
-                            "-m",
-                            "recent",
-                            "--name",
-                            "pcscan",
-                            "--rcheck",
-                            "--seconds",
-                            "60",
-                            "--hitcount",
-                            "10",
-                            "-j",
-                            "DROP",
-                        ],
-                        vec![
-                            "-A", "INPUT", "-p", "tcp", "--syn", "!", "--dport", &port, "-m",
-                            "recent", "--name", "pcscan", "--set",
-                        ],
+                        "-A INPUT -p tcp --tcp-flags ALL NONE -j DROP",
+                        "-A INPUT -p tcp --tcp-flags ALL FIN,PSH,URG -j DROP",
+                        "-A INPUT -m recent --name pcscan --rcheck --seconds 60 --hitcount 10 -j DROP",
+                        &recent,
                     ] {
                         let mut cmd = vec!["iptables-nft"];
-                        cmd.extend(rule);
+                        cmd.extend(rule.split_whitespace());
                         sh(&nsx(&s, &cmd));
                     }
                 }

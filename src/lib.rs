@@ -4,7 +4,8 @@
 //! # Life of a packet
 //!
 //! ```text
-//! io (NFQUEUE or pcap) ─ RawPacket { ts, direction, bytes from the IP header }
+//! kernel: inet portcloak drops banned sources; the queue rules feed the rest   firewall/
+//! io (an NFQUEUE worker, or a pcap frame) ─ { now, direction, bytes from the IP header }
 //!   └─ Engine::handle(now, direction, &mut bytes)          engine.rs
 //!        ├─ wire::parse       bytes → PacketView, checksums verified  wire/
 //!        ├─ track: lock the source's shard; ban check; flow lookup    track/
@@ -13,23 +14,28 @@
 //!        └─ policy::inbound   Probe + state + rules → Decision, ban?  policy/
 //!   ← Outcome { verdict, reason, kind, signature, ban, rewritten }
 //! runtime (replay summary / JSON events; the daemon's verdicts)       runtime/, event.rs
+//! daemon: a ban goes to the kernel set within 50 ms and to the state file  runtime/daemon.rs
 //! Engine::sweep(now) on a timer: idle flows and sources go, ended bans are reported
 //! ```
 //!
 //! The engine does no I/O and reads no clock: `now` comes from the capture
-//! in replay and from `CLOCK_MONOTONIC` inline. Nothing from `wire` to
+//! in replay and from the wall clock inline (so ban ends saved in the
+//! state file mean the same after a restart). Nothing from `wire` to
 //! `policy` panics on packet bytes or allocates, except a new table entry
 //! while its table is below its cap.
 //!
 //! # Modules, in data-flow order
-//! - [`io`]: packet sources; today the pcap/pcapng reader.
+//! - [`io`]: capture files: the pcap/pcapng reader (the NFQUEUE source is
+//!   `runtime::queue`).
 //! - [`wire`]: parsing, checksums, link layers, and a packet crafter for tests.
 //! - [`classify`]: probe kinds and scanner signatures.
 //! - [`track`]: sharded, bounded tables of sources, flows and bans.
 //! - [`policy`]: verdicts, bans and their guards, open ports.
 //! - [`engine`]: the per-packet call that ties them together.
 //! - [`event`]: the events a run reports.
-//! - [`runtime`]: drivers of the engine; today offline replay.
+//! - [`runtime`]: drivers of the engine: offline replay, and the inline
+//!   daemon with its queues, workers, state file and control socket.
+//! - [`firewall`]: the nft table and queue rules the daemon owns.
 //! - [`config`] and [`time`]: the rules and the engine's notion of time.
 
 pub mod classify;

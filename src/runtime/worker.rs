@@ -97,8 +97,7 @@ pub fn run(
         stats.cpu.store(u32::MAX, Relaxed);
     }
     let mut buf = vec![0u8; usize::from(u16::MAX)];
-    let mut shedding = false;
-    let shed_low = shared.shed_backlog / 2;
+    let mut shed = Shedder::new(shared.shed_backlog);
     while !shared.stop.load(Relaxed) {
         let mut msg = match queue.queue.recv() {
             Ok(msg) => msg,
@@ -112,12 +111,7 @@ pub fn run(
         };
         stats.packets.fetch_add(1, Relaxed);
         let wall = SystemTime::now();
-        let backlog = stats.backlog.load(Relaxed);
-        if backlog > shared.shed_backlog {
-            shedding = true;
-        } else if backlog <= shed_low {
-            shedding = false;
-        }
+        let shedding = shed.update(stats.backlog.load(Relaxed));
         let stale = msg
             .get_timestamp()
             .and_then(|t| wall.duration_since(t).ok())
@@ -132,6 +126,31 @@ pub fn run(
         if queue.queue.verdict(msg).is_err() {
             stats.errors.fetch_add(1, Relaxed);
         }
+    }
+}
+
+/// Whether a worker sheds: from the moment its backlog passes the
+/// threshold until it has fallen to half of it, so it does not flap.
+#[derive(Clone, Copy, Debug)]
+pub struct Shedder {
+    high: u32,
+    shedding: bool,
+}
+
+impl Shedder {
+    /// Sheds above `high` waiting packets.
+    pub const fn new(high: u32) -> Self {
+        Self { high, shedding: false }
+    }
+
+    /// Takes the current backlog; true while shedding.
+    pub const fn update(&mut self, backlog: u32) -> bool {
+        if backlog > self.high {
+            self.shedding = true;
+        } else if backlog <= self.high / 2 {
+            self.shedding = false;
+        }
+        self.shedding
     }
 }
 
@@ -193,5 +212,20 @@ fn inspect(
             }
             NfVerdict::Drop
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shedding_starts_above_the_threshold_and_stops_at_half_of_it() {
+        let mut s = Shedder::new(2048);
+        let seen: Vec<bool> = [0, 2048, 2049, 1500, 1025, 1024, 1500, 3000]
+            .into_iter()
+            .map(|b| s.update(b))
+            .collect();
+        assert_eq!(seen, [false, false, true, true, true, false, false, true]);
     }
 }

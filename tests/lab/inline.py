@@ -5,6 +5,7 @@ failed check; tears the lab down whatever happens.
 
   inline.py PORTCLOAK_BINARY WORKDIR
 """
+import json
 import os
 import subprocess
 import sys
@@ -90,6 +91,13 @@ def main():
         check(client_ok(lab, SERVER4_C, "burst", "5", "80")[0], "the client still can")
         counters = run(lab.ns(lab.server, "nft", "list", "set", "inet", "portcloak", "ban4")).stdout
         check(ATTACKER4 in counters, "the ban is in the kernel set ban4")
+        check('portcloak: ban %s for 1h reason "signature nmap-syn"' % ATTACKER4 in d.read_log(),
+              "the ban is logged in one fail2ban-friendly line")
+        time.sleep(1.5)  # the event file is flushed after a second without events
+        with open(d.events) as f:
+            events = [json.loads(line) for line in f]
+        check(any(e["event"] == "ban" and e["source"] == ATTACKER4 for e in events)
+              and any(e["event"] == "drop" for e in events), "the event file has the drops and the ban")
 
         d.ctl("unban", "all")
         log("nmap -sT -p1-1000")
@@ -178,6 +186,14 @@ def main():
         check(sum(w["packets"] for w in outbound) >= 140, "the outbound workers saw the SYN-ACKs: %s"
               % [w["packets"] for w in outbound])
         check(status["tables"]["flows"] > 0, "handshakes are tracked")
+        # One forgeable packet from a source that just completed handshakes
+        # must not ban it: the handshake grace, fed by the queued SYN-ACKs
+        # and handshake-completing ACKs.
+        run(lab.ns(lab.client, "hping3", "-c", "1", "-p", "9", "-F", SERVER4_C), timeout=20, check=False)
+        time.sleep(0.3)
+        guards = d.status()["guards"]
+        check(guards["handshake_grace"] >= 1 and not banned(d, "198.18.2.2"),
+              "a client that completed handshakes is not banned on one stray FIN: %s" % guards)
         check(d.stop() == 0, "SIGTERM stops the daemon cleanly")
         ruleset = run(lab.ns(lab.server, "nft", "list", "ruleset")).stdout
         check(ruleset.strip() == "", "the ruleset is empty again:\n" + ruleset)

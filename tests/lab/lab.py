@@ -117,10 +117,11 @@ class Daemon:
         self.state = os.path.join(workdir, "state.json")
         self.rules = os.path.join(workdir, "rules.toml")
         self.log = os.path.join(workdir, "daemon.log")
+        self.events = os.path.join(workdir, "events.jsonl")
         with open(self.rules, "w") as f:
             f.write(extra_rules)
-            f.write('\n[daemon]\nstate_file = "%s"\nsocket = "%s"\nsummary_interval = "5s"\n%s\n'
-                    % (self.state, self.socket, daemon_keys))
+            f.write('\n[daemon]\nstate_file = "%s"\nsocket = "%s"\nevents = "%s"\nsummary_interval = "5s"\n%s\n'
+                    % (self.state, self.socket, self.events, daemon_keys))
         self.proc = None
 
     def start(self, wait=10):
