@@ -314,7 +314,26 @@ fn write_status(out: &mut impl Write, s: &serde_json::Value) -> std::io::Result<
         )?;
     }
     let t = s.get("tables").cloned().unwrap_or_default();
-    writeln!(out, "tables: {t}")?;
+    writeln!(
+        out,
+        "tables: sources {}/{} ({} evicted), flows {}/{} ({} evicted), ban records {}",
+        n(&t, "sources"),
+        n(&t, "source_capacity"),
+        n(&t, "source_evictions"),
+        n(&t, "flows"),
+        n(&t, "flow_capacity"),
+        n(&t, "flow_evictions"),
+        n(&t, "ban_records"),
+    )?;
+    let workers = s.get("workers").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+    let (lost, errors) =
+        workers.iter().fold((0, 0), |(l, e), w| (l + n(w, "lost"), e + n(w, "errors")));
+    if lost + errors > 0 {
+        writeln!(
+            out,
+            "warnings: {lost} bans or events lost to full channels, {errors} queue errors"
+        )?;
+    }
     let m = s.get("memory").cloned().unwrap_or_default();
     writeln!(
         out,

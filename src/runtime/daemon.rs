@@ -302,7 +302,12 @@ fn keep_bans(
                 }
             }
         }
-        if manage && let Err(e) = firewall::apply(&ops) {
+        // After a clean stop has removed the table, the state file alone
+        // carries the last bans.
+        if manage
+            && !shared.stop.load(Relaxed)
+            && let Err(e) = firewall::apply(&ops)
+        {
             log(&format!(
                 "error: kernel ban update failed ({e}); the engine still drops these sources"
             ));
