@@ -105,14 +105,12 @@ pub fn detect() -> Result<Backend, FirewallError> {
     }
 }
 
-/// Installs everything in `plan`, replacing stale objects of an earlier
-/// run, with `bans` already in the sets.
+/// Installs everything in `plan`, replacing the objects of an earlier run,
+/// with `bans` already in the sets. The nft table is replaced whole; each
+/// iptables chain is flushed and reloaded, and its jump added only when
+/// missing. A chain the plan no longer has (`daemon.outbound` switched
+/// off) stays: call [`remove_queue_rules`] first.
 pub fn install(plan: &Plan, bans: &[(SourceKey, Duration)]) -> Result<(), FirewallError> {
-    if plan.backend == Backend::Iptables {
-        // Stale queue rules first: until the new ones are in, traffic
-        // passes uninspected, exactly as the bypass would let it.
-        remove_iptables()?;
-    }
     exec("nft", &["-f", "-"], Some(&plan.nft_script(bans)))?;
     if plan.backend == Backend::Iptables {
         for family in [Family::V4, Family::V6] {

@@ -159,15 +159,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     drop(events_tx);
     let house = {
         let shared = Arc::clone(&shared);
-        let cfg = config.clone();
         std::thread::Builder::new()
             .name("housekeeping".into())
-            .spawn(move || housekeeping(&shared, &cfg, backend, manage))?
+            .spawn(move || housekeeping(&shared, backend, manage))?
     };
     let ctl = {
         let shared = Arc::clone(&shared);
         let kernel = kernel_tx.clone();
-        let info = Info { backend, manage, started, config: config.clone() };
+        let info = Info { backend, manage, started };
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || serve_control(&listener, &shared, &kernel, &info))?
@@ -387,8 +386,8 @@ fn uninspected(backend: Backend, manage: bool, totals: &Totals) -> Option<(u64, 
     Some((missed, share))
 }
 
-fn housekeeping(shared: &Shared, config: &Config, backend: Backend, manage: bool) {
-    let d = &config.daemon;
+fn housekeeping(shared: &Shared, backend: Backend, manage: bool) {
+    let d = &shared.engine.config().daemon;
     let mut last_sweep = Instant::now();
     let mut last_listen = Instant::now();
     let mut last_summary = Instant::now();
@@ -484,7 +483,6 @@ struct Info {
     backend: Backend,
     manage: bool,
     started: Instant,
-    config: Config,
 }
 
 fn serve_control(
@@ -514,19 +512,20 @@ fn handle(
     info: &Info,
 ) -> Result<Value, String> {
     let engine = &shared.engine;
+    let config = engine.config();
     let now = wall_now();
     match req {
         Request::Status => Ok(status(shared, info)),
         Request::Bans => Ok(json!({ "bans": bans_json(engine, now) })),
         Request::Ban { ip, seconds } => {
-            let length = seconds.map_or(info.config.ban.duration.get(), Duration::from_secs);
+            let length = seconds.map_or(config.ban.duration.get(), Duration::from_secs);
             if length.is_zero() {
                 return Err("a ban must last longer than 0s".into());
             }
             if !engine.ban(now, ip, length) {
                 return Err("the ban table is full".into());
             }
-            let key = SourceKey::new(ip, info.config.tracking.ipv6_prefix);
+            let key = SourceKey::new(ip, config.tracking.ipv6_prefix);
             let ban = engine.bans(now).into_iter().find(|(k, _)| *k == key).map(|(_, b)| b);
             if let Some(ban) = ban {
                 kernel.send(KernelMsg::Ban(key, ban)).map_err(|e| e.to_string())?;
@@ -535,7 +534,7 @@ fn handle(
         }
         Request::Unban { ip } => {
             let keys: Vec<SourceKey> = match ip {
-                Some(ip) => vec![SourceKey::new(ip, info.config.tracking.ipv6_prefix)],
+                Some(ip) => vec![SourceKey::new(ip, config.tracking.ipv6_prefix)],
                 None => engine.bans(now).into_iter().map(|(k, _)| k).collect(),
             };
             let mut lifted = Vec::new();
@@ -615,6 +614,6 @@ fn status(shared: &Shared, info: &Info) -> Value {
         "tables": stats.tables,
         "guards": stats.guards,
         "bans": shared.engine.bans(wall_now()).len(),
-        "memory": { "rss": rss, "peak": peak, "limit": info.config.daemon.memory_limit << 20 },
+        "memory": { "rss": rss, "peak": peak, "limit": shared.engine.config().daemon.memory_limit << 20 },
     })
 }
