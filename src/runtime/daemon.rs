@@ -67,6 +67,12 @@ fn wall_now() -> Timestamp {
 pub fn run(options: Options) -> anyhow::Result<()> {
     let Options { config, firewall: manage } = options;
     require_net_admin()?;
+    // Taken from the start, so a stop request during start-up still ends
+    // in the clean shutdown below rather than the default exit.
+    let term = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&term))?;
+    }
     let d = config.daemon.clone();
     let listener = control::bind(&d.socket)?;
     let now = wall_now();
@@ -116,11 +122,6 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         shed_backlog: d.shed_backlog,
         shed_age: d.shed_age.get(),
     });
-
-    let term = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&term))?;
-    }
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles: Vec<JoinHandle<()>> = Vec::new();
