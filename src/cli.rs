@@ -150,10 +150,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
         Command::Check { file } => check(&file),
         Command::Replay { files, rules, local, json, no_progress } => {
-            let config = match &rules {
-                Some(path) => Config::load(path)?,
-                None => Config::default(),
-            };
+            let config = load_or_default(rules.as_deref())?;
             let local = local
                 .iter()
                 .map(|s| s.parse::<Cidr>().map_err(anyhow::Error::msg))

@@ -38,6 +38,17 @@ impl QueueRange {
     }
 }
 
+/// `first-last`, or `first` alone for one queue (nft's syntax).
+impl std::fmt::Display for QueueRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.count > 1 {
+            write!(f, "{}-{}", self.first, self.last())
+        } else {
+            write!(f, "{}", self.first)
+        }
+    }
+}
+
 /// Everything the firewall objects depend on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -177,11 +188,7 @@ impl Plan {
 
     fn nft_queue(&self, q: QueueRange) -> String {
         let flags = if self.bypass { "flags bypass " } else { "" };
-        if q.count > 1 {
-            format!("queue {flags}num {}-{}", q.first, q.last())
-        } else {
-            format!("queue {flags}num {}", q.first)
-        }
+        format!("queue {flags}num {q}")
     }
 
     fn nfqueue_target(&self, q: QueueRange) -> String {

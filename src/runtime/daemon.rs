@@ -177,7 +177,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     log(&format!(
         "started: {} worker(s) on queue(s) {}, {} firewall{}, fail {}, {} ban(s) restored",
         workers,
-        describe_range(plan.inbound.first, workers),
+        plan.inbound,
         if backend == Backend::Nft { "nft" } else { "iptables-nft" },
         if manage { "" } else { " (not managed: --no-firewall)" },
         if shared.fail_open { "open" } else { "closed" },
@@ -220,14 +220,6 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let saved = engine.bans(wall_now()).len();
     log(&format!("stopped; {saved} ban(s) kept in {}", d.state_file.display()));
     Ok(())
-}
-
-fn describe_range(first: u16, count: u16) -> String {
-    if count > 1 {
-        format!("{first}-{}", first.saturating_add(count - 1))
-    } else {
-        first.to_string()
-    }
 }
 
 /// Active bans with their remaining time.

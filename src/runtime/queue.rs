@@ -88,19 +88,7 @@ fn get_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> Option<libc::c_i
 }
 
 fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: usize) -> io::Result<()> {
-    let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `fd` is the queue's live socket (its `Queue` is alive), and
-    // the option value is a c_int that outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&raw const value).cast(),
-            libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap_or(4),
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    set_opt(fd, level, name, &libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX))
 }
 
 fn set_timeout(fd: RawFd, timeout: Duration) -> io::Result<()> {
@@ -108,16 +96,15 @@ fn set_timeout(fd: RawFd, timeout: Duration) -> io::Result<()> {
         tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(1),
         tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
     };
-    // SAFETY: as in `set_int`, with a timeval the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            libc::socklen_t::try_from(size_of::<libc::timeval>()).unwrap_or(16),
-        )
-    };
+    set_opt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
+}
+
+/// `setsockopt` with a plain-data value (a c_int or a timeval).
+fn set_opt<T: Copy>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(size_of::<T>()).map_err(io::Error::other)?;
+    // SAFETY: `fd` is the queue's live socket (its `Queue` is alive), and
+    // `value` points to `len` readable bytes that outlive the call.
+    let rc = unsafe { libc::setsockopt(fd, level, name, std::ptr::from_ref(value).cast(), len) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 

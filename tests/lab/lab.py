@@ -97,7 +97,6 @@ class Lab:
                     pass
         self.procs = []
         for ns in (self.server, self.attacker, self.client):
-            subprocess.run(["ip", "netns", "pids", ns], capture_output=True)
             pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
             for pid in pids:
                 try:
