@@ -13,7 +13,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::wire::{Icmp, PacketView, Tcp, TcpFlags, Transport};
 
@@ -201,7 +201,7 @@ impl fmt::Display for Fingerprint {
 }
 
 /// One of nmap's OS-detection probes (`osscan2.cc`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OsProbe {
     /// SEQ #1, which is also T1.
@@ -279,6 +279,11 @@ impl OsProbe {
             Self::Ie1 => "ie1",
             Self::Ie2 => "ie2",
         }
+    }
+
+    /// The bit of this probe in a probe mask.
+    pub const fn bit(self) -> u32 {
+        1 << self as u32
     }
 }
 

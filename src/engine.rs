@@ -32,6 +32,7 @@ use serde::Serialize;
 
 use crate::classify::{self, PortProto, ProbeKind, Signature};
 use crate::config::Config;
+use crate::disguise::{self, Edits, Persona};
 use crate::policy::{Decision, GuardCounters, Inbound, Policy, PortMap, Reason, Verdict};
 use crate::time::Timestamp;
 use crate::track::{
@@ -74,12 +75,20 @@ pub struct Meta {
     pub direction: Direction,
     /// Who checks checksums.
     pub checksum: ChecksumCheck,
+    /// Routed through this host rather than sent by it: an outbound packet
+    /// the persona never rewrites (its TTL was the sender's to set).
+    pub forwarded: bool,
+    /// The transport checksum holds only the pseudo-header sum, for the
+    /// NIC to complete (the kernel's CHECKSUM_PARTIAL): rewrites of
+    /// transport bytes leave it alone.
+    pub l4_partial: bool,
 }
 
 impl Meta {
-    /// A packet in `direction` whose checksums the engine verifies.
+    /// A packet in `direction`, sent or received by this host, whose
+    /// checksums the engine verifies.
     pub const fn new(direction: Direction) -> Self {
-        Self { direction, checksum: ChecksumCheck::Verify }
+        Self { direction, checksum: ChecksumCheck::Verify, forwarded: false, l4_partial: false }
     }
 }
 
@@ -100,8 +109,8 @@ pub struct Outcome {
     pub port: Option<(PortProto, u16)>,
     /// A ban this packet caused.
     pub ban: Option<Ban>,
-    /// True when the engine rewrote the buffer in place. No rewrite rules
-    /// exist yet, so this is always false; OS personas will set it.
+    /// True when the engine rewrote the buffer in place (an OS persona's
+    /// edits of an outbound packet); the caller must send the new bytes.
     pub rewritten: bool,
 }
 
@@ -134,6 +143,9 @@ pub struct EngineStats {
 pub struct Engine {
     policy: Policy,
     table: Table,
+    persona: Option<Persona>,
+    /// Seeds each destination's first IP ID under a persona.
+    seed: u64,
 }
 
 impl Engine {
@@ -146,7 +158,9 @@ impl Engine {
             flows: t.flows,
             bans: t.bans,
         });
-        Self { policy: Policy::new(config), table }
+        let persona = config.persona().map(Persona::new);
+        let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0x5eed_u64);
+        Self { policy: Policy::new(config), table, persona, seed }
     }
 
     /// The rules in force.
@@ -167,8 +181,11 @@ impl Engine {
 
     /// Handles one packet, with what the caller knows about it.
     pub fn handle_with(&self, now: Timestamp, meta: Meta, packet: &mut [u8]) -> Outcome {
-        let view = match wire::parse(packet) {
-            Ok(view) => view,
+        let (mut out, edits) = match wire::parse(packet) {
+            Ok(view) => match meta.direction {
+                Direction::Inbound => (self.inbound(now, meta, &view), None),
+                Direction::Outbound => self.outbound(now, meta, &view),
+            },
             Err(e) => {
                 return match meta.direction {
                     Direction::Inbound => Outcome::bare(self.policy.malformed(e)),
@@ -176,10 +193,10 @@ impl Engine {
                 };
             }
         };
-        match meta.direction {
-            Direction::Inbound => self.inbound(now, meta, &view),
-            Direction::Outbound => self.outbound(now, &view),
+        if let Some(edits) = edits {
+            out.rewritten = disguise::apply(&edits, packet, meta.l4_partial);
         }
+        out
     }
 
     fn key(&self, ip: IpAddr) -> SourceKey {
@@ -239,9 +256,25 @@ impl Engine {
         };
         let state = shard.source(key, now);
         state.seen(now, probe.kind);
-        let decision = self.policy.inbound(ctx, state);
+        let mut decision = self.policy.inbound(ctx, state);
         if flow == FlowMatch::Handshake {
             state.last_handshake = now;
+        }
+        if decision.verdict == Verdict::Accept
+            && let Some(persona) = &self.persona
+        {
+            if let Some(Signature::OsProbe(p)) = probe.signature
+                && persona.silences(p)
+            {
+                decision = Decision { verdict: Verdict::Drop, reason: Reason::Persona, ban: None };
+            } else if let Transport::Icmp(icmp) = view.transport
+                && persona.copies_echo_df()
+                && !icmp.v6
+                && icmp.kind == 8
+            {
+                state.peer.echo = Some((icmp.ident(), icmp.sequence()));
+                state.peer.echo_df = view.ip.df;
+            }
         }
         let opens = matches!(probe.kind, ProbeKind::TcpSyn | ProbeKind::Udp | ProbeKind::Sctp);
         if decision.verdict == Verdict::Accept && opens {
@@ -251,20 +284,38 @@ impl Engine {
         Outcome { verdict: decision.verdict, reason: decision.reason, ban, ..out }
     }
 
-    fn outbound(&self, now: Timestamp, view: &PacketView<'_>) -> Outcome {
+    fn outbound(
+        &self,
+        now: Timestamp,
+        meta: Meta,
+        view: &PacketView<'_>,
+    ) -> (Outcome, Option<Edits>) {
         let key = self.key(view.ip.dst);
         let mut out = Outcome { source: Some(key), ..Outcome::bare(accept(Reason::Outbound)) };
         let mut shard = self.table.lock(&key);
         if shard.active_ban(&key, now).is_some() && !self.config().lists.allows(view.ip.dst) {
-            return Outcome { verdict: Verdict::Drop, reason: Reason::Banned, ..out };
+            return (Outcome { verdict: Verdict::Drop, reason: Reason::Banned, ..out }, None);
         }
-        let Some(fk) = flow_key(view, Direction::Outbound) else {
-            return out;
+        out.port = self.track_outbound_flow(&mut shard, view, now);
+        let Some(persona) = self.persona.as_ref().filter(|_| !meta.forwarded) else {
+            return (out, None);
         };
+        let peer = persona.needs_peer().then(|| &mut shard.source(key, now).peer);
+        (out, persona.plan(view, peer, self.seed))
+    }
+
+    /// Follows a connection or datagram flow this host answers or starts;
+    /// returns the local port.
+    fn track_outbound_flow(
+        &self,
+        shard: &mut Shard,
+        view: &PacketView<'_>,
+        now: Timestamp,
+    ) -> Option<(PortProto, u16)> {
+        let fk = flow_key(view, Direction::Outbound)?;
         let idle = self.config().tracking.flow_idle.get();
         match view.transport {
             Transport::Tcp(tcp) => {
-                out.port = Some((PortProto::Tcp, tcp.src_port));
                 let syn = tcp.flags.has(TcpFlags::SYN);
                 let ack = tcp.flags.has(TcpFlags::ACK);
                 if syn && ack && tcp.flags.classic() & (TcpFlags::RST | TcpFlags::FIN) == 0 {
@@ -286,9 +337,9 @@ impl Engine {
                     }
                     None => {}
                 }
+                Some((PortProto::Tcp, tcp.src_port))
             }
             Transport::Udp(udp) => {
-                out.port = Some((PortProto::Udp, udp.src_port));
                 match shard.flow(&fk, now, idle) {
                     Some(flow) => {
                         flow.last = now;
@@ -301,10 +352,10 @@ impl Engine {
                         Flow { state: FlowState::Established, inbound: false, isn: 0, last: now },
                     ),
                 }
+                Some((PortProto::Udp, udp.src_port))
             }
-            _ => {}
+            _ => None,
         }
-        out
     }
 
     /// Expires idle flows and sources and ban records past their memory, and

@@ -41,6 +41,7 @@
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod disguise;
 pub mod engine;
 pub mod event;
 pub mod firewall;

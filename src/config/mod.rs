@@ -7,6 +7,7 @@
 //! every key with its default; a test checks that it equals
 //! [`Config::default`].
 
+mod persona;
 mod types;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use self::persona::{
+    BUILTIN_TEXT as BUILTIN_PERSONAS, EchoField, IpId, NONE as NO_PERSONA, PersonaChoice,
+    PersonaSpec, RstAck, Sysctls, TcpOpt, builtin as builtin_personas,
+};
 pub use self::types::{Action, Cidr, ClosedPorts, Dur, PortList, Toggle};
 use crate::track::RECENT_SLOTS;
 
@@ -64,6 +69,10 @@ pub struct Config {
     pub tracking: Tracking,
     /// The inline daemon (`portcloak run`): queues, workers, fail mode, files.
     pub daemon: Daemon,
+    /// The OS persona in force.
+    pub persona: PersonaChoice,
+    /// Personas defined by this file, besides the built-in ones.
+    pub personas: std::collections::BTreeMap<String, PersonaSpec>,
 }
 
 /// `[services]`
@@ -435,6 +444,16 @@ impl Config {
         Ok(config)
     }
 
+    /// The persona in force: `None` for `"none"`. One of this file's
+    /// `[personas.NAME]` tables wins over a built-in one of the same name.
+    pub fn persona(&self) -> Option<&PersonaSpec> {
+        let name = self.persona.name.as_str();
+        if name == NO_PERSONA {
+            return None;
+        }
+        self.personas.get(name).or_else(|| builtin_personas().get(name))
+    }
+
     /// Checks the rules that involve more than one value.
     fn check(&self, text: &str) -> Result<(), String> {
         let fail = |section: &str, key: &str, why: String| Err(at_key(text, section, key, &why));
@@ -500,6 +519,7 @@ impl Config {
         if d.listen_interval.get() < Duration::from_millis(100) {
             return fail("daemon", "listen_interval", "must be at least 100ms".to_owned());
         }
+        self.check_personas(text)?;
         let need = Daemon::table_budget(t) >> 20;
         if d.memory_limit < need {
             return fail(
@@ -509,6 +529,54 @@ impl Config {
                     "is below the {need} MiB the [tracking] tables can take; raise it or shrink them"
                 ),
             );
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn check_personas(&self, text: &str) -> Result<(), String> {
+        let name = &self.persona.name;
+        if name != NO_PERSONA && self.persona().is_none() {
+            let mut known: Vec<&str> = vec![NO_PERSONA];
+            known.extend(builtin_personas().keys().map(String::as_str));
+            known.extend(self.personas.keys().map(String::as_str));
+            return Err(at_key(
+                text,
+                "persona",
+                "name",
+                &format!("names no persona; known: {}", known.join(", ")),
+            ));
+        }
+        for (pname, p) in &self.personas {
+            let section = format!("personas.{pname}");
+            let fail = |key: &str, why: &str| Err(at_key(text, &section, key, why));
+            if pname == NO_PERSONA {
+                return fail("description", "defines `none`, which means no persona");
+            }
+            let mut seen = 0u8;
+            for opt in &p.syn_ack_options {
+                let bit = 1 << (*opt as u8);
+                if seen & bit != 0 {
+                    return fail("syn_ack_options", "names an option twice");
+                }
+                seen |= bit;
+            }
+            let s = &p.sysctls;
+            let sysctl =
+                |key: &str, why: &str| Err(at_key(text, &format!("{section}.sysctls"), key, why));
+            if s.tcp_ecn.is_some_and(|v| v > 2) {
+                return sysctl("tcp_ecn", "must be 0, 1 or 2");
+            }
+            if s.tcp_timestamps.is_some_and(|v| v > 2) {
+                return sysctl("tcp_timestamps", "must be 0, 1 or 2");
+            }
+            if s.window_scale.is_some_and(|v| v > 14) {
+                return sysctl("window_scale", "must be between 0 and 14");
+            }
+            if s.ip_default_ttl == Some(0) {
+                return sysctl("ip_default_ttl", "must be between 1 and 255");
+            }
         }
         Ok(())
     }

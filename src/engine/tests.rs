@@ -366,7 +366,7 @@ fn bad_checksums_are_dropped_and_never_count() {
     // The kernel-checked path skips verification.
     let mut bytes = syn(host(9), 1, 80);
     bytes[37] ^= 0xff;
-    let meta = Meta { direction: Direction::Inbound, checksum: ChecksumCheck::Kernel };
+    let meta = Meta { checksum: ChecksumCheck::Kernel, ..Meta::new(Direction::Inbound) };
     assert_eq!(e.handle_with(at(0), meta, &mut bytes).verdict, Verdict::Accept);
 }
 
@@ -531,13 +531,13 @@ fn truncated_packets_depend_on_what_the_caller_knows() {
     let o = e.handle(at(0), Direction::Inbound, &mut cut.clone());
     assert_eq!((o.verdict, o.reason), (Verdict::Drop, Reason::Malformed));
     for checksum in [ChecksumCheck::VerifyPartial, ChecksumCheck::Kernel] {
-        let meta = Meta { direction: Direction::Inbound, checksum };
+        let meta = Meta { checksum, ..Meta::new(Direction::Inbound) };
         let o = e.handle_with(at(0), meta, &mut cut);
         assert_eq!((o.verdict, o.reason), (Verdict::Accept, Reason::OpenPort), "{checksum:?}");
     }
     // Cut inside the TCP header: malformed whatever the caller knows.
     let mut cut = full[..30].to_vec();
-    let meta = Meta { direction: Direction::Inbound, checksum: ChecksumCheck::VerifyPartial };
+    let meta = Meta { checksum: ChecksumCheck::VerifyPartial, ..Meta::new(Direction::Inbound) };
     assert_eq!(e.handle_with(at(0), meta, &mut cut).reason, Reason::Malformed);
 }
 

@@ -86,11 +86,13 @@ pub enum Reason {
     RateLimited,
     /// A SYN-ACK answering nothing.
     UnsolicitedSynAck,
+    /// An nmap OS probe the persona's OS never answers.
+    Persona,
 }
 
 impl Reason {
     /// Every reason, in declaration order: `Reason::ALL[r as usize] == r`.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::Flow,
         Self::OpenPort,
         Self::ClosedPortReject,
@@ -109,6 +111,7 @@ impl Reason {
         Self::Signature,
         Self::RateLimited,
         Self::UnsolicitedSynAck,
+        Self::Persona,
     ];
 
     /// A short stable name.
@@ -132,6 +135,7 @@ impl Reason {
             Self::Signature => "signature",
             Self::RateLimited => "rate-limited",
             Self::UnsolicitedSynAck => "unsolicited-syn-ack",
+            Self::Persona => "persona",
         }
     }
 }

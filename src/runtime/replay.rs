@@ -181,7 +181,8 @@ pub fn run(
             } else {
                 ChecksumCheck::Verify
             };
-            let outcome = engine.handle_with(now, Meta { direction, checksum }, &mut buf);
+            let outcome =
+                engine.handle_with(now, Meta { checksum, ..Meta::new(direction) }, &mut buf);
             let dropped = outcome.verdict == Verdict::Drop;
             if let Some(t) = request {
                 fates.put(t, dropped);

@@ -181,7 +181,14 @@ fn inspect(
         return NfVerdict::Accept;
     };
     dst.copy_from_slice(src);
-    let out = shared.engine.handle_with(now, Meta { direction, checksum }, dst);
+    let meta = Meta {
+        direction,
+        checksum,
+        // A packet with an input device was routed here from elsewhere.
+        forwarded: direction == Direction::Outbound && msg.get_indev() != 0,
+        l4_partial: !msg.is_checksum_ready(),
+    };
+    let out = shared.engine.handle_with(now, meta, dst);
     if out.rewritten {
         let target = msg.get_payload_mut();
         if let Some(target) = target.get_mut(..n) {

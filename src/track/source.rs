@@ -80,9 +80,25 @@ pub struct SourceState {
     pub last_handshake: Timestamp,
     /// Probe kinds seen from this source, as [`ProbeKind::bit`]s.
     pub kinds: u32,
+    /// What an OS persona keeps about this address as a destination.
+    pub peer: Peer,
     recent: [PortHit; RECENT_SLOTS],
     slow: SlowWindow,
     echo: Bucket,
+}
+
+/// What an OS persona keeps about one peer: the IP ID counter of the
+/// replies it gets, and its latest echo request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// The last IP ID sent to it; meaningful once `ip_id_started`.
+    pub ip_id: u16,
+    /// Whether the counter has been seeded.
+    pub ip_id_started: bool,
+    /// Its latest echo request had DF set.
+    pub echo_df: bool,
+    /// Identifier and sequence of its latest echo request, when it sent one.
+    pub echo: Option<(u16, u16)>,
 }
 
 /// Scores after a closed-port touch.
@@ -102,6 +118,7 @@ impl SourceState {
             last_seen: now,
             last_handshake: Timestamp::ZERO,
             kinds: 0,
+            peer: Peer::default(),
             recent: [PortHit::default(); RECENT_SLOTS],
             slow: SlowWindow { start_s: now.secs_u32(), ..SlowWindow::default() },
             echo: Bucket { milli: u32::MAX, last: now },
@@ -235,6 +252,6 @@ mod tests {
 
     #[test]
     fn state_has_a_fixed_small_size() {
-        assert_eq!(std::mem::size_of::<SourceState>(), 248, "the README states this size");
+        assert_eq!(std::mem::size_of::<SourceState>(), 256, "the README states this size");
     }
 }

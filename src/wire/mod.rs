@@ -10,7 +10,7 @@
 //! Checksums are verified where the packet is whole; a packet cut short (by a
 //! snap length or NFQUEUE's copy range) reports [`Checksum::Unverified`].
 
-mod checksum;
+pub(crate) mod checksum;
 pub mod craft;
 pub mod link;
 
@@ -233,6 +233,9 @@ pub struct PacketView<'a> {
     pub checksum: Checksum,
     /// True when the buffer holds less than the IP length says.
     pub truncated: bool,
+    /// Where the transport header starts in the buffer (after IPv4
+    /// options or IPv6 extension headers).
+    pub l4_offset: usize,
 }
 
 /// Parses a packet that starts at its IP header.
@@ -242,6 +245,9 @@ pub fn parse(bytes: &[u8]) -> Result<PacketView<'_>, Error> {
     let protocol = payload.ip_number;
     let l4 = payload.payload;
     let truncated = payload.incomplete;
+    // `l4` is a sub-slice of `bytes`: the difference of their starts is
+    // the transport header's offset.
+    let l4_offset = (l4.as_ptr() as usize).saturating_sub(bytes.as_ptr() as usize);
     let (ip, header_ok) = match &ip_slice {
         LaxIpSlice::Ipv4(v4) => {
             let h = v4.header();
@@ -293,7 +299,7 @@ pub fn parse(bytes: &[u8]) -> Result<PacketView<'_>, Error> {
     } else {
         Checksum::Bad
     };
-    Ok(PacketView { ip, transport, checksum, truncated })
+    Ok(PacketView { ip, transport, checksum, truncated, l4_offset })
 }
 
 fn fragment_of(offset: u16, more: bool) -> Fragment {

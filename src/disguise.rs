@@ -1,0 +1,375 @@
+//! DISGUISE: rewrites the host's own replies in place, so that every field
+//! nmap's OS detection and p0f score tells the story of one persona's OS.
+//!
+//! What is rewritten, and why each is safe for real connections, is in the
+//! README's "OS personas". In short: the TTL (IPv6: hop limit), the IPv4 ID
+//! (one counter per destination), the SYN-ACK's window field and option
+//! layout, the ack number of RSTs without ACK, and the code and DF of echo
+//! replies. Never an option's value, a scaled window, or anything the
+//! kernel believes it negotiated.
+//!
+//! Two halves, because a parsed view borrows the buffer: [`Persona::plan`]
+//! reads the view and decides every edit as plain values ([`Edits`]), and
+//! [`apply`] writes them and fixes each checksum incrementally (RFC 1624),
+//! so the work does not grow with the payload. A packet cut short by the
+//! copy range, or a fragment, is never planned: it passes unmodified.
+
+use std::net::IpAddr;
+
+use crate::classify::OsProbe;
+use crate::config::{EchoField, IpId, PersonaSpec, RstAck, TcpOpt};
+use crate::track::Peer;
+use crate::wire::{Fragment, PacketView, TcpFlags, Transport, checksum};
+
+/// The longest TCP option area.
+const MAX_OPTIONS: usize = 40;
+
+/// A persona, resolved from its rules for use per packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Persona {
+    ttl: Option<u8>,
+    ip_id: IpId,
+    echo_ip_id: IpId,
+    window: Option<u16>,
+    options: Vec<TcpOpt>,
+    rst_ack: bool,
+    echo_code_zero: bool,
+    echo_df_copy: bool,
+    silence: u32,
+}
+
+impl Persona {
+    /// The persona `spec` describes.
+    pub fn new(spec: &PersonaSpec) -> Self {
+        Self {
+            ttl: (spec.ttl != 0).then_some(spec.ttl),
+            ip_id: spec.ip_id,
+            echo_ip_id: spec.echo_ip_id,
+            window: (spec.syn_ack_window != 0).then_some(spec.syn_ack_window),
+            options: spec.syn_ack_options.clone(),
+            rst_ack: spec.rst_ack == RstAck::Nonzero,
+            echo_code_zero: spec.echo_code == EchoField::Zero,
+            echo_df_copy: spec.echo_df == EchoField::Copy,
+            silence: spec.silence.iter().fold(0, |m, p| m | p.bit()),
+        }
+    }
+
+    /// True when the persona drops `probe`, because its OS never answers it.
+    pub const fn silences(&self, probe: OsProbe) -> bool {
+        self.silence & probe.bit() != 0
+    }
+
+    /// True when replies need the peer's state: an IP ID counter, or the
+    /// DF of its echo requests.
+    pub fn needs_peer(&self) -> bool {
+        self.ip_id != IpId::Keep || self.echo_ip_id != IpId::Keep || self.echo_df_copy
+    }
+
+    /// True when the DF of inbound echo requests must be remembered.
+    pub const fn copies_echo_df(&self) -> bool {
+        self.echo_df_copy
+    }
+
+    /// Decides the edits for one packet this host sends. `peer` is the
+    /// destination's state, when [`Persona::needs_peer`]; `seed` keeps each
+    /// destination's first IP ID unpredictable. `None`: nothing to change.
+    pub fn plan(&self, view: &PacketView<'_>, peer: Option<&mut Peer>, seed: u64) -> Option<Edits> {
+        if view.truncated || view.ip.fragment != Fragment::Whole {
+            return None;
+        }
+        let v4 = view.ip.src.is_ipv4();
+        let l4 = view.l4_offset;
+        let mut e = Edits { v4, l4, ..Edits::default() };
+        e.ttl = self.ttl.filter(|t| *t != view.ip.ttl);
+        let mut id_mode = self.ip_id;
+        match view.transport {
+            Transport::Tcp(tcp) => {
+                e.l4_checksum = Some(l4 + 16);
+                let f = tcp.flags;
+                if f.has(TcpFlags::SYN | TcpFlags::ACK) && !f.has(TcpFlags::RST) {
+                    e.window = self.window.filter(|w| *w != tcp.window);
+                    e.options = reorder(tcp.options, &self.options);
+                } else if f.has(TcpFlags::RST)
+                    && !f.has(TcpFlags::ACK)
+                    && self.rst_ack
+                    && tcp.ack == 0
+                {
+                    e.ack = Some(if tcp.seq == 0 { 1 } else { tcp.seq });
+                }
+            }
+            Transport::Icmp(icmp) if icmp.kind == if icmp.v6 { 129 } else { 0 } => {
+                e.l4_checksum = Some(l4 + 2);
+                id_mode = self.echo_ip_id;
+                if self.echo_code_zero && icmp.code != 0 {
+                    e.icmp = Some((icmp.kind, 0));
+                }
+                if self.echo_df_copy
+                    && v4
+                    && let Some(p) = peer.as_deref()
+                    && p.echo == Some((icmp.ident(), icmp.sequence()))
+                    && p.echo_df != view.ip.df
+                {
+                    e.df = Some(p.echo_df);
+                }
+            }
+            _ => {}
+        }
+        if v4 && let Some(p) = peer {
+            e.ip_id = next_id(id_mode, p, view.ip.dst, seed);
+        }
+        e.changes().then_some(e)
+    }
+}
+
+/// Every edit of one packet, as plain values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Edits {
+    v4: bool,
+    l4: usize,
+    /// Offset of the transport checksum, for edits of transport bytes.
+    l4_checksum: Option<usize>,
+    ttl: Option<u8>,
+    ip_id: Option<u16>,
+    df: Option<bool>,
+    window: Option<u16>,
+    ack: Option<u32>,
+    /// ICMP type and new code.
+    icmp: Option<(u8, u8)>,
+    options: Option<([u8; MAX_OPTIONS], usize)>,
+}
+
+impl Edits {
+    fn changes(&self) -> bool {
+        self.ttl.is_some()
+            || self.ip_id.is_some()
+            || self.df.is_some()
+            || self.window.is_some()
+            || self.ack.is_some()
+            || self.icmp.is_some()
+            || self.options.is_some()
+    }
+}
+
+/// Writes `edits` into `packet`, the buffer they were planned from.
+/// `l4_partial`: the transport checksum holds only the pseudo-header sum
+/// (the NIC completes it), so transport edits leave it alone. Returns
+/// false, having written nothing, when the buffer is not the one planned.
+pub fn apply(edits: &Edits, packet: &mut [u8], l4_partial: bool) -> bool {
+    let l4 = edits.l4;
+    let ends = [
+        Some(if edits.v4 { 20 } else { 40 }),
+        edits.l4_checksum.map(|s| s + 2),
+        edits.window.map(|_| l4 + 16),
+        edits.ack.map(|_| l4 + 12),
+        edits.icmp.map(|_| l4 + 2),
+        edits.options.map(|(_, n)| l4 + 20 + n),
+    ];
+    if ends.into_iter().flatten().any(|end| end > packet.len()) {
+        return false;
+    }
+    let l4_sum = if l4_partial { None } else { edits.l4_checksum };
+    if edits.v4 {
+        if let Some(ttl) = edits.ttl {
+            let proto = packet.get(9).copied().unwrap_or(0);
+            set(packet, Some(10), 8, &[ttl, proto]);
+        }
+        if let Some(id) = edits.ip_id {
+            set(packet, Some(10), 4, &id.to_be_bytes());
+        }
+        if let Some(df) = edits.df {
+            let old = match packet.get(6..8) {
+                Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]),
+                _ => 0,
+            };
+            let new = if df { old | 0x4000 } else { old & !0x4000 };
+            set(packet, Some(10), 6, &new.to_be_bytes());
+        }
+    } else if let (Some(ttl), Some(hop)) = (edits.ttl, packet.get_mut(7)) {
+        *hop = ttl;
+    }
+    if let Some(w) = edits.window {
+        set(packet, l4_sum, l4 + 14, &w.to_be_bytes());
+    }
+    if let Some(ack) = edits.ack {
+        set(packet, l4_sum, l4 + 8, &ack.to_be_bytes());
+    }
+    if let Some((kind, code)) = edits.icmp {
+        set(packet, l4_sum, l4, &[kind, code]);
+    }
+    if let Some((bytes, n)) = &edits.options
+        && let Some(new) = bytes.get(..*n)
+    {
+        set(packet, l4_sum, l4 + 20, new);
+    }
+    true
+}
+
+/// Overwrites the even-length, even-offset run at `at` with `new` and, when
+/// `sum_at` is given, updates the checksum there: HC' = ~(~HC + ~m + m')
+/// over each changed word (RFC 1624, eqn. 3). Every checksum portcloak
+/// edits covers a region that starts at an even offset of the packet.
+fn set(packet: &mut [u8], sum_at: Option<usize>, at: usize, new: &[u8]) {
+    let Some(old) = packet.get(at..at + new.len()) else { return };
+    if old == new {
+        return;
+    }
+    if let Some(s) = sum_at
+        && let Some(&[hi, lo]) = packet.get(s..s + 2)
+    {
+        let old_sum = u64::from(!checksum::fold(checksum::sum(0, old)));
+        let acc = u64::from(!u16::from_be_bytes([hi, lo])) + old_sum;
+        let updated = !checksum::fold(checksum::sum(acc, new));
+        if let Some(field) = packet.get_mut(s..s + 2) {
+            field.copy_from_slice(&updated.to_be_bytes());
+        }
+    }
+    if let Some(target) = packet.get_mut(at..at + new.len()) {
+        target.copy_from_slice(new);
+    }
+}
+
+/// The next IP ID for `dst` under `mode`, advancing its counter.
+fn next_id(mode: IpId, peer: &mut Peer, dst: IpAddr, seed: u64) -> Option<u16> {
+    if mode == IpId::Keep {
+        return None;
+    }
+    if !peer.ip_id_started {
+        let d = match dst {
+            IpAddr::V4(a) => u64::from(a.to_bits()),
+            IpAddr::V6(a) => {
+                let b = a.to_bits();
+                (b as u64) ^ ((b >> 64) as u64)
+            }
+        };
+        peer.ip_id = (mix(seed ^ d) >> 48) as u16;
+        peer.ip_id_started = true;
+    }
+    let step = match mode {
+        IpId::RandomIncrements => {
+            // nmap's class RI: steps above 1000 that are not multiples of
+            // 256, none above 20000.
+            let s = 1001 + (mix(seed ^ u64::from(peer.ip_id)) % 19_000) as u16;
+            if s % 256 == 0 { s + 1 } else { s }
+        }
+        _ => 1,
+    };
+    peer.ip_id = peer.ip_id.wrapping_add(step);
+    Some(peer.ip_id)
+}
+
+/// splitmix64's finaliser: a cheap, well-spread hash of one word.
+const fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The options of a SYN-ACK, as read.
+#[derive(Clone, Copy, Debug, Default)]
+struct SynAckOptions {
+    mss: Option<[u8; 4]>,
+    ws: Option<[u8; 3]>,
+    sok: bool,
+    ts: Option<[u8; 10]>,
+}
+
+impl SynAckOptions {
+    /// Reads options made only of MSS, WS, SACK-permitted, timestamps,
+    /// NOPs and a trailing EOL; anything else (or a repeat) is not ours to
+    /// lay out, and gives `None`.
+    fn read(bytes: &[u8]) -> Option<Self> {
+        let mut o = Self::default();
+        let mut i = 0;
+        while let Some(&kind) = bytes.get(i) {
+            match kind {
+                0 => break,
+                1 => {
+                    i += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            let len = usize::from(*bytes.get(i + 1)?);
+            let opt = bytes.get(i..i + len)?;
+            match (kind, len) {
+                (2, 4) if o.mss.is_none() => o.mss = opt.try_into().ok(),
+                (3, 3) if o.ws.is_none() => o.ws = opt.try_into().ok(),
+                (4, 2) if !o.sok => o.sok = true,
+                (8, 10) if o.ts.is_none() => o.ts = opt.try_into().ok(),
+                _ => return None,
+            }
+            i += len;
+        }
+        Some(o)
+    }
+
+    fn has(&self, opt: TcpOpt) -> bool {
+        match opt {
+            TcpOpt::Mss => self.mss.is_some(),
+            TcpOpt::Ws => self.ws.is_some(),
+            TcpOpt::Sok => self.sok,
+            TcpOpt::Ts => self.ts.is_some(),
+        }
+    }
+}
+
+/// The options in the persona's `order`, each on a 4-byte boundary as BSD
+/// and Windows lay them out, padded with EOL to the original length.
+/// `None` when there is no order, the options are not all ours to move,
+/// the layout would not fit, or nothing changes.
+fn reorder(bytes: &[u8], order: &[TcpOpt]) -> Option<([u8; MAX_OPTIONS], usize)> {
+    if order.is_empty() || bytes.len() > MAX_OPTIONS {
+        return None;
+    }
+    let o = SynAckOptions::read(bytes)?;
+    // Options the order leaves out keep their place after the others, so
+    // none is ever lost.
+    let all = [TcpOpt::Mss, TcpOpt::Ws, TcpOpt::Sok, TcpOpt::Ts];
+    let mut seq = [TcpOpt::Mss; 4];
+    let mut n = 0;
+    for opt in order.iter().chain(all.iter().filter(|a| !order.contains(a))) {
+        if o.has(*opt)
+            && let Some(slot) = seq.get_mut(n)
+        {
+            *slot = *opt;
+            n += 1;
+        }
+    }
+    let mut out = [0u8; MAX_OPTIONS];
+    let mut len = 0;
+    let mut push = |part: &[u8]| -> Option<()> {
+        out.get_mut(len..len + part.len())?.copy_from_slice(part);
+        len += part.len();
+        Some(())
+    };
+    let seq = seq.get(..n)?;
+    let mut i = 0;
+    while let Some(opt) = seq.get(i) {
+        match opt {
+            TcpOpt::Mss => push(&o.mss?)?,
+            TcpOpt::Ws => {
+                push(&[1])?;
+                push(&o.ws?)?;
+            }
+            TcpOpt::Sok if seq.get(i + 1) == Some(&TcpOpt::Ts) => {
+                push(&[4, 2])?;
+                push(&o.ts?)?;
+                i += 1;
+            }
+            TcpOpt::Sok => push(&[1, 1, 4, 2])?,
+            TcpOpt::Ts => {
+                push(&[1, 1])?;
+                push(&o.ts?)?;
+            }
+        }
+        i += 1;
+    }
+    if len > bytes.len() || out.get(..bytes.len())? == bytes {
+        return None;
+    }
+    Some((out, bytes.len()))
+}
+
+#[cfg(test)]
+mod tests;
