@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Cidr, Config};
 use crate::engine::Engine;
-use crate::firewall::{self, Plan};
+use crate::firewall;
 use crate::runtime::control::{self, Request};
 use crate::runtime::{daemon, replay};
 use crate::time::{format_duration, parse_duration};
@@ -181,7 +181,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
                 Ok(b) => (b, None),
                 Err(e) => (firewall::Backend::Iptables, Some(e)),
             };
-            let plan = Plan::new(&config, backend, daemon::worker_count(&config));
+            let plan = daemon::plan(&config, backend, daemon::worker_count(&config));
             let mut out = std::io::stdout().lock();
             if let Some(e) = note {
                 writeln!(out, "# could not ask the kernel ({e}); assuming no nft queue")?;
@@ -407,5 +407,16 @@ fn check(file: &std::path::Path) -> anyhow::Result<Status> {
         config.tracking.bans,
         config.tracking.shards
     )?;
+    match config.persona() {
+        None => writeln!(out, "  persona    none")?,
+        Some(p) => {
+            writeln!(out, "  persona    {}: {}", config.persona.name, p.description)?;
+            writeln!(out, "  sysctls the persona wants (in this network namespace):")?;
+            out.write_all(
+                crate::runtime::sysctl::describe(&p.sysctls, config.persona.apply_sysctls)
+                    .as_bytes(),
+            )?;
+        }
+    }
     Ok(Status::Ok)
 }

@@ -32,6 +32,7 @@ pub struct Persona {
     echo_ip_id: IpId,
     window: Option<u16>,
     options: Vec<TcpOpt>,
+    eol_padding: bool,
     rst_ack: bool,
     echo_code_zero: bool,
     echo_df_copy: bool,
@@ -47,6 +48,7 @@ impl Persona {
             echo_ip_id: spec.echo_ip_id,
             window: (spec.syn_ack_window != 0).then_some(spec.syn_ack_window),
             options: spec.syn_ack_options.clone(),
+            eol_padding: spec.syn_ack_eol_padding,
             rst_ack: spec.rst_ack == RstAck::Nonzero,
             echo_code_zero: spec.echo_code == EchoField::Zero,
             echo_df_copy: spec.echo_df == EchoField::Copy,
@@ -74,7 +76,7 @@ impl Persona {
     /// destination's state, when [`Persona::needs_peer`]; `seed` keeps each
     /// destination's first IP ID unpredictable. `None`: nothing to change.
     pub fn plan(&self, view: &PacketView<'_>, peer: Option<&mut Peer>, seed: u64) -> Option<Edits> {
-        if view.truncated || view.ip.fragment != Fragment::Whole {
+        if view.truncated || view.ip.fragment != Fragment::Whole || !is_reply(view) {
             return None;
         }
         let v4 = view.ip.src.is_ipv4();
@@ -88,7 +90,7 @@ impl Persona {
                 let f = tcp.flags;
                 if f.has(TcpFlags::SYN | TcpFlags::ACK) && !f.has(TcpFlags::RST) {
                     e.window = self.window.filter(|w| *w != tcp.window);
-                    e.options = reorder(tcp.options, &self.options);
+                    e.options = reorder(tcp.options, &self.options, self.eol_padding);
                 } else if f.has(TcpFlags::RST)
                     && !f.has(TcpFlags::ACK)
                     && self.rst_ack
@@ -228,6 +230,18 @@ fn set(packet: &mut [u8], sum_at: Option<usize>, at: usize, new: &[u8]) {
     }
 }
 
+/// TCP, UDP and SCTP, and the ICMP messages a host sends in reply (echo,
+/// timestamp and mask replies, errors). Not neighbour discovery, router
+/// or multicast messages, whose hop limits the protocols fix.
+fn is_reply(view: &PacketView<'_>) -> bool {
+    match view.transport {
+        Transport::Tcp(_) | Transport::Udp(_) | Transport::Sctp { .. } => true,
+        Transport::Icmp(i) if i.v6 => matches!(i.kind, 1..=4 | 129),
+        Transport::Icmp(i) => matches!(i.kind, 0 | 3 | 11 | 12 | 14 | 18),
+        _ => false,
+    }
+}
+
 /// The next IP ID for `dst` under `mode`, advancing its counter.
 fn next_id(mode: IpId, peer: &mut Peer, dst: IpAddr, seed: u64) -> Option<u16> {
     if mode == IpId::Keep {
@@ -315,10 +329,15 @@ impl SynAckOptions {
 }
 
 /// The options in the persona's `order`, each on a 4-byte boundary as BSD
-/// and Windows lay them out, padded with EOL to the original length.
+/// and Windows lay them out (a last lone SACK-permitted padded with EOLs
+/// after it under `eol_padding`), padded with EOL to the original length.
 /// `None` when there is no order, the options are not all ours to move,
 /// the layout would not fit, or nothing changes.
-fn reorder(bytes: &[u8], order: &[TcpOpt]) -> Option<([u8; MAX_OPTIONS], usize)> {
+fn reorder(
+    bytes: &[u8],
+    order: &[TcpOpt],
+    eol_padding: bool,
+) -> Option<([u8; MAX_OPTIONS], usize)> {
     if order.is_empty() || bytes.len() > MAX_OPTIONS {
         return None;
     }
@@ -357,6 +376,7 @@ fn reorder(bytes: &[u8], order: &[TcpOpt]) -> Option<([u8; MAX_OPTIONS], usize)>
                 push(&o.ts?)?;
                 i += 1;
             }
+            TcpOpt::Sok if eol_padding && i + 1 == seq.len() => push(&[4, 2, 0, 0])?,
             TcpOpt::Sok => push(&[1, 1, 4, 2])?,
             TcpOpt::Ts => {
                 push(&[1, 1])?;

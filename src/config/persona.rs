@@ -109,6 +109,10 @@ pub struct PersonaSpec {
     /// and timestamps together, or each after two NOPs); empty keeps the
     /// kernel's. Never changes which options or values the kernel chose.
     pub syn_ack_options: Vec<TcpOpt>,
+    /// A SACK-permitted that ends the options and has no timestamps to
+    /// pair with is padded with two EOLs after it, as BSD pads, rather than
+    /// two NOPs before it, as Windows does.
+    pub syn_ack_eol_padding: bool,
     /// `"nonzero"`: an RST without the ACK flag carries a non-zero ack
     /// number, as Windows' do; `"keep"`: Linux's zero.
     pub rst_ack: RstAck,

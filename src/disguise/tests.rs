@@ -108,11 +108,16 @@ fn none_rewrites_nothing() {
 #[test]
 fn option_layouts_follow_bsd_and_windows_alignment() {
     let order = [TcpOpt::Mss, TcpOpt::Ws, TcpOpt::Sok, TcpOpt::Ts];
-    let lay = |b: &[u8]| reorder(b, &order).map(|(o, n)| o[..n].to_vec());
+    let lay = |b: &[u8]| reorder(b, &order, false).map(|(o, n)| o[..n].to_vec());
     // No timestamps (Linux: MSS NOP NOP SACKP NOP WS).
     assert_eq!(
         lay(&[2, 4, 5, 180, 1, 1, 4, 2, 1, 3, 3, 8]).unwrap(),
         [2, 4, 5, 180, 1, 3, 3, 8, 1, 1, 4, 2]
+    );
+    // BSD pads a last lone SACK-permitted with EOLs instead.
+    assert_eq!(
+        reorder(&[2, 4, 5, 180, 1, 1, 4, 2, 1, 3, 3, 8], &order, true).map(|(o, n)| o[..n].to_vec()),
+        Some(vec![2, 4, 5, 180, 1, 3, 3, 8, 4, 2, 0, 0])
     );
     // No SACK (Linux: MSS NOP NOP TS NOP WS).
     let ts = [8, 10, 1, 2, 3, 4, 0, 0, 0, 0];
@@ -135,7 +140,7 @@ fn option_layouts_follow_bsd_and_windows_alignment() {
     assert_eq!(lay(&[2, 4, 5, 180, 1, 3, 3]), None);
     assert_eq!(lay(&[2, 5, 5, 180, 1, 1, 1, 1]), None);
     // An order that leaves options out keeps them, after the named ones.
-    let short = reorder(&LINUX_FULL, &[TcpOpt::Ws]).map(|(o, n)| o[..n].to_vec()).unwrap();
+    let short = reorder(&LINUX_FULL, &[TcpOpt::Ws], false).map(|(o, n)| o[..n].to_vec()).unwrap();
     assert_eq!(short, [1, 3, 3, 7, 2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 1, 2, 0, 0, 0, 0]);
 }
 
@@ -240,6 +245,14 @@ fn udp_and_icmp_errors_get_ttl_and_id() {
     let (a, b) = (view(&udp), view(&unreachable));
     assert_eq!((a.ip.ttl, b.ip.ttl), (128, 128));
     assert_eq!(b.ip.id, a.ip.id.wrapping_add(1));
+}
+
+#[test]
+fn neighbour_discovery_keeps_its_hop_limit() {
+    let e = engine("windows");
+    let mut na = Craft::icmp(server6(), peer6(), 136, 0).payload(&[0; 20]).ttl(255).build();
+    assert!(!out(&e, &mut na));
+    assert_eq!(view(&na).ip.ttl, 255);
 }
 
 #[test]

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-pub use self::render::{Backend, Plan, QueueRange};
+pub use self::render::{Backend, Plan, QueueRange, TtlRewrite};
 use crate::track::SourceKey;
 
 /// The nft table portcloak owns.

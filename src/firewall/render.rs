@@ -68,6 +68,22 @@ pub struct Plan {
     pub allow: Vec<Cidr>,
     /// `lists.deny`.
     pub deny: Vec<Cidr>,
+    /// The persona's TTL for every packet the host sends, when it has one.
+    pub ttl: Option<TtlRewrite>,
+}
+
+/// The kernel-side half of a persona's TTL: packets the host sends with
+/// the default TTL (IPv6: hop limit) leave with the persona's. Packets
+/// whose sender chose its own (neighbour discovery's 255, multicast's 1,
+/// traceroute's probes) keep it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TtlRewrite {
+    /// The persona's TTL.
+    pub to: u8,
+    /// `net.ipv4.ip_default_ttl`.
+    pub from_v4: u8,
+    /// `net.ipv6.conf.default.hop_limit`.
+    pub from_v6: u8,
 }
 
 impl Plan {
@@ -75,9 +91,13 @@ impl Plan {
     pub fn new(config: &Config, backend: Backend, workers: u16) -> Self {
         let d = &config.daemon;
         let inbound = QueueRange { first: d.queue, count: workers };
-        let outbound = d
-            .outbound
+        let persona = config.persona();
+        // A persona rewrites on the outbound queues, so it turns them on.
+        let outbound = (d.outbound || persona.is_some())
             .then(|| QueueRange { first: d.queue.saturating_add(workers), count: workers });
+        let ttl = persona
+            .filter(|p| p.ttl != 0)
+            .map(|p| TtlRewrite { to: p.ttl, from_v4: 64, from_v6: 64 });
         Self {
             backend,
             inbound,
@@ -87,6 +107,7 @@ impl Plan {
             copy_range: d.copy_range,
             allow: config.lists.allow.clone(),
             deny: config.lists.deny.clone(),
+            ttl,
         }
     }
 
@@ -143,6 +164,21 @@ impl Plan {
     ip6 saddr & {mask} @ban6 counter drop
   }}"
         );
+        if let Some(t) = self.ttl {
+            let _ = writeln!(
+                s,
+                "  chain persona {{
+    type filter hook output priority 0; policy accept;
+    oif \"lo\" accept"
+            );
+            if t.from_v4 != t.to {
+                let _ = writeln!(s, "    ip ttl {} ip ttl set {}", t.from_v4, t.to);
+            }
+            if t.from_v6 != t.to {
+                let _ = writeln!(s, "    ip6 hoplimit {} ip6 hoplimit set {}", t.from_v6, t.to);
+            }
+            s.push_str("  }\n");
+        }
         if self.backend == Backend::Nft {
             let q = self.nft_queue(self.inbound);
             let _ = writeln!(
@@ -176,8 +212,8 @@ impl Plan {
     oif \"lo\" return
     tcp flags & (syn | ack) == syn | ack counter {q}
     tcp flags & rst == rst counter {q}
-    icmp type {{ echo-reply, destination-unreachable, timestamp-reply }} counter {q}
-    icmpv6 type {{ echo-reply, destination-unreachable }} counter {q}
+    icmp type {{ {ICMP_OUT} }} counter {q}
+    icmpv6 type {{ {ICMPV6_OUT} }} counter {q}
   }}"
                 );
             }
@@ -248,12 +284,8 @@ impl Plan {
             rule("-o lo -j RETURN");
             rule(&format!("-p tcp --tcp-flags SYN,ACK SYN,ACK {q}"));
             rule(&format!("-p tcp --tcp-flags RST RST {q}"));
-            let types: &[&str] = if v6 {
-                &["echo-reply", "destination-unreachable"]
-            } else {
-                &["echo-reply", "destination-unreachable", "timestamp-reply"]
-            };
-            for t in types {
+            let types = if v6 { ICMPV6_OUT } else { ICMP_OUT };
+            for t in types.split(", ") {
                 if v6 {
                     rule(&format!("-p ipv6-icmp --icmpv6-type {t} {q}"));
                 } else {
@@ -302,6 +334,12 @@ const ND_TYPES: [&str; 5] = [
     "redirect",
 ];
 const ND: &str = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect, mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report";
+
+/// ICMP replies and errors the outbound queues see (nft names; iptables
+/// knows them by the same names).
+const ICMP_OUT: &str =
+    "echo-reply, destination-unreachable, time-exceeded, parameter-problem, timestamp-reply";
+const ICMPV6_OUT: &str = "echo-reply, destination-unreachable, time-exceeded, parameter-problem";
 
 fn addr_type(v6: bool) -> &'static str {
     if v6 { "ipv6_addr" } else { "ipv4_addr" }

@@ -109,3 +109,25 @@ fn queue_rule_counters_are_summed() {
     let nft = "    meta l4proto { tcp, udp } counter packets 42 bytes 100 queue flags bypass num 0-1\n    ip saddr @ban4 counter packets 9 bytes 1 drop\n";
     assert_eq!(render::sum_nft_queue_counters(nft), 42);
 }
+
+#[test]
+fn a_persona_turns_on_the_outbound_queues_and_sets_the_default_ttl_only() {
+    let mut plan = Plan::new(&config("[persona]\nname = \"windows\"\n"), Backend::Iptables, 2);
+    assert_eq!(plan.outbound, Some(QueueRange { first: 2, count: 2 }));
+    let ttl = plan.ttl.as_mut().unwrap();
+    assert_eq!(*ttl, TtlRewrite { to: 128, from_v4: 64, from_v6: 64 });
+    let nft = plan.nft_script(&[]);
+    assert!(nft.contains("type filter hook output priority 0;"), "{nft}");
+    assert!(nft.contains("ip ttl 64 ip ttl set 128\n"), "{nft}");
+    assert!(nft.contains("ip6 hoplimit 64 ip6 hoplimit set 128\n"), "{nft}");
+    let v4 = plan.iptables_script(false);
+    assert!(v4.contains("-p icmp --icmp-type time-exceeded -j NFQUEUE --queue-balance 2:3"), "{v4}");
+    let v6 = plan.iptables_script(true);
+    assert!(v6.contains("-p ipv6-icmp --icmpv6-type echo-reply -j NFQUEUE"), "{v6}");
+    // A kernel already at the persona's TTL needs no IPv4 rule.
+    plan.ttl = Some(TtlRewrite { to: 128, from_v4: 128, from_v6: 64 });
+    assert!(!plan.nft_script(&[]).contains("ip ttl"));
+    let none = Plan::new(&config(""), Backend::Iptables, 2);
+    assert_eq!((none.outbound, none.ttl), (None, None));
+    assert!(!none.nft_script(&[]).contains("chain persona"));
+}

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use super::control::{self, Request};
 use super::queue::{self, KernelQueue};
 use super::worker::{self, KernelMsg, Shared, WorkerStats};
-use super::{listen, log, state};
+use super::{listen, log, state, sysctl};
 use crate::config::{Config, FailMode};
 use crate::engine::Engine;
 use crate::event::Event;
@@ -58,6 +58,18 @@ pub fn worker_count(config: &Config) -> u16 {
     u16::try_from(n.max(1)).unwrap_or(u16::MAX)
 }
 
+/// The firewall plan for `config`, with the kernel's default TTLs read
+/// now: only packets sent with them take the persona's TTL.
+pub fn plan(config: &Config, backend: Backend, workers: u16) -> Plan {
+    let mut plan = Plan::new(config, backend, workers);
+    if let Some(ttl) = plan.ttl.as_mut() {
+        let default = |name| sysctl::read(name).ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+        ttl.from_v4 = default("net.ipv4.ip_default_ttl");
+        ttl.from_v6 = default("net.ipv6.conf.default.hop_limit");
+    }
+    plan
+}
+
 /// The wall clock, in the engine's units.
 fn wall_now() -> Timestamp {
     Timestamp::from_system(SystemTime::now())
@@ -89,9 +101,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     listen::refresh(engine.ports());
 
+    let _sysctls = persona_sysctls(&config)?;
     let workers = worker_count(&config);
     let backend = if manage { firewall::detect()? } else { Backend::Iptables };
-    let plan = Plan::new(&config, backend, workers);
+    let plan = plan(&config, backend, workers);
     if manage {
         firewall::remove_queue_rules().context("removing stale queue rules")?;
     }
@@ -175,13 +188,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     drop(kernel_tx);
 
     log(&format!(
-        "started: {} worker(s) on queue(s) {}, {} firewall{}, fail {}, {} ban(s) restored",
+        "started: {} worker(s) on queue(s) {}, {} firewall{}, fail {}, {} ban(s) restored, persona {}",
         workers,
         plan.inbound,
         if backend == Backend::Nft { "nft" } else { "iptables-nft" },
         if manage { "" } else { " (not managed: --no-firewall)" },
         if shared.fail_open { "open" } else { "closed" },
         restored.len(),
+        config.persona.name,
     ));
 
     let mut crashed = None;
@@ -220,6 +234,39 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let saved = engine.bans(wall_now()).len();
     log(&format!("stopped; {saved} ban(s) kept in {}", d.state_file.display()));
     Ok(())
+}
+
+/// Puts a persona's sysctls back when dropped: on a clean stop, and on
+/// every error return after they were applied.
+struct SysctlGuard(sysctl::Applied);
+
+impl Drop for SysctlGuard {
+    fn drop(&mut self) {
+        self.0.restore();
+    }
+}
+
+/// Applies the persona's sysctls when the rules ask for it; otherwise puts
+/// back any a run that did not stop cleanly left changed.
+fn persona_sysctls(config: &Config) -> anyhow::Result<Option<SysctlGuard>> {
+    let saved = sysctl::saved_path(&config.daemon.state_file);
+    let Some(persona) = config.persona().filter(|_| config.persona.apply_sysctls) else {
+        if let Some(left) = sysctl::Applied::left_over(&saved) {
+            left.restore();
+        }
+        return Ok(None);
+    };
+    let settings = sysctl::wanted(&persona.sysctls)?;
+    let applied = sysctl::apply(&settings, &saved).context("applying the persona's sysctls")?;
+    if let (Some(want), Ok((now, core))) =
+        (persona.sysctls.window_scale, sysctl::window_scale_now())
+        && now != want
+    {
+        log(&format!(
+            "warning: window scale {now}, not the persona's {want}: net.core.rmem_max = {core} is global and sets the floor"
+        ));
+    }
+    Ok(Some(SysctlGuard(applied)))
 }
 
 /// Active bans with their remaining time.

@@ -4,7 +4,8 @@
 //! - [`replay`]: offline captures, with their own timestamps.
 //! - [`daemon`]: `portcloak run`, inline on NFQUEUE, with wall-clock time;
 //!   its parts are [`queue`] (the sockets), [`worker`] (one per queue),
-//!   [`state`] (bans across restarts), [`listen`] (the host's open ports)
+//!   [`state`] (bans across restarts), [`sysctl`] (a persona's kernel
+//!   settings), [`listen`] (the host's open ports)
 //!   and [`control`] (the Unix socket behind `status`, `bans`, `ban`,
 //!   `unban`).
 
@@ -14,6 +15,7 @@ pub mod listen;
 pub mod queue;
 pub mod replay;
 pub mod state;
+pub mod sysctl;
 pub mod worker;
 
 /// Writes one log line to stderr, prefixed `portcloak:` (journald keeps
