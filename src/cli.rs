@@ -302,6 +302,12 @@ fn write_status(out: &mut impl Write, s: &serde_json::Value) -> std::io::Result<
         n(s, "uninspected"),
         share.map_or("unknown".to_owned(), |x| format!("{:.2}%", x * 100.0)),
     )?;
+    writeln!(
+        out,
+        "persona {}: {} packets rewritten",
+        s.get("persona").and_then(|v| v.as_str()).unwrap_or("?"),
+        n(s, "rewritten")
+    )?;
     if let Some(drops) = s.get("drops").and_then(|v| v.as_object()) {
         let list: Vec<String> = drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
         writeln!(

@@ -7,7 +7,7 @@
 //! The second runs the daemon inline against real scanners.
 //!
 //! Needs root, `ip`, `nmap`, `masscan`, `zmap`, `hping3`, `tcpdump`,
-//! `ethtool`, `python3`, `nft` and `iptables-nft`.
+//! `ethtool`, `python3`, `nft`, `iptables-nft` and `p0f`.
 //! With `CI=true` a missing prerequisite fails the test; elsewhere the test
 //! skips and prints why.
 
@@ -17,7 +17,7 @@ use std::process::Command;
 use crate::replay::CHECKS;
 use crate::util::root;
 
-const TOOLS: [&str; 11] = [
+const TOOLS: [&str; 12] = [
     "ip",
     "nmap",
     "masscan",
@@ -29,6 +29,7 @@ const TOOLS: [&str; 11] = [
     "nft",
     "iptables-nft",
     "ip6tables-nft",
+    "p0f",
 ];
 
 /// The lab tests share two CPUs; run them one at a time, so a flood in one
@@ -107,5 +108,24 @@ fn inline_daemon_hides_the_server_from_real_scanners() {
         .status()
         .expect("run inline.py");
     assert!(status.success(), "tests/lab/inline.py failed (its log is above)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// OS personas against real nmap -O and p0f, and real traffic through the
+/// rewritten path (`tests/lab/persona.py`): windows reads as Windows with
+/// no Linux guess, freebsd as FreeBSD, none as Linux; downloads keep their
+/// bytes and retransmit no more than without a persona.
+#[test]
+fn personas_fool_nmap_and_p0f_and_keep_connections_whole() {
+    let Some(_lab) = take_lab() else { return };
+    let dir = std::env::temp_dir().join(format!("portcloak-persona-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = Command::new("python3")
+        .arg(root().join("tests/lab/persona.py"))
+        .arg(env!("CARGO_BIN_EXE_portcloak"))
+        .arg(&dir)
+        .status()
+        .expect("run persona.py");
+    assert!(status.success(), "tests/lab/persona.py failed (its log is above)");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -392,6 +392,7 @@ struct Totals {
     accepted: u64,
     dropped: u64,
     shed: u64,
+    rewritten: u64,
     drops: [u64; Reason::ALL.len()],
 }
 
@@ -403,6 +404,7 @@ impl Totals {
             t.accepted += w.accepted.load(Relaxed);
             t.dropped += w.dropped.load(Relaxed);
             t.shed += w.shed.load(Relaxed);
+            t.rewritten += w.rewritten.load(Relaxed);
             for (sum, c) in t.drops.iter_mut().zip(&w.drops) {
                 *sum += c.load(Relaxed);
             }
@@ -494,11 +496,12 @@ fn summary(
     }
     let missed = missed.map_or_else(|| "unknown".to_owned(), |(_, s)| format!("{:.2}%", s * 100.0));
     format!(
-        "summary {}: {} packets, {} dropped ({}), {} shed; uninspected since start {}; {} active ban(s)",
+        "summary {}: {} packets, {} dropped ({}), {} rewritten, {} shed; uninspected since start {}; {} active ban(s)",
         format_duration(span),
         now.packets - before.packets,
         now.dropped - before.dropped,
         reasons.join(", "),
+        now.rewritten - before.rewritten,
         now.shed - before.shed,
         missed,
         bans,
@@ -623,6 +626,7 @@ fn status(shared: &Shared, info: &Info) -> Value {
                 "accepted": w.accepted.load(Relaxed),
                 "dropped": w.dropped.load(Relaxed),
                 "shed": w.shed.load(Relaxed),
+                "rewritten": w.rewritten.load(Relaxed),
                 "lost": w.lost.load(Relaxed),
                 "errors": w.errors.load(Relaxed),
                 "kernel": k,
@@ -648,6 +652,8 @@ fn status(shared: &Shared, info: &Info) -> Value {
         "workers": workers,
         "packets": totals.packets,
         "inspected": totals.inspected(),
+        "rewritten": totals.rewritten,
+        "persona": shared.engine.config().persona.name,
         "uninspected": missed,
         "uninspected_share": share,
         "drops": drops,

@@ -47,6 +47,8 @@ pub struct WorkerStats {
     pub accepted: AtomicU64,
     /// Inspected and dropped.
     pub dropped: AtomicU64,
+    /// Rewritten in place by the persona and sent on.
+    pub rewritten: AtomicU64,
     /// Passed (or, failing closed, dropped) without inspection because the
     /// worker fell behind.
     pub shed: AtomicU64,
@@ -189,10 +191,13 @@ fn inspect(
         l4_partial: !msg.is_checksum_ready(),
     };
     let out = shared.engine.handle_with(now, meta, dst);
-    if out.rewritten {
+    if out.rewritten && out.verdict == Verdict::Accept {
+        // `dst` is the whole packet: the engine never rewrites one the
+        // copy range cut short, so the kernel gets back every byte.
         let target = msg.get_payload_mut();
         if let Some(target) = target.get_mut(..n) {
             target.copy_from_slice(dst);
+            stats.rewritten.fetch_add(1, Relaxed);
         }
     }
     if let (Some(ban), Some(source)) = (out.ban, out.source)

@@ -9,11 +9,14 @@ non-zero when any request that should succeed failed.
   client.py HOST mistype PORT     connect to PORT+1 and PORT+8001 (closed), then 20 requests
   client.py HOST health ROUNDS    poll TCP 22, 80, 443, 8080 and UDP 53, ROUNDS times
   client.py HOST loop SECONDS PORT  sequential requests for SECONDS seconds
+  client.py HOST download PORT    fetch /big and compare every byte with services.big_body()
 """
 import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+from services import big_body
 
 TIMEOUT = 5.0
 
@@ -32,6 +35,22 @@ def http(host, port):
             data += chunk
         if not data.startswith(b"HTTP/1.0 200"):
             raise OSError("bad answer %r" % data[:40])
+
+
+def download(host, port):
+    with socket.create_connection((host, port), timeout=TIMEOUT) as s:
+        s.settimeout(TIMEOUT)
+        s.sendall(b"GET /big HTTP/1.0\r\nHost: lab\r\n\r\n")
+        chunks = []
+        while True:
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    data = b"".join(chunks)
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.0 200") or body != big_body():
+        raise OSError("download differs: %d bytes" % len(body))
 
 
 def udp(host, port):
@@ -94,6 +113,9 @@ def main():
         while time.monotonic() < end:
             ok, bad = (ok + 1, bad) if attempt(http, host, port) else (ok, bad + 1)
             time.sleep(0.02)
+    elif mode == "download":
+        (port,) = args
+        ok, bad = (1, 0) if attempt(download, host, port) else (0, 1)
     else:
         sys.exit("unknown mode " + mode)
     print("ok=%d failed=%d" % (ok, bad))

@@ -2,16 +2,27 @@
 """Lab services for portcloak's fixtures and end-to-end tests.
 
 Listens on the given TCP ports (a tiny HTTP/1.0 server; port 22 sends an
-SSH banner first) and UDP ports (echoes a short answer, like a resolver).
+SSH banner first; `GET /big` answers BIG_SIZE pseudo-random bytes) and UDP
+ports (echoes a short answer, like a resolver).
 Binds to :: with dual-stack sockets, so IPv4 and IPv6 both work.
 Runs until killed. Only ever used inside the lab's network namespaces.
 """
 import argparse
+import random
 import socket
 import socketserver
 import threading
 
 BODY = b"portcloak lab\n" * 4
+BIG_SIZE = 20 << 20
+_big = []
+
+
+def big_body():
+    """The download body: the same pseudo-random bytes in server and client."""
+    if not _big:
+        _big.append(random.Random(20).randbytes(BIG_SIZE))
+    return _big[0]
 
 
 class Http(socketserver.BaseRequestHandler):
@@ -26,8 +37,10 @@ class Http(socketserver.BaseRequestHandler):
                 if not chunk:
                     return
                 data += chunk
-            head = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(BODY)
-            self.request.sendall(head + BODY)
+            body = big_body() if data.startswith(b"GET /big ") else BODY
+            head = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            self.request.sendall(head)
+            self.request.sendall(body)
         except OSError:
             pass
 

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""End-to-end: OS personas against real nmap -O and p0f, and real traffic
+through the rewritten path. Exits non-zero on the first failed check; tears
+the lab down whatever happens.
+
+  persona.py PORTCLOAK_BINARY WORKDIR
+
+The daemon runs with every detection rule off and closed ports answered by
+the kernel, so nmap's OS scan reaches the host and only the persona stands
+between it and the truth. Personas apply their sysctls, which live in the
+lab's server namespace.
+"""
+import os
+import re
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lab import (CLIENT4, SERVER4, SERVER4_C, SERVER6_C, Daemon, Lab, log, run)  # noqa: E402
+
+OPEN_RULES = """
+[services]
+tcp = [22, 80, 443, 8080]
+udp = [53]
+[policy]
+closed_ports = "reject"
+[scan]
+closed_port_threshold = 16
+slow_threshold = 100000
+[probes]
+null = "off"
+fin = "off"
+xmas = "off"
+maimon = "off"
+ack = "off"
+rst = "off"
+syn_fin = "off"
+syn_rst = "off"
+illegal = "off"
+os_detection = "off"
+[fingerprints]
+nmap_syn = "off"
+masscan = "off"
+zmap = "off"
+hping3 = "off"
+nmap_echo = "off"
+nmap_stealth = "off"
+[icmp]
+echo_rate = 100.0
+echo_burst = 100
+timestamp = "off"
+address_mask = "off"
+[persona]
+name = "%s"
+apply_sysctls = true
+"""
+# One open and one closed TCP port: what nmap -O needs for every test.
+NMAP_OS = ["nmap", "-O", "--osscan-guess", "-Pn", "-n", "--max-retries", "1",
+           "--host-timeout", "90s", "-p", "22,80,443,8080,1", "-oX", "-"]
+SYSCTLS = ["net.ipv4.tcp_ecn", "net.ipv4.tcp_timestamps", "net.ipv4.tcp_rmem",
+           "net.ipv4.ip_default_ttl"]
+
+
+class Failed(Exception):
+    pass
+
+
+def check(cond, what):
+    if not cond:
+        raise Failed(what)
+    log("  ok:", what)
+
+
+def os_guesses(lab):
+    """nmap -O from the attacker: [(name, accuracy)], best first."""
+    r = run(lab.ns(lab.attacker, *NMAP_OS, SERVER4), timeout=150, check=False)
+    if r.returncode != 0:
+        raise Failed("nmap -O failed: %s" % r.stderr)
+    root = ET.fromstring(r.stdout)
+    guesses = [(m.get("name"), int(m.get("accuracy"))) for m in root.iter("osmatch")]
+    fp = [f.get("fingerprint") for f in root.iter("osfingerprint")]
+    log("  nmap -O:", guesses[:6])
+    if fp:
+        log("  fingerprint:", fp[0].replace("\n", ""))
+    return guesses
+
+
+def sysctls(lab):
+    out = run(lab.ns(lab.server, "sysctl", *SYSCTLS)).stdout
+    return {k.strip(): " ".join(v.split()) for k, v in (line.split("=", 1) for line in out.splitlines())}
+
+
+def retransmissions(lab):
+    """TCP segments retransmitted so far by the server and the client."""
+    total = 0
+    for ns in (lab.server, lab.client):
+        snmp = run(lab.ns(ns, "cat", "/proc/net/snmp")).stdout.splitlines()
+        names, values = [l.split() for l in snmp if l.startswith("Tcp:")][:2]
+        total += int(values[names.index("RetransSegs")])
+    return total
+
+
+def traffic(lab):
+    """200 requests and a 20 MiB download, over IPv4 and IPv6. Returns the
+    retransmissions they caused."""
+    before = retransmissions(lab)
+    for host in (SERVER4_C, SERVER6_C):
+        r = lab.client_run(host, "burst", "200", "80", timeout=120)
+        log("  client burst 200 %s ->" % host, r.stdout.strip())
+        check(r.returncode == 0 and "ok=200 failed=0" in r.stdout, "200 requests to %s all succeed" % host)
+        r = lab.client_run(host, "download", "80", timeout=120)
+        check(r.returncode == 0 and "ok=1 failed=0" in r.stdout,
+              "20 MiB from %s arrive with the same bytes (%s)" % (host, r.stderr.strip()[-200:]))
+    return retransmissions(lab) - before
+
+
+def p0f_says(lab, workdir):
+    """Captures a client's handshakes with the server and asks p0f what the
+    server's SYN-ACKs are."""
+    cap = os.path.join(workdir, "synack.pcap")
+    dump = lab.spawn(lab.client, "tcpdump", "-i", lab.p + "-cs", "-U", "--immediate-mode", "-w", cap,
+                     "tcp[tcpflags] & tcp-syn != 0", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    r = lab.client_run(SERVER4_C, "burst", "5", "80")
+    check(r.returncode == 0, "clients connect while tcpdump records")
+    time.sleep(0.5)
+    dump.terminate()
+    dump.wait(10)
+    out = run(["p0f", "-r", cap, "-f", "/etc/p0f/p0f.fp"], timeout=30, check=False).stdout
+    server_side = [l for l in out.split("(syn+ack)")[1:]]
+    oses = []
+    for block in server_side:
+        m = re.search(r"\|\s*os\s*=\s*(.+)", block)
+        if m:
+            oses.append(m.group(1).strip())
+    log("  p0f on the server's SYN-ACKs:", sorted(set(oses)))
+    return oses
+
+
+def main():
+    binary, workdir = sys.argv[1], sys.argv[2]
+    lab = Lab("pcp%d" % (os.getpid() % 100000))
+    started = time.monotonic()
+    results = {}
+    try:
+        lab.up()
+        original = sysctls(lab)
+        for persona in ("none", "windows", "freebsd"):
+            log("persona %s:" % persona)
+            d = Daemon(lab, binary, os.path.join(workdir, persona), extra_rules=OPEN_RULES % persona)
+            d.start()
+            try:
+                guesses = os_guesses(lab)
+                p0f = p0f_says(lab, d.workdir) if persona in ("none", "windows") else None
+                retrans = traffic(lab) if persona in ("none", "windows") else None
+                if persona != "none":
+                    status = d.status()
+                    rewritten = status.get("rewritten", 0)
+                    check(rewritten > 0, "the outbound workers rewrote packets (%d)" % rewritten)
+            finally:
+                code = d.stop()
+            check(code == 0, "the daemon stops cleanly")
+            check(sysctls(lab) == original, "the sysctls are back as they were")
+            results[persona] = (guesses, p0f, retrans)
+
+        guesses = results["none"][0]
+        check(guesses and "Linux" in guesses[0][0],
+              "without a persona nmap sees Linux (the test can fail): %s" % guesses[:1])
+        guesses = results["windows"][0]
+        check(guesses and "Microsoft Windows" in guesses[0][0],
+              "as windows, the top guess is Microsoft Windows: %s" % guesses[:1])
+        check(not any("Linux" in name for name, _ in guesses),
+              "as windows, no guess says Linux (%d guesses)" % len(guesses))
+        check(guesses[0][1] == 100, "as windows, nmap's match is exact (%d%%)" % guesses[0][1])
+        guesses = results["freebsd"][0]
+        check(guesses and "FreeBSD" in guesses[0][0], "as freebsd, the top guess is FreeBSD: %s" % guesses[:1])
+        p0f = results["none"][1]
+        check(p0f and not any("Windows" in os_ for os_ in p0f), "without a persona p0f does not say Windows: %s" % p0f)
+        p0f = results["windows"][1]
+        check(p0f and all("Windows" in os_ for os_ in p0f), "as windows, p0f calls the SYN-ACKs Windows: %s" % p0f)
+        base, windows = results["none"][2], results["windows"][2]
+        check(windows <= base, "no more retransmissions with the persona (%d) than without (%d)" % (windows, base))
+        log("persona e2e passed in %.0f s" % (time.monotonic() - started))
+    except Failed as e:
+        log("FAILED:", e)
+        return 1
+    finally:
+        lab.down()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
