@@ -13,9 +13,20 @@
 //! taken with `Instant` (nanosecond clock), is the SYN → SYN-ACK round
 //! trip as the client sees it, to the microsecond.
 //!
+//! With `--persona`, the configurations are instead two daemons that both
+//! queue every SYN-ACK to an outbound queue:
+//!
+//! - (d) accept-only: `daemon.outbound = true`, persona none;
+//! - (e) rewrite: persona `windows` (TTL, IP ID, window, option layout,
+//!   each SYN-ACK rewritten in place with its checksums; sysctls not
+//!   applied, so the kernel behaves the same in both).
+//!
+//! Every connection carries one SYN-ACK, so the connection rate is the
+//! rate of SYN-ACKs through the outbound queue.
+//!
 //! Run as root: `cargo bench --bench inline` (options: `--rounds N`,
-//! `--seconds S`). Uses namespaces `pcb<pid>-*`, 198.18.3.0/24 only, and
-//! removes them at the end.
+//! `--seconds S`, `--threads T`, `--persona`). Uses namespaces
+//! `pcb<pid>-*`, 198.18.3.0/24 only, and removes them at the end.
 
 #![allow(
     missing_docs,
@@ -149,11 +160,25 @@ impl Drop for Lab {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Config {
     Plain,
     Portcloak,
     Kernel,
+    AcceptOnly,
+    Rewrite,
+}
+
+impl Config {
+    const fn label(self) -> &'static str {
+        match self {
+            Self::Plain => "(a) no filtering",
+            Self::Portcloak => "(b) portcloak",
+            Self::Kernel => "(c) kernel-only xt_recent",
+            Self::AcceptOnly => "(d) outbound accept-only",
+            Self::Rewrite => "(e) outbound rewrite",
+        }
+    }
 }
 
 #[allow(clippy::print_stdout, clippy::print_stderr)]
@@ -168,6 +193,11 @@ fn orchestrate(args: &[String]) {
     let rounds = opt("--rounds", 3.0) as usize;
     let seconds = opt("--seconds", 3.0);
     let threads = opt("--threads", 1.0) as usize;
+    let configs: &[Config] = if args.iter().any(|a| a == "--persona") {
+        &[Config::AcceptOnly, Config::Rewrite]
+    } else {
+        &[Config::Plain, Config::Portcloak, Config::Kernel]
+    };
     let me = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
     let me = me.to_string_lossy().into_owned();
     let bin = env!("CARGO_BIN_EXE_portcloak");
@@ -197,25 +227,33 @@ fn orchestrate(args: &[String]) {
     std::thread::sleep(Duration::from_millis(300));
     let dir = std::env::temp_dir().join(&p);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-    let rules = dir.join("rules.toml");
-    std::fs::write(
-        &rules,
-        format!(
-            "[daemon]\nstate_file = \"{}\"\nsocket = \"{}\"\n",
-            dir.join("state.json").display(),
-            dir.join("sock").display()
-        ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let daemon_keys = format!(
+        "[daemon]\nstate_file = \"{}\"\nsocket = \"{}\"\n",
+        dir.join("state.json").display(),
+        dir.join("sock").display()
+    );
+    let rules_file = |name: &str, extra: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{daemon_keys}{extra}")).unwrap_or_else(|e| panic!("{e}"));
+        path.to_string_lossy().into_owned()
+    };
+    let rules = rules_file("rules.toml", "");
+    let accept_only = rules_file("accept-only.toml", "outbound = true\n");
+    let rewrite = rules_file("rewrite.toml", "[persona]\nname = \"windows\"\n");
 
     let mut results: Vec<(Config, f64, f64, f64)> = Vec::new();
     for round in 0..rounds {
-        for config in [Config::Plain, Config::Portcloak, Config::Kernel] {
+        for &config in configs {
             let mut daemon = None;
+            let rules = match config {
+                Config::AcceptOnly => &accept_only,
+                Config::Rewrite => &rewrite,
+                _ => &rules,
+            };
             match config {
                 Config::Plain => {}
-                Config::Portcloak => {
-                    let child = in_ns(&s, &[bin, "run", "-c", &rules.to_string_lossy()])
+                Config::Portcloak | Config::AcceptOnly | Config::Rewrite => {
+                    let child = in_ns(&s, &[bin, "run", "-c", rules])
                         .stderr(Stdio::null())
                         .spawn()
                         .unwrap_or_else(|e| panic!("{e}"));
@@ -261,26 +299,30 @@ fn orchestrate(args: &[String]) {
             }
         }
     }
-    let median = |config: fn(&Config) -> bool, pick: fn(&(Config, f64, f64, f64)) -> f64| {
-        let mut v: Vec<f64> = results.iter().filter(|r| config(&r.0)).map(pick).collect();
+    let median = |config: Config, pick: fn(&(Config, f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = results.iter().filter(|r| r.0 == config).map(pick).collect();
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied().unwrap_or(0.0)
     };
-    let row = |name: &str, is: fn(&Config) -> bool| {
-        (name.to_owned(), median(is, |r| r.1), median(is, |r| r.2), median(is, |r| r.3))
-    };
-    let rows = [
-        row("(a) no filtering", |c| matches!(c, Config::Plain)),
-        row("(b) portcloak", |c| matches!(c, Config::Portcloak)),
-        row("(c) kernel-only xt_recent", |c| matches!(c, Config::Kernel)),
-    ];
+    let rows: Vec<(String, f64, f64, f64)> = configs
+        .iter()
+        .map(|&c| {
+            (c.label().to_owned(), median(c, |r| r.1), median(c, |r| r.2), median(c, |r| r.3))
+        })
+        .collect();
     let base = rows[0].clone();
+    let first = &base.0;
     println!(
         "inline bench: medians of {rounds} interleaved rounds of {seconds} s, {threads} client thread(s)"
     );
     println!(
         "{:<28} {:>10} {:>8} {:>10} {:>10} {:>12}",
-        "config", "conn/s", "vs (a)", "p50 us", "p99 us", "p99 added"
+        "config",
+        "conn/s",
+        format!("vs {}", &first[..3]),
+        "p50 us",
+        "p99 us",
+        "p99 added"
     );
     for (name, rate, p50, p99) in &rows {
         println!(

@@ -11,7 +11,8 @@
 //!        ├─ track: lock the source's shard; ban check; flow lookup    track/
 //!        ├─ classify          PacketView + in-flow → Probe            classify.rs
 //!        ├─ track             SourceState: seen, closed ports, echo   track/
-//!        └─ policy::inbound   Probe + state + rules → Decision, ban?  policy/
+//!        ├─ policy::inbound   Probe + state + rules → Decision, ban?  policy/
+//!        └─ outbound: disguise  a persona's edits, in place            disguise.rs
 //!   ← Outcome { verdict, reason, kind, signature, ban, rewritten }
 //! runtime (replay summary / JSON events; the daemon's verdicts)       runtime/, event.rs
 //! daemon: a ban goes to the kernel set within 50 ms and to the state file  runtime/daemon.rs
@@ -31,6 +32,7 @@
 //! - [`classify`]: probe kinds and scanner signatures.
 //! - [`track`]: sharded, bounded tables of sources, flows and bans.
 //! - [`policy`]: verdicts, bans and their guards, open ports.
+//! - [`disguise`]: an OS persona's rewrites of the host's replies.
 //! - [`engine`]: the per-packet call that ties them together.
 //! - [`event`]: the events a run reports.
 //! - [`runtime`]: drivers of the engine: offline replay, and the inline
