@@ -304,9 +304,10 @@ fn write_status(out: &mut impl Write, s: &serde_json::Value) -> std::io::Result<
     )?;
     writeln!(
         out,
-        "persona {}: {} packets rewritten",
+        "persona {}: {} packets rewritten, {} probes answered",
         s.get("persona").and_then(|v| v.as_str()).unwrap_or("?"),
-        n(s, "rewritten")
+        n(s, "rewritten"),
+        n(s, "answered")
     )?;
     if let Some(drops) = s.get("drops").and_then(|v| v.as_object()) {
         let list: Vec<String> = drops.iter().map(|(k, v)| format!("{k} {v}")).collect();

@@ -37,6 +37,7 @@ pub struct Persona {
     echo_code_zero: bool,
     echo_df_copy: bool,
     silence: u32,
+    answer: u32,
 }
 
 impl Persona {
@@ -53,12 +54,79 @@ impl Persona {
             echo_code_zero: spec.echo_code == EchoField::Zero,
             echo_df_copy: spec.echo_df == EchoField::Copy,
             silence: spec.silence.iter().fold(0, |m, p| m | p.bit()),
+            answer: spec.answer.iter().fold(0, |m, p| m | p.bit()),
         }
     }
 
     /// True when the persona drops `probe`, because its OS never answers it.
     pub const fn silences(&self, probe: OsProbe) -> bool {
         self.silence & probe.bit() != 0
+    }
+
+    /// True when the persona answers `probe` with a reset of its own.
+    pub const fn answers(&self, probe: OsProbe) -> bool {
+        self.answer & probe.bit() != 0
+    }
+
+    /// The reset the persona's OS answers an inbound TCP segment with
+    /// (RFC 9293 §3.10.7.1): to a segment with ACK, `<SEQ=SEG.ACK><RST>`;
+    /// otherwise `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><RST,ACK>`; window 0, DF,
+    /// with the persona's edits applied as to any reply.
+    pub fn reset(
+        &self,
+        view: &PacketView<'_>,
+        peer: Option<&mut Peer>,
+        seed: u64,
+    ) -> Option<Reply> {
+        let Transport::Tcp(t) = view.transport else { return None };
+        let (flags, seq, ack) = if t.flags.has(TcpFlags::ACK) {
+            (TcpFlags::RST, t.ack, 0)
+        } else {
+            let len = u32::try_from(t.payload_len).unwrap_or(0)
+                + u32::from(t.flags.has(TcpFlags::SYN))
+                + u32::from(t.flags.has(TcpFlags::FIN));
+            (TcpFlags::RST | TcpFlags::ACK, 0, t.seq.wrapping_add(len))
+        };
+        let (src, dst) = (view.ip.dst, view.ip.src);
+        let mut r = Reply { bytes: [0; 60], len: 0, dst };
+        let ip_len = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let h: [u8; 20] =
+                    [0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                r.bytes.get_mut(..20)?.copy_from_slice(&h);
+                r.bytes.get_mut(12..16)?.copy_from_slice(&s.octets());
+                r.bytes.get_mut(16..20)?.copy_from_slice(&d.octets());
+                let c = checksum::compute(0, r.bytes.get(..20)?);
+                r.bytes.get_mut(10..12)?.copy_from_slice(&c.to_be_bytes());
+                20
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                r.bytes.get_mut(..8)?.copy_from_slice(&[0x60, 0, 0, 0, 0, 20, 6, 64]);
+                r.bytes.get_mut(8..24)?.copy_from_slice(&s.octets());
+                r.bytes.get_mut(24..40)?.copy_from_slice(&d.octets());
+                40
+            }
+            _ => return None,
+        };
+        let tcp = r.bytes.get_mut(ip_len..ip_len + 20)?;
+        tcp.get_mut(0..2)?.copy_from_slice(&t.dst_port.to_be_bytes());
+        tcp.get_mut(2..4)?.copy_from_slice(&t.src_port.to_be_bytes());
+        tcp.get_mut(4..8)?.copy_from_slice(&seq.to_be_bytes());
+        tcp.get_mut(8..12)?.copy_from_slice(&ack.to_be_bytes());
+        *tcp.get_mut(12)? = 5 << 4;
+        *tcp.get_mut(13)? = u8::try_from(flags).unwrap_or(0);
+        let c = checksum::compute(checksum::pseudo_header(src, dst, 6, 20), tcp);
+        tcp.get_mut(16..18)?.copy_from_slice(&c.to_be_bytes());
+        r.len = u8::try_from(ip_len + 20).unwrap_or(0);
+        let len = usize::from(r.len);
+        let edits = {
+            let view = crate::wire::parse(r.bytes.get(..len)?).ok()?;
+            self.plan(&view, peer, seed)
+        };
+        if let Some(e) = edits {
+            apply(&e, r.bytes.get_mut(..len)?, false);
+        }
+        Some(r)
     }
 
     /// True when replies need the peer's state: an IP ID counter, or the
@@ -120,6 +188,23 @@ impl Persona {
             e.ip_id = next_id(id_mode, p, view.ip.dst, seed);
         }
         e.changes().then_some(e)
+    }
+}
+
+/// A packet portcloak sends in the host's name: a persona's answer to a
+/// probe, whole and with its checksums, for a raw socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reply {
+    bytes: [u8; 60],
+    len: u8,
+    /// Where it goes.
+    pub dst: IpAddr,
+}
+
+impl Reply {
+    /// The packet, from its IP header.
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or_default()
     }
 }
 

@@ -32,7 +32,7 @@ use serde::Serialize;
 
 use crate::classify::{self, PortProto, ProbeKind, Signature};
 use crate::config::Config;
-use crate::disguise::{self, Edits, Persona};
+use crate::disguise::{self, Edits, Persona, Reply};
 use crate::policy::{Decision, GuardCounters, Inbound, Policy, PortMap, Reason, Verdict};
 use crate::time::Timestamp;
 use crate::track::{
@@ -112,6 +112,9 @@ pub struct Outcome {
     /// True when the engine rewrote the buffer in place (an OS persona's
     /// edits of an outbound packet); the caller must send the new bytes.
     pub rewritten: bool,
+    /// A packet to send in the host's name: the persona's answer to the
+    /// (dropped) probe.
+    pub reply: Option<Reply>,
 }
 
 impl Outcome {
@@ -125,6 +128,7 @@ impl Outcome {
             port: None,
             ban: None,
             rewritten: false,
+            reply: None,
         }
     }
 }
@@ -263,10 +267,15 @@ impl Engine {
         if decision.verdict == Verdict::Accept
             && let Some(persona) = &self.persona
         {
-            if let Some(Signature::OsProbe(p)) = probe.signature
-                && persona.silences(p)
-            {
+            let os_probe = match probe.signature {
+                Some(Signature::OsProbe(p)) => Some(p),
+                _ => None,
+            };
+            if let Some(p) = os_probe.filter(|p| persona.silences(*p) || persona.answers(*p)) {
                 decision = Decision { verdict: Verdict::Drop, reason: Reason::Persona, ban: None };
+                if persona.answers(p) {
+                    out.reply = persona.reset(view, Some(&mut state.peer), self.seed);
+                }
             } else if let Transport::Icmp(icmp) = view.transport
                 && persona.copies_echo_df()
                 && !icmp.v6

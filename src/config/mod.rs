@@ -21,6 +21,7 @@ pub use self::persona::{
     PersonaSpec, RstAck, Sysctls, TcpOpt, builtin as builtin_personas,
 };
 pub use self::types::{Action, Cidr, ClosedPorts, Dur, PortList, Toggle};
+use crate::classify::OsProbe;
 use crate::track::RECENT_SLOTS;
 
 /// Why a rules file could not be loaded.
@@ -553,6 +554,17 @@ impl Config {
             let fail = |key: &str, why: &str| Err(at_key(text, &section, key, why));
             if pname == NO_PERSONA {
                 return fail("description", "defines `none`, which means no persona");
+            }
+            for probe in &p.answer {
+                if matches!(probe, OsProbe::U1 | OsProbe::Ie1 | OsProbe::Ie2) {
+                    return fail(
+                        "answer",
+                        "names a probe that is not TCP (only TCP probes get a reset)",
+                    );
+                }
+                if p.silence.contains(probe) {
+                    return fail("answer", "names a probe `silence` names too");
+                }
             }
             let mut seen = 0u8;
             for opt in &p.syn_ack_options {

@@ -122,6 +122,11 @@ pub struct PersonaSpec {
     pub echo_df: EchoField,
     /// nmap OS probes dropped, because the imitated OS does not answer them.
     pub silence: Vec<OsProbe>,
+    /// nmap's TCP OS probes the imitated OS answers with a reset where
+    /// Linux stays silent or differs: the probe is dropped and portcloak
+    /// answers RST+ACK, sequence 0, acknowledging the probe's sequence
+    /// space (RFC 9293 §3.10.7.1), window 0, DF.
+    pub answer: Vec<OsProbe>,
     /// Sysctls the persona needs.
     pub sysctls: Sysctls,
 }

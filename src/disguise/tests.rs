@@ -116,7 +116,8 @@ fn option_layouts_follow_bsd_and_windows_alignment() {
     );
     // BSD pads a last lone SACK-permitted with EOLs instead.
     assert_eq!(
-        reorder(&[2, 4, 5, 180, 1, 1, 4, 2, 1, 3, 3, 8], &order, true).map(|(o, n)| o[..n].to_vec()),
+        reorder(&[2, 4, 5, 180, 1, 1, 4, 2, 1, 3, 3, 8], &order, true)
+            .map(|(o, n)| o[..n].to_vec()),
         Some(vec![2, 4, 5, 180, 1, 3, 3, 8, 4, 2, 0, 0])
     );
     // No SACK (Linux: MSS NOP NOP TS NOP WS).
@@ -359,9 +360,9 @@ fn builtin_personas_parse_and_check() {
         personas: std::collections::BTreeMap<String, crate::config::PersonaSpec>,
     }
     let parsed: File = toml::from_str(crate::config::BUILTIN_PERSONAS).unwrap();
-    assert_eq!(parsed.personas.keys().collect::<Vec<_>>(), ["freebsd", "windows"]);
+    assert_eq!(parsed.personas.keys().collect::<Vec<_>>(), ["freebsd", "windows", "windows-1709"]);
     assert_eq!(crate::config::builtin_personas(), &parsed.personas);
-    for name in ["windows", "freebsd"] {
+    for name in ["windows", "freebsd", "windows-1709"] {
         let c = Config::from_toml(&format!("[persona]\nname = \"{name}\"\n")).unwrap();
         assert!(c.persona().is_some());
     }
@@ -375,4 +376,79 @@ fn builtin_personas_parse_and_check() {
     assert_eq!(c.persona().map(|p| p.ttl), Some(255));
     let err = Config::from_toml("[personas.x.sysctls]\nwindow_scale = 15\n").unwrap_err();
     assert!(err.contains("personas.x.sysctls.window_scale"), "{err}");
+}
+
+/// nmap's T2-T7 option bytes (WS10, NOP, MSS265, TS, SACKP; T7 has WS15).
+const T_OPTS: [u8; 20] = [3, 3, 10, 1, 2, 4, 1, 9, 8, 10, 255, 255, 255, 255, 0, 0, 0, 0, 4, 2];
+
+fn answering() -> Engine {
+    let mut c = open_rules("mine");
+    c.personas.insert(
+        "mine".into(),
+        crate::config::PersonaSpec {
+            ttl: 128,
+            ip_id: crate::config::IpId::Counter,
+            answer: vec![OsProbe::T2, OsProbe::T3],
+            ..Default::default()
+        },
+    );
+    Engine::new(c)
+}
+
+#[test]
+fn answered_probes_are_dropped_and_get_an_rfc_reset_in_the_personas_style() {
+    let e = answering();
+    // T2: no flags, DF, window 128: RST+ACK acknowledging exactly its seq.
+    let mut t2 = Craft::tcp(peer(), server(), 40_014, 80, 0)
+        .seq_ack(1000, 77)
+        .window(128)
+        .df(true)
+        .options(&T_OPTS)
+        .build();
+    let o = e.handle(now(), Direction::Inbound, &mut t2);
+    assert_eq!((o.verdict, o.reason), (Verdict::Drop, Reason::Persona));
+    let reply = o.reply.expect("an answer");
+    assert_eq!(reply.dst, peer());
+    let v = view(reply.bytes());
+    assert_eq!((v.ip.src, v.ip.dst, v.ip.ttl, v.ip.df), (server(), peer(), 128, true));
+    assert_ne!(v.ip.id, 0, "the persona's IP ID counter");
+    let t = tcp(reply.bytes());
+    assert_eq!(t.flags.0, F::RST | F::ACK);
+    assert_eq!((t.seq, t.ack, t.window, t.src_port, t.dst_port), (0, 1000, 0, 80, 40_014));
+    // T3: SYN+FIN+PSH+URG, both SYN and FIN take a sequence number.
+    let mut t3 = Craft::tcp(peer(), server(), 40_015, 80, F::SYN | F::FIN | F::PSH | F::URG)
+        .seq_ack(1000, 77)
+        .window(256)
+        .df(false)
+        .options(&T_OPTS)
+        .build();
+    let o = e.handle(now(), Direction::Inbound, &mut t3);
+    assert_eq!(tcp(o.reply.expect("an answer").bytes()).ack, 1002);
+    // Not listed: no answer.
+    let mut t7 = Craft::tcp(peer(), server(), 40_019, 1, F::FIN | F::PSH | F::URG)
+        .window(65_535)
+        .options(&[3, 3, 15, 1, 2, 4, 1, 9, 8, 10, 255, 255, 255, 255, 0, 0, 0, 0, 4, 2])
+        .build();
+    assert!(e.handle(now(), Direction::Inbound, &mut t7).reply.is_none());
+}
+
+#[test]
+fn a_reset_to_a_segment_with_ack_takes_its_sequence_from_the_ack_and_works_over_ipv6() {
+    let e = answering();
+    let p = Persona::new(e.config().persona().unwrap());
+    let probe = Craft::tcp(peer6(), server6(), 40_000, 22, F::ACK).seq_ack(5, 4242).build();
+    let reply = p.reset(&view(&probe), None, 1).unwrap();
+    let v = view(reply.bytes());
+    assert_eq!((v.ip.src, v.ip.ttl), (server6(), 128));
+    let t = tcp(reply.bytes());
+    assert_eq!((t.flags.0, t.seq, t.ack), (F::RST, 4242, 0));
+}
+
+#[test]
+fn answers_must_be_tcp_probes_and_not_silenced_too() {
+    let err = Config::from_toml("[personas.x]\nanswer = [\"ie1\"]\n").unwrap_err();
+    assert!(err.contains("personas.x.answer"), "{err}");
+    let err =
+        Config::from_toml("[personas.x]\nanswer = [\"t2\"]\nsilence = [\"t2\"]\n").unwrap_err();
+    assert!(err.contains("silence"), "{err}");
 }

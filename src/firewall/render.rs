@@ -95,9 +95,11 @@ impl Plan {
         // A persona rewrites on the outbound queues, so it turns them on.
         let outbound = (d.outbound || persona.is_some())
             .then(|| QueueRange { first: d.queue.saturating_add(workers), count: workers });
-        let ttl = persona
-            .filter(|p| p.ttl != 0)
-            .map(|p| TtlRewrite { to: p.ttl, from_v4: 64, from_v6: 64 });
+        let ttl = persona.filter(|p| p.ttl != 0).map(|p| TtlRewrite {
+            to: p.ttl,
+            from_v4: 64,
+            from_v6: 64,
+        });
         Self {
             backend,
             inbound,

@@ -121,7 +121,10 @@ fn a_persona_turns_on_the_outbound_queues_and_sets_the_default_ttl_only() {
     assert!(nft.contains("ip ttl 64 ip ttl set 128\n"), "{nft}");
     assert!(nft.contains("ip6 hoplimit 64 ip6 hoplimit set 128\n"), "{nft}");
     let v4 = plan.iptables_script(false);
-    assert!(v4.contains("-p icmp --icmp-type time-exceeded -j NFQUEUE --queue-balance 2:3"), "{v4}");
+    assert!(
+        v4.contains("-p icmp --icmp-type time-exceeded -j NFQUEUE --queue-balance 2:3"),
+        "{v4}"
+    );
     let v6 = plan.iptables_script(true);
     assert!(v6.contains("-p ipv6-icmp --icmpv6-type echo-reply -j NFQUEUE"), "{v6}");
     // A kernel already at the persona's TTL needs no IPv4 rule.

@@ -393,6 +393,7 @@ struct Totals {
     dropped: u64,
     shed: u64,
     rewritten: u64,
+    answered: u64,
     drops: [u64; Reason::ALL.len()],
 }
 
@@ -405,6 +406,7 @@ impl Totals {
             t.dropped += w.dropped.load(Relaxed);
             t.shed += w.shed.load(Relaxed);
             t.rewritten += w.rewritten.load(Relaxed);
+            t.answered += w.answered.load(Relaxed);
             for (sum, c) in t.drops.iter_mut().zip(&w.drops) {
                 *sum += c.load(Relaxed);
             }
@@ -627,6 +629,7 @@ fn status(shared: &Shared, info: &Info) -> Value {
                 "dropped": w.dropped.load(Relaxed),
                 "shed": w.shed.load(Relaxed),
                 "rewritten": w.rewritten.load(Relaxed),
+                "answered": w.answered.load(Relaxed),
                 "lost": w.lost.load(Relaxed),
                 "errors": w.errors.load(Relaxed),
                 "kernel": k,
@@ -653,6 +656,7 @@ fn status(shared: &Shared, info: &Info) -> Value {
         "packets": totals.packets,
         "inspected": totals.inspected(),
         "rewritten": totals.rewritten,
+        "answered": totals.answered,
         "persona": shared.engine.config().persona.name,
         "uninspected": missed,
         "uninspected_share": share,

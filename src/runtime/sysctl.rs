@@ -125,7 +125,8 @@ pub fn describe(s: &Sysctls, apply: bool) -> String {
     }
     for set in &settings {
         let mark = if set.want == set.now { "ok" } else { "differs" };
-        let _ = writeln!(text, "    {:<24} wants {:<24} now {} ({mark})", set.name, set.want, set.now);
+        let _ =
+            writeln!(text, "    {:<24} wants {:<24} now {} ({mark})", set.name, set.want, set.now);
     }
     if let (Some(scale), Ok((now, core))) = (s.window_scale, window_scale_now()) {
         let _ = writeln!(text, "    window scale             wants {scale:<24} now {now}");
@@ -221,7 +222,10 @@ impl Applied {
                 Ok(()) => log(&format!("sysctl {name} = {value} (restored)")),
                 Err(e) => {
                     ok = false;
-                    log(&format!("error: restoring {e}; the original stays in {}", self.saved.display()));
+                    log(&format!(
+                        "error: restoring {e}; the original stays in {}",
+                        self.saved.display()
+                    ));
                 }
             }
         }

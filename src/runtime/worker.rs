@@ -7,6 +7,7 @@
 //! any payload borrowed mutably back to the kernel), and bans and events
 //! go out over bounded channels of plain values.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::SystemTime;
@@ -15,6 +16,7 @@ use crossbeam::channel::Sender;
 use nfq::Verdict as NfVerdict;
 
 use super::queue::BoundQueue;
+use crate::disguise::Reply;
 use crate::engine::{ChecksumCheck, Direction, Engine, Meta};
 use crate::event::Event;
 use crate::policy::{Reason, Verdict};
@@ -49,6 +51,8 @@ pub struct WorkerStats {
     pub dropped: AtomicU64,
     /// Rewritten in place by the persona and sent on.
     pub rewritten: AtomicU64,
+    /// Probes the persona answered with a packet of its own.
+    pub answered: AtomicU64,
     /// Passed (or, failing closed, dropped) without inspection because the
     /// worker fell behind.
     pub shed: AtomicU64,
@@ -100,6 +104,7 @@ pub fn run(
     }
     let mut buf = vec![0u8; usize::from(u16::MAX)];
     let mut shed = Shedder::new(shared.shed_backlog);
+    let mut sender = RawSender::default();
     while !shared.stop.load(Relaxed) {
         let mut msg = match queue.queue.recv() {
             Ok(msg) => msg,
@@ -122,7 +127,7 @@ pub fn run(
             stats.shed.fetch_add(1, Relaxed);
             if shared.fail_open { NfVerdict::Accept } else { NfVerdict::Drop }
         } else {
-            inspect(shared, stats, &mut msg, &mut buf, Timestamp::from_system(wall))
+            inspect(shared, stats, &mut msg, &mut buf, &mut sender, Timestamp::from_system(wall))
         };
         msg.set_verdict(verdict);
         if queue.queue.verdict(msg).is_err() {
@@ -156,11 +161,41 @@ impl Shedder {
     }
 }
 
+/// Raw sockets that send a persona's answers, opened on first use. The
+/// packets carry their own IP header (`IPPROTO_RAW`), and leave through
+/// the host's output path like any reply, the outbound queue included.
+#[derive(Default)]
+struct RawSender {
+    v4: Option<socket2::Socket>,
+    v6: Option<socket2::Socket>,
+}
+
+impl RawSender {
+    fn send(&mut self, reply: &Reply) -> std::io::Result<()> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let (slot, domain) = match reply.dst {
+            IpAddr::V4(_) => (&mut self.v4, Domain::IPV4),
+            IpAddr::V6(_) => (&mut self.v6, Domain::IPV6),
+        };
+        let socket = match slot {
+            Some(s) => s,
+            None => slot.insert(Socket::new(
+                domain,
+                Type::RAW,
+                Some(Protocol::from(libc::IPPROTO_RAW)),
+            )?),
+        };
+        let to = socket2::SockAddr::from(std::net::SocketAddr::new(reply.dst, 0));
+        socket.send_to(reply.bytes(), &to).map(|_| ())
+    }
+}
+
 fn inspect(
     shared: &Shared,
     stats: &WorkerStats,
     msg: &mut nfq::Message,
     buf: &mut [u8],
+    sender: &mut RawSender,
     now: Timestamp,
 ) -> NfVerdict {
     let direction = match msg.get_hook() {
@@ -199,6 +234,12 @@ fn inspect(
             target.copy_from_slice(dst);
             stats.rewritten.fetch_add(1, Relaxed);
         }
+    }
+    if let Some(reply) = &out.reply {
+        match sender.send(reply) {
+            Ok(()) => stats.answered.fetch_add(1, Relaxed),
+            Err(_) => stats.errors.fetch_add(1, Relaxed),
+        };
     }
     if let (Some(ban), Some(source)) = (out.ban, out.source)
         && shared.kernel.try_send(KernelMsg::Ban(source, ban)).is_err()

@@ -178,7 +178,7 @@ def main():
     try:
         lab.up()
         original = sysctls(lab)
-        for persona in ("none", "windows", "freebsd"):
+        for persona in ("none", "windows", "freebsd", "windows-1709"):
             log("persona %s:" % persona)
             d = Daemon(lab, binary, os.path.join(workdir, persona), extra_rules=OPEN_RULES % persona)
             d.start()
@@ -190,6 +190,9 @@ def main():
                     status = d.status()
                     rewritten = status.get("rewritten", 0)
                     check(rewritten > 0, "the outbound workers rewrote packets (%d)" % rewritten)
+                if persona == "windows-1709":
+                    answered = d.status().get("answered", 0)
+                    check(answered > 0, "the workers answered nmap's T2 and T3 probes (%d)" % answered)
             finally:
                 code = d.stop()
             check(code == 0, "the daemon stops cleanly")
@@ -212,6 +215,10 @@ def main():
         linux = [a for name, a in guesses if "Linux" in name]
         check(all(a < guesses[0][1] for a in linux),
               "as freebsd, any Linux guess ranks below FreeBSD: %s" % (max(linux) if linux else "none"))
+        guesses = results["windows-1709"][0]
+        check(guesses and "Windows 10 1709" in guesses[0][0],
+              "as windows-1709 (answers T2, T3), the top guess is Windows 10 1709: %s" % guesses[:1])
+        check(not any("Linux" in name for name, _ in guesses), "as windows-1709, no guess says Linux")
         p0f = results["none"][1]
         check(p0f and not any("Windows" in os_ for os_ in p0f), "without a persona p0f does not say Windows: %s" % p0f)
         p0f = results["windows"][1]
