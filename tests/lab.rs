@@ -98,34 +98,31 @@ fn check_all(dir: &Path) {
 /// and floods, and a clean stop leaves an empty ruleset.
 #[test]
 fn inline_daemon_hides_the_server_from_real_scanners() {
-    let Some(_lab) = take_lab() else { return };
-    let dir = std::env::temp_dir().join(format!("portcloak-inline-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let status = Command::new("python3")
-        .arg(root().join("tests/lab/inline.py"))
-        .arg(env!("CARGO_BIN_EXE_portcloak"))
-        .arg(&dir)
-        .status()
-        .expect("run inline.py");
-    assert!(status.success(), "tests/lab/inline.py failed (its log is above)");
-    let _ = std::fs::remove_dir_all(&dir);
+    run_script("inline");
 }
 
 /// OS personas against real nmap -O and p0f, and real traffic through the
 /// rewritten path (`tests/lab/persona.py`): windows reads as Windows with
-/// no Linux guess, freebsd as FreeBSD, none as Linux; downloads keep their
-/// bytes and retransmit no more than without a persona.
+/// no Linux guess, freebsd as FreeBSD, windows-1709 as Windows 10 1709 with
+/// forged answers, none as Linux; downloads keep their bytes and retransmit
+/// no more than without a persona.
 #[test]
 fn personas_fool_nmap_and_p0f_and_keep_connections_whole() {
+    run_script("persona");
+}
+
+/// Runs `tests/lab/NAME.py BINARY WORKDIR` in the lab; its log goes to
+/// stderr.
+fn run_script(name: &str) {
     let Some(_lab) = take_lab() else { return };
-    let dir = std::env::temp_dir().join(format!("portcloak-persona-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("portcloak-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let status = Command::new("python3")
-        .arg(root().join("tests/lab/persona.py"))
+        .arg(root().join(format!("tests/lab/{name}.py")))
         .arg(env!("CARGO_BIN_EXE_portcloak"))
         .arg(&dir)
         .status()
-        .expect("run persona.py");
-    assert!(status.success(), "tests/lab/persona.py failed (its log is above)");
+        .unwrap_or_else(|e| panic!("run {name}.py: {e}"));
+    assert!(status.success(), "tests/lab/{name}.py failed (its log is above)");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,7 +13,7 @@ import time
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lab import (ATTACKER4, SERVER4, SERVER4_C, SERVER6, Daemon, Lab, log, run)  # noqa: E402
+from lab import (ATTACKER4, SERVER4, SERVER4_C, SERVER6, Daemon, Failed, Lab, check, log, run)  # noqa: E402
 
 # Fast timeouts suit a lab with microsecond round trips; they change how
 # long a scan takes, not what it can learn.
@@ -22,16 +22,6 @@ NMAP = ["nmap", "-Pn", "-T4", "--max-retries", "1", "--host-timeout", "90s",
 MEMORY_LIMIT_MIB = 256
 DAEMON = "memory_limit = %d" % MEMORY_LIMIT_MIB
 LEARNED = {"open", "closed", "unfiltered"}
-
-
-class Failed(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Failed(what)
-    log("  ok:", what)
 
 
 def scan(lab, *args):

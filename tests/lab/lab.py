@@ -166,3 +166,14 @@ class Daemon:
 
 def log(*args):
     print(*args, file=sys.stderr, flush=True)
+
+
+class Failed(Exception):
+    """A check of an end-to-end test failed."""
+
+
+def check(cond, what):
+    """Raises Failed(what) unless cond; logs what held."""
+    if not cond:
+        raise Failed(what)
+    log("  ok:", what)

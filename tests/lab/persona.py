@@ -18,7 +18,7 @@ import time
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lab import (CLIENT4, SERVER4, SERVER4_C, SERVER6_C, Daemon, Lab, log, run)  # noqa: E402
+from lab import (SERVER4, SERVER4_C, SERVER6_C, Daemon, Failed, Lab, check, log, run)  # noqa: E402
 
 OPEN_RULES = """
 [services]
@@ -61,16 +61,6 @@ NMAP_OS = ["nmap", "-O", "--osscan-guess", "-Pn", "-n", "--max-retries", "1",
            "--host-timeout", "90s", "-p", "22,80,443,8080,1", "-oX", "-"]
 SYSCTLS = ["net.ipv4.tcp_ecn", "net.ipv4.tcp_timestamps", "net.ipv4.tcp_rmem",
            "net.ipv4.ip_default_ttl"]
-
-
-class Failed(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Failed(what)
-    log("  ok:", what)
 
 
 def os_guesses(lab):
