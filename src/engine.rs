@@ -309,7 +309,10 @@ impl Engine {
         let Some(persona) = self.persona.as_ref().filter(|_| !meta.forwarded) else {
             return (out, None);
         };
-        let peer = persona.needs_peer().then(|| &mut shard.source(key, now).peer);
+        // Only IPv4 replies carry what a persona keeps per peer (the IP ID;
+        // the DF of echo requests).
+        let per_peer = persona.needs_peer() && view.ip.dst.is_ipv4();
+        let peer = per_peer.then(|| &mut shard.source(key, now).peer);
         (out, persona.plan(view, peer, self.seed))
     }
 

@@ -71,6 +71,15 @@ pub fn save(path: &Path, now: Timestamp, bans: &[(SourceKey, Ban)]) -> std::io::
             })
             .collect(),
     };
+    let mut bytes = serde_json::to_vec_pretty(&file)?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through `path.tmp` and a rename, so a reader
+/// sees the old file or the new one, never a part; creates the directory
+/// (mode 0700) when needed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
@@ -79,8 +88,7 @@ pub fn save(path: &Path, now: Timestamp, bans: &[(SourceKey, Ban)]) -> std::io::
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
     let mut out = std::fs::File::create(&tmp)?;
-    serde_json::to_writer_pretty(&mut out, &file)?;
-    out.write_all(b"\n")?;
+    out.write_all(bytes)?;
     out.sync_all()?;
     std::fs::rename(&tmp, path)
 }

@@ -184,11 +184,7 @@ pub fn apply(settings: &[Setting], saved: &Path) -> Result<Applied, SysctlError>
         originals.entry(s.name.to_owned()).or_insert_with(|| s.now.clone());
     }
     let json = serde_json::to_vec_pretty(&originals).map_err(|e| saved_err(io::Error::other(e)))?;
-    let tmp = saved.with_extension("tmp");
-    if let Some(dir) = saved.parent() {
-        std::fs::create_dir_all(dir).map_err(saved_err)?;
-    }
-    std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, saved)).map_err(saved_err)?;
+    super::state::write_atomic(saved, &json).map_err(saved_err)?;
     let applied = Applied { saved: saved.to_owned(), originals };
     for s in settings {
         if let Err(e) = write(s.name, &s.want) {
