@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::config::{Cidr, Config};
+use crate::config::{Cidr, Config, GateProto};
 use crate::engine::Engine;
 use crate::firewall;
 use crate::runtime::control::{self, Request};
-use crate::runtime::{daemon, replay};
+use crate::runtime::{daemon, knock, replay};
 use crate::time::{format_duration, parse_duration};
 
 /// Where the control socket is when neither `--socket` nor a rules file says.
@@ -103,6 +103,46 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Open a hidden port of HOST for this host: send one signed SPA packet
+    /// (`--key-file`), or knock a sequence (`--sequence`).
+    Knock {
+        /// The protected host.
+        host: std::net::IpAddr,
+        /// The shared key (from `portcloak keygen`): send an SPA packet.
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "sequence",
+            required_unless_present = "sequence"
+        )]
+        key_file: Option<PathBuf>,
+        /// The hidden port to open.
+        #[arg(long, default_value_t = 22)]
+        port: u16,
+        /// Its protocol: tcp or udp.
+        #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp"])]
+        proto: String,
+        /// The host's spa.port.
+        #[arg(long, default_value_t = 62201)]
+        spa_port: u16,
+        /// The address to open the port for [default: this host's address
+        /// towards HOST]; behind NAT, the public address.
+        #[arg(long, value_name = "IP")]
+        source: Option<std::net::IpAddr>,
+        /// Knock these steps in order, as in the host's knock.sequence:
+        /// tcp:7001,udp:7002,tcp:7003.
+        #[arg(long, value_delimiter = ',', value_name = "STEPS")]
+        sequence: Vec<crate::config::KnockStep>,
+        /// Time between knocks.
+        #[arg(long, default_value = "100ms")]
+        gap: String,
+    },
+    /// Write a new SPA key to FILE (mode 0600), for the host's spa.key_file
+    /// and its clients' `knock --key-file`.
+    Keygen {
+        /// The key file to create; it must not exist.
+        file: PathBuf,
+    },
     /// Lift the ban on an address, or every ban with `all`.
     Unban {
         /// The address, or `all`.
@@ -168,6 +208,34 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
                 replay::write_summary(&mut events, &files, &report)?;
                 events.flush()?;
             }
+            Ok(Status::Ok)
+        }
+        Command::Knock { host, key_file, port, proto, spa_port, source, sequence, gap } => {
+            let mut out = std::io::stdout().lock();
+            if let Some(key_file) = key_file {
+                let key = knock::read_key(&key_file)?;
+                let proto = if proto == "udp" { GateProto::Udp } else { GateProto::Tcp };
+                let ip = knock::send_spa(host, spa_port, &key, proto, port, source)?;
+                writeln!(
+                    out,
+                    "sent an SPA packet to {host} udp/{spa_port}: open {}/{port} for {ip}",
+                    proto.name()
+                )?;
+            } else {
+                let gap = parse_duration(&gap)
+                    .ok_or_else(|| anyhow::anyhow!("bad --gap `{gap}`: use 100ms, 1s, ..."))?;
+                knock::send_knocks(host, &sequence, gap)?;
+                writeln!(out, "knocked {} step(s) on {host}", sequence.len())?;
+            }
+            Ok(Status::Ok)
+        }
+        Command::Keygen { file } => {
+            knock::keygen(&file)?;
+            writeln!(
+                std::io::stdout().lock(),
+                "wrote a new key to {} (mode 0600)",
+                file.display()
+            )?;
             Ok(Status::Ok)
         }
         Command::Run { rules, no_firewall } => {
@@ -309,6 +377,25 @@ fn write_status(out: &mut impl Write, s: &serde_json::Value) -> std::io::Result<
         n(s, "rewritten"),
         n(s, "answered")
     )?;
+    if let Some(g) = s.get("gate") {
+        writeln!(
+            out,
+            "hidden ports: {} opened, {} dropped; authorized by spa {}, by knock {}; spa refused: \
+             malformed {}, bad-hmac {}, stale {}, wrong-source {}, replay {}, not-hidden {}; \
+             rate-limited {}",
+            n(g, "hidden_opened"),
+            n(g, "hidden_dropped"),
+            n(g, "spa_authorized"),
+            n(g, "knock_authorized"),
+            n(g, "spa_malformed"),
+            n(g, "spa_bad_hmac"),
+            n(g, "spa_stale"),
+            n(g, "spa_wrong_source"),
+            n(g, "spa_replay"),
+            n(g, "spa_not_hidden"),
+            n(g, "spa_rate_limited"),
+        )?;
+    }
     if let Some(drops) = s.get("drops").and_then(|v| v.as_object()) {
         let list: Vec<String> = drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
         writeln!(

@@ -33,6 +33,7 @@ use serde::Serialize;
 use crate::classify::{self, PortProto, ProbeKind, Signature};
 use crate::config::Config;
 use crate::disguise::{self, Edits, Persona, Reply};
+use crate::gate::{Gate, GateCounters, GateEvent, Gated};
 use crate::policy::{Decision, GuardCounters, Inbound, Policy, PortMap, Reason, Verdict};
 use crate::time::Timestamp;
 use crate::track::{
@@ -115,6 +116,9 @@ pub struct Outcome {
     /// A packet to send in the host's name: the persona's answer to the
     /// (dropped) probe.
     pub reply: Option<Reply>,
+    /// What the gate of hidden services has to tell: an authorization, or
+    /// a refused SPA packet.
+    pub gate: Option<GateEvent>,
 }
 
 impl Outcome {
@@ -129,6 +133,7 @@ impl Outcome {
             ban: None,
             rewritten: false,
             reply: None,
+            gate: None,
         }
     }
 }
@@ -140,6 +145,8 @@ pub struct EngineStats {
     pub tables: TableStats,
     /// Bans held back by the guards.
     pub guards: GuardCounters,
+    /// Hidden services: authorizations and refused SPA packets.
+    pub gate: GateCounters,
 }
 
 /// The inspection engine. `Sync`: workers share one behind an `Arc`.
@@ -150,6 +157,7 @@ pub struct Engine {
     persona: Option<Persona>,
     /// Seeds each destination's first IP ID under a persona.
     seed: u64,
+    gate: Gate,
 }
 
 impl Engine {
@@ -164,7 +172,16 @@ impl Engine {
         });
         let persona = config.persona().map(Persona::new);
         let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0x5eed_u64);
-        Self { policy: Policy::new(config), table, persona, seed }
+        let gate = Gate::new(&config, None);
+        Self { policy: Policy::new(config), table, persona, seed, gate }
+    }
+
+    /// The same engine, checking single-packet authorization with `key`
+    /// (read by the daemon from `spa.key_file`).
+    #[must_use]
+    pub fn with_spa_key(mut self, key: Vec<u8>) -> Self {
+        self.gate = Gate::new(self.config(), Some(key));
+        self
     }
 
     /// The rules in force.
@@ -260,7 +277,14 @@ impl Engine {
         };
         let state = shard.source(key, now);
         state.seen(now, probe.kind);
-        let mut decision = self.policy.inbound(ctx, state);
+        let (gated, event) = self.gate.check(now, view, probe.kind, in_flow, &mut state.gate);
+        out.gate = event;
+        let mut decision = match gated {
+            Gated::Pass => self.policy.inbound(ctx, state),
+            Gated::Drop(reason) => Decision { verdict: Verdict::Drop, reason, ban: None },
+            Gated::Closed => self.policy.hidden(state, now, probe.port),
+            Gated::Open => accept(Reason::Authorized),
+        };
         if flow == FlowMatch::Handshake {
             state.last_handshake = now;
         }
@@ -412,7 +436,16 @@ impl Engine {
 
     /// Table sizes and counters.
     pub fn stats(&self) -> EngineStats {
-        EngineStats { tables: self.table.stats(), guards: self.policy.guard_counters() }
+        EngineStats {
+            tables: self.table.stats(),
+            guards: self.policy.guard_counters(),
+            gate: self.gate.counters(),
+        }
+    }
+
+    /// The gate of hidden services.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 }
 

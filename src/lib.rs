@@ -11,6 +11,7 @@
 //!        ├─ track: lock the source's shard; ban check; flow lookup    track/
 //!        ├─ classify          PacketView + in-flow → Probe            classify.rs
 //!        ├─ track             SourceState: seen, closed ports, echo   track/
+//!        ├─ gate              hidden ports, knocks, SPA → Gated       gate/
 //!        ├─ policy::inbound   Probe + state + rules → Decision, ban?  policy/
 //!        └─ outbound: disguise  a persona's edits, in place            disguise.rs
 //!   ← Outcome { verdict, reason, kind, signature, ban, rewritten }
@@ -33,6 +34,8 @@
 //! - [`track`]: sharded, bounded tables of sources, flows and bans.
 //! - [`policy`]: verdicts, bans and their guards, open ports.
 //! - [`disguise`]: an OS persona's rewrites of the host's replies.
+//! - [`gate`]: hidden services: knock sequences and single-packet
+//!   authorization.
 //! - [`engine`]: the per-packet call that ties them together.
 //! - [`event`]: the events a run reports.
 //! - [`runtime`]: drivers of the engine: offline replay, and the inline
@@ -47,6 +50,7 @@ pub mod disguise;
 pub mod engine;
 pub mod event;
 pub mod firewall;
+pub mod gate;
 pub mod io;
 pub mod policy;
 pub mod runtime;

@@ -7,6 +7,7 @@
 //! every key with its default; a test checks that it equals
 //! [`Config::default`].
 
+mod hidden;
 mod persona;
 mod types;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use self::hidden::{GateProto, Hidden, Knock, KnockStep, Spa};
 pub use self::persona::{
     BUILTIN_TEXT as BUILTIN_PERSONAS, EchoField, IpId, NONE as NO_PERSONA, PersonaChoice,
     PersonaSpec, RstAck, Sysctls, TcpOpt, builtin as builtin_personas,
@@ -74,6 +76,12 @@ pub struct Config {
     pub persona: PersonaChoice,
     /// Personas defined by this file, besides the built-in ones.
     pub personas: std::collections::BTreeMap<String, PersonaSpec>,
+    /// Ports hidden until a source knocks or sends a signed packet.
+    pub hidden: Vec<Hidden>,
+    /// The knock sequence that opens hidden ports.
+    pub knock: Knock,
+    /// Single-packet authorization.
+    pub spa: Spa,
 }
 
 /// `[services]`
@@ -521,6 +529,7 @@ impl Config {
             return fail("daemon", "listen_interval", "must be at least 100ms".to_owned());
         }
         self.check_personas(text)?;
+        self.check_gate(text)?;
         let need = Daemon::table_budget(t) >> 20;
         if d.memory_limit < need {
             return fail(
@@ -536,6 +545,83 @@ impl Config {
 }
 
 impl Config {
+    fn check_gate(&self, text: &str) -> Result<(), String> {
+        let fail = |section: &str, key: &str, why: &str| Err(at_key(text, section, key, why));
+        if self.hidden.len() > 16 {
+            return fail("hidden", "port", "lists more than 16 hidden ports");
+        }
+        let services = &self.services;
+        let open = |proto: GateProto, port: u16| match proto {
+            GateProto::Tcp => services.tcp.contains(port),
+            GateProto::Udp => services.udp.contains(port),
+        };
+        for (i, h) in self.hidden.iter().enumerate() {
+            if h.port == 0 {
+                return fail("hidden", "port", "must not be 0");
+            }
+            if self.hidden.iter().take(i).any(|o| o.proto == h.proto && o.port == h.port) {
+                return fail("hidden", "port", &format!("{} is hidden twice", h.port));
+            }
+            if open(h.proto, h.port) {
+                return fail("hidden", "port", &format!("{} is also listed in [services]", h.port));
+            }
+            if h.open_for.get() < Duration::from_secs(1) {
+                return fail("hidden", "open_for", "must be at least 1s");
+            }
+        }
+        let k = &self.knock;
+        if !k.sequence.is_empty() {
+            if self.hidden.is_empty() {
+                return fail("knock", "sequence", "opens nothing: there is no [[hidden]] port");
+            }
+            if !(3..=16).contains(&k.sequence.len()) {
+                return fail("knock", "sequence", "must have between 3 and 16 steps");
+            }
+            for (i, step) in k.sequence.iter().enumerate() {
+                if k.sequence.iter().take(i).any(|o| o == step) {
+                    return fail("knock", "sequence", &format!("names {step} twice"));
+                }
+                let hidden =
+                    self.hidden.iter().any(|h| h.proto == step.proto && h.port == step.port);
+                let spa = self.spa.enabled()
+                    && step.proto == GateProto::Udp
+                    && step.port == self.spa.port;
+                if hidden || spa || open(step.proto, step.port) {
+                    return fail(
+                        "knock",
+                        "sequence",
+                        &format!(
+                            "{step} is a hidden, SPA or service port; knock ports must be unused"
+                        ),
+                    );
+                }
+            }
+            if k.within.get() < Duration::from_secs(1) {
+                return fail("knock", "within", "must be at least 1s");
+            }
+        }
+        let s = &self.spa;
+        if s.enabled() {
+            if self.hidden.is_empty() {
+                return fail("spa", "key_file", "opens nothing: there is no [[hidden]] port");
+            }
+            let clash = self.hidden.iter().any(|h| h.proto == GateProto::Udp && h.port == s.port);
+            if s.port == 0 || clash || open(GateProto::Udp, s.port) {
+                return fail("spa", "port", "must be an unused UDP port, not 0");
+            }
+            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&s.max_age.get()) {
+                return fail("spa", "max_age", "must be between 1s and 1h");
+            }
+            if !(1..=1 << 20).contains(&s.nonces) {
+                return fail("spa", "nonces", &format!("must be between 1 and {}", 1 << 20));
+            }
+            if !(s.rate.is_finite() && s.rate > 0.0) || s.burst == 0 {
+                return fail("spa", "rate", "and spa.burst must be above 0");
+            }
+        }
+        Ok(())
+    }
+
     fn check_personas(&self, text: &str) -> Result<(), String> {
         let name = &self.persona.name;
         if name != NO_PERSONA && self.persona().is_none() {

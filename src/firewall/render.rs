@@ -6,7 +6,7 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use super::{BanOp, CHAIN_IN, CHAIN_OUT, TABLE};
-use crate::config::{Cidr, Config, FailMode};
+use crate::config::{Cidr, Config, FailMode, GateProto};
 use crate::track::{SourceKey, prefix_mask};
 
 /// Where the queue rules live.
@@ -70,6 +70,9 @@ pub struct Plan {
     pub deny: Vec<Cidr>,
     /// The persona's TTL for every packet the host sends, when it has one.
     pub ttl: Option<TtlRewrite>,
+    /// Hidden ports: queued without the bypass, so they stay closed when
+    /// no daemon answers (fail closed, whatever `fail_mode` says).
+    pub hidden: Vec<(GateProto, u16)>,
 }
 
 /// The kernel-side half of a persona's TTL: packets the host sends with
@@ -110,6 +113,7 @@ impl Plan {
             allow: config.lists.allow.clone(),
             deny: config.lists.deny.clone(),
             ttl,
+            hidden: config.hidden.iter().map(|h| (h.proto, h.port)).collect(),
         }
     }
 
@@ -200,11 +204,19 @@ impl Plan {
             let _ = writeln!(
                 s,
                 "    ct state established,related return
-    ct state invalid meta length > {} drop
-    meta l4proto {{ tcp, udp, icmp, ipv6-icmp }} counter {q}
-  }}",
+    ct state invalid meta length > {} drop",
                 self.copy_range
             );
+            let closed = format!("queue num {}", self.inbound);
+            for (proto, port) in &self.hidden {
+                let _ = writeln!(
+                    s,
+                    "    meta l4proto {} th dport {port} counter {closed}",
+                    proto.name()
+                );
+            }
+            let _ =
+                writeln!(s, "    meta l4proto {{ tcp, udp, icmp, ipv6-icmp }} counter {q}\n  }}");
             if let Some(out) = self.outbound {
                 let q = self.nft_queue(out);
                 let _ = writeln!(
@@ -230,15 +242,20 @@ impl Plan {
     }
 
     fn nfqueue_target(&self, q: QueueRange) -> String {
-        let mut t = if q.count > 1 {
-            format!("-j NFQUEUE --queue-balance {}:{}", q.first, q.last())
-        } else {
-            format!("-j NFQUEUE --queue-num {}", q.first)
-        };
+        let mut t = Self::nfqueue_closed(q);
         if self.bypass {
             t.push_str(" --queue-bypass");
         }
         t
+    }
+
+    /// The NFQUEUE target without the bypass.
+    fn nfqueue_closed(q: QueueRange) -> String {
+        if q.count > 1 {
+            format!("-j NFQUEUE --queue-balance {}:{}", q.first, q.last())
+        } else {
+            format!("-j NFQUEUE --queue-num {}", q.first)
+        }
     }
 
     /// The `iptables-restore --noflush` input for one family (empty for
@@ -274,6 +291,10 @@ impl Plan {
             "-m conntrack --ctstate INVALID -m length --length {}:65535 -j DROP",
             u32::from(self.copy_range) + 1
         ));
+        let closed = Self::nfqueue_closed(self.inbound);
+        for (proto, port) in &self.hidden {
+            rule(&format!("-p {} --dport {port} {closed}", proto.name()));
+        }
         for proto in ["tcp", "udp", icmp] {
             rule(&format!("-p {proto} {q}"));
         }

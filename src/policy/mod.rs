@@ -88,11 +88,19 @@ pub enum Reason {
     UnsolicitedSynAck,
     /// An nmap OS probe the persona's OS never answers.
     Persona,
+    /// A new connection to a hidden port from a source not authorized.
+    Hidden,
+    /// A knock on a knock port.
+    Knock,
+    /// A single-packet authorization packet, good or not.
+    Spa,
+    /// A new connection to a hidden port from an authorized source.
+    Authorized,
 }
 
 impl Reason {
     /// Every reason, in declaration order: `Reason::ALL[r as usize] == r`.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 23] = [
         Self::Flow,
         Self::OpenPort,
         Self::ClosedPortReject,
@@ -112,6 +120,10 @@ impl Reason {
         Self::RateLimited,
         Self::UnsolicitedSynAck,
         Self::Persona,
+        Self::Hidden,
+        Self::Knock,
+        Self::Spa,
+        Self::Authorized,
     ];
 
     /// A short stable name.
@@ -136,6 +148,10 @@ impl Reason {
             Self::RateLimited => "rate-limited",
             Self::UnsolicitedSynAck => "unsolicited-syn-ack",
             Self::Persona => "persona",
+            Self::Hidden => "hidden",
+            Self::Knock => "knock",
+            Self::Spa => "spa",
+            Self::Authorized => "authorized",
         }
     }
 }
@@ -346,6 +362,21 @@ impl Policy {
             }
             _ => Decision::accept(Reason::Icmp),
         }
+    }
+
+    /// A new connection to a hidden port from a source not authorized:
+    /// dropped, and counted like one to a closed port.
+    pub fn hidden(
+        &self,
+        state: &mut SourceState,
+        now: Timestamp,
+        port: Option<(PortProto, u16)>,
+    ) -> Decision {
+        let weight = match port {
+            Some((PortProto::Udp, _)) => self.config.scan.weight_udp,
+            _ => self.config.scan.weight_tcp,
+        };
+        self.touch(state, now, port, weight, Decision::drop(Reason::Hidden))
     }
 
     /// The verdict for a packet that could not be parsed.

@@ -95,7 +95,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             Vec::new()
         }
     };
-    let engine = Arc::new(Engine::new(config.clone()));
+    let mut engine = Engine::new(config.clone());
+    if config.spa.enabled() {
+        engine = engine.with_spa_key(read_spa_key(&config.spa.key_file)?);
+    }
+    let engine = Arc::new(engine);
     for (key, ban) in &restored {
         engine.restore(now, *key, *ban);
     }
@@ -134,6 +138,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         fail_open: d.fail_mode == FailMode::Open,
         shed_backlog: d.shed_backlog,
         shed_age: d.shed_age.get(),
+        gate_log: worker::LogLimiter::new(10),
     });
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -267,6 +272,24 @@ fn persona_sysctls(config: &Config) -> anyhow::Result<Option<SysctlGuard>> {
         ));
     }
     Ok(Some(SysctlGuard(applied)))
+}
+
+/// Reads the SPA key, refusing a file that anyone but its owner may read.
+pub fn read_spa_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("reading the SPA key file {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "the SPA key file {} has mode {mode:o}: others may read it; `chmod 600` it",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the SPA key file {}", path.display()))?;
+    crate::gate::spa::parse_key(&text)
+        .map_err(|e| anyhow::anyhow!("the SPA key file {}: {e}", path.display()))
 }
 
 /// Active bans with their remaining time.
@@ -663,6 +686,7 @@ fn status(shared: &Shared, info: &Info) -> Value {
         "drops": drops,
         "tables": stats.tables,
         "guards": stats.guards,
+        "gate": stats.gate,
         "bans": shared.engine.bans(wall_now()).len(),
         "memory": { "rss": rss, "peak": peak, "limit": shared.engine.config().daemon.memory_limit << 20 },
     })

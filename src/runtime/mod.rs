@@ -2,6 +2,7 @@
 //! calls and reports what happened; none adds packet logic of its own.
 //!
 //! - [`replay`]: offline captures, with their own timestamps.
+//! - [`knock`]: the client of hidden services (`portcloak knock`, `keygen`).
 //! - [`daemon`]: `portcloak run`, inline on NFQUEUE, with wall-clock time;
 //!   its parts are [`queue`] (the sockets), [`worker`] (one per queue),
 //!   [`state`] (bans across restarts), [`sysctl`] (a persona's kernel
@@ -11,6 +12,7 @@
 
 pub mod control;
 pub mod daemon;
+pub mod knock;
 pub mod listen;
 pub mod queue;
 pub mod replay;

@@ -19,6 +19,7 @@ use super::queue::BoundQueue;
 use crate::disguise::Reply;
 use crate::engine::{ChecksumCheck, Direction, Engine, Meta};
 use crate::event::Event;
+use crate::gate::{GateEvent, Via};
 use crate::policy::{Reason, Verdict};
 use crate::time::Timestamp;
 use crate::track::{Ban, SourceKey};
@@ -84,6 +85,34 @@ pub struct Shared {
     pub shed_backlog: u32,
     /// Shed packets older than this (when the kernel stamped them).
     pub shed_age: std::time::Duration,
+    /// Caps the log lines of refused SPA packets.
+    pub gate_log: LogLimiter,
+}
+
+/// At most `per_second` log lines a second over all workers; the rest are
+/// only counted (the gate's counters have every one).
+#[derive(Debug)]
+pub struct LogLimiter {
+    second: AtomicU64,
+    count: AtomicU32,
+    per_second: u32,
+}
+
+impl LogLimiter {
+    /// Allows `per_second` lines a second.
+    pub const fn new(per_second: u32) -> Self {
+        Self { second: AtomicU64::new(0), count: AtomicU32::new(0), per_second }
+    }
+
+    /// True when a line may be written at `now`.
+    pub fn allow(&self, now: Timestamp) -> bool {
+        let s = now.micros() / 1_000_000;
+        let current = self.second.load(Relaxed);
+        if s > current && self.second.compare_exchange(current, s, Relaxed, Relaxed).is_ok() {
+            self.count.store(0, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed) < self.per_second
+    }
 }
 
 /// Runs worker `index` on `queue` until `shared.stop` is set.
@@ -235,6 +264,9 @@ fn inspect(
             stats.rewritten.fetch_add(1, Relaxed);
         }
     }
+    if let Some(event) = out.gate {
+        log_gate(shared, now, dst, event);
+    }
     if let Some(reply) = &out.reply {
         match sender.send(reply) {
             Ok(()) => stats.answered.fetch_add(1, Relaxed),
@@ -265,6 +297,35 @@ fn inspect(
             }
             NfVerdict::Drop
         }
+    }
+}
+
+/// One log line for an authorization (always) or a refused SPA packet
+/// (within the log limit).
+fn log_gate(shared: &Shared, now: Timestamp, packet: &[u8], event: GateEvent) {
+    let Some((src, _)) = crate::wire::addresses(packet) else { return };
+    match event {
+        GateEvent::Authorized { via, mask, until } => {
+            let ports: Vec<String> = shared
+                .engine
+                .gate()
+                .hidden()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, h)| format!("{}/{}", h.proto.name(), h.port))
+                .collect();
+            let secs = until.saturating_since(now).as_secs();
+            let via = match via {
+                Via::Spa => "spa",
+                Via::Knock => "knock",
+            };
+            super::log(&format!("authorized {src} by {via} for {} for {secs}s", ports.join(", ")));
+        }
+        GateEvent::Rejected(why) if shared.gate_log.allow(now) => {
+            super::log(&format!("spa refused from {src}: {}", why.name()));
+        }
+        GateEvent::Rejected(_) => {}
     }
 }
 

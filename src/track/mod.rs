@@ -36,7 +36,7 @@ use crate::time::Timestamp;
 
 pub(crate) use self::key::prefix_mask;
 pub use self::key::{FlowKey, SourceKey};
-pub use self::source::{Peer, RECENT_SLOTS, Scores, SourceState};
+pub use self::source::{GateState, Peer, RECENT_SLOTS, Scores, SourceState};
 
 /// Why a source was banned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -82,6 +82,8 @@ pub struct SourceState {
     pub kinds: u32,
     /// What an OS persona keeps about this address as a destination.
     pub peer: Peer,
+    /// Knocks, authorizations and SPA allowance.
+    pub gate: GateState,
     recent: [PortHit; RECENT_SLOTS],
     slow: SlowWindow,
     echo: Bucket,
@@ -121,7 +123,8 @@ impl SourceState {
             peer: Peer::default(),
             recent: [PortHit::default(); RECENT_SLOTS],
             slow: SlowWindow { start_s: now.secs_u32(), ..SlowWindow::default() },
-            echo: Bucket { milli: u32::MAX, last: now },
+            echo: Bucket::full(now),
+            gate: GateState::new(now),
         }
     }
 
@@ -168,17 +171,76 @@ impl SourceState {
 
     /// Takes one ICMP echo token; false when the source is over its rate.
     pub fn take_echo(&mut self, now: Timestamp, per_second: f64, burst: u32) -> bool {
+        self.echo.take(now, per_second, burst)
+    }
+}
+
+impl Bucket {
+    /// A full bucket at `now`.
+    const fn full(now: Timestamp) -> Self {
+        Self { milli: u32::MAX, last: now }
+    }
+
+    /// Takes one token; false when there is none.
+    fn take(&mut self, now: Timestamp, per_second: f64, burst: u32) -> bool {
         let cap = burst.saturating_mul(1000);
-        let elapsed_ms = now.saturating_since(self.echo.last).as_millis() as f64;
+        let elapsed_ms = now.saturating_since(self.last).as_millis() as f64;
         let refill = (elapsed_ms * per_second).min(f64::from(cap)) as u32;
-        self.echo.milli = self.echo.milli.saturating_add(refill).min(cap);
-        self.echo.last = self.echo.last.max(now);
-        if self.echo.milli >= 1000 {
-            self.echo.milli -= 1000;
+        self.milli = self.milli.saturating_add(refill).min(cap);
+        self.last = self.last.max(now);
+        if self.milli >= 1000 {
+            self.milli -= 1000;
             true
         } else {
             false
         }
+    }
+}
+
+/// A source's progress through the gate: its knock sequence so far, what
+/// it is authorized to reach until when, and its allowance of SPA checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GateState {
+    /// Knock steps completed in order.
+    pub knock_step: u8,
+    /// When the first step arrived.
+    pub knock_start: Timestamp,
+    /// Hidden ports it may open, as bits by `[[hidden]]` index.
+    pub auth_mask: u16,
+    /// Until when.
+    pub auth_until: Timestamp,
+    spa: Bucket,
+}
+
+impl GateState {
+    fn new(now: Timestamp) -> Self {
+        Self {
+            knock_step: 0,
+            knock_start: Timestamp::ZERO,
+            auth_mask: 0,
+            auth_until: Timestamp::ZERO,
+            spa: Bucket::full(now),
+        }
+    }
+
+    /// Takes one SPA check; false when the source is over its rate.
+    pub fn take_spa(&mut self, now: Timestamp, per_second: f64, burst: u32) -> bool {
+        self.spa.take(now, per_second, burst)
+    }
+
+    /// True when the hidden port with index `index` is open to it at `now`.
+    pub fn authorized(&self, index: usize, now: Timestamp) -> bool {
+        now < self.auth_until && index < 16 && self.auth_mask & (1 << index) != 0
+    }
+
+    /// Opens the hidden ports in `mask` until `until`. Ports still open from
+    /// an earlier grant stay open with them, until the later end.
+    pub fn authorize(&mut self, mask: u16, now: Timestamp, until: Timestamp) {
+        if now >= self.auth_until {
+            self.auth_mask = 0;
+        }
+        self.auth_mask |= mask;
+        self.auth_until = self.auth_until.max(until);
     }
 }
 
@@ -252,6 +314,6 @@ mod tests {
 
     #[test]
     fn state_has_a_fixed_small_size() {
-        assert_eq!(std::mem::size_of::<SourceState>(), 256, "the README states this size");
+        assert_eq!(std::mem::size_of::<SourceState>(), 296, "the README states this size");
     }
 }

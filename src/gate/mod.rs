@@ -1,0 +1,395 @@
+//! GATE: hidden services. A hidden port is closed to everyone (a SYN to it
+//! is dropped and counts as a closed-port touch, so nmap reads it
+//! "filtered") until a source proves itself, by a knock sequence or by one
+//! signed UDP packet (single-packet authorization, [`spa`]). Then that
+//! source, and no other, may start connections to it for `open_for`;
+//! connections it started live on in conntrack after that.
+//!
+//! Runs under the source's shard lock, after classification and before
+//! policy. No I/O, no clock; the SPA key is handed in by the daemon.
+
+pub mod spa;
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use lru::LruCache;
+use serde::Serialize;
+
+use crate::classify::ProbeKind;
+use crate::config::{Config, GateProto, Hidden, KnockStep};
+use crate::policy::Reason;
+use crate::time::Timestamp;
+use crate::track::GateState;
+use crate::wire::{PacketView, Transport};
+
+/// What the gate decided for one inbound packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gated {
+    /// Not the gate's business: policy decides.
+    Pass,
+    /// A knock or SPA packet: dropped, so those ports look filtered too.
+    Drop(Reason),
+    /// A new connection to a hidden port from a source not authorized:
+    /// dropped, and counted as a touch of a closed port.
+    Closed,
+    /// A new connection to a hidden port from an authorized source.
+    Open,
+}
+
+/// How a source proved itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// A knock sequence.
+    Knock,
+    /// A single signed packet.
+    Spa,
+}
+
+/// Why an SPA packet opened nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rejection {
+    /// Not an SPA packet: wrong length or layout (a truncated packet,
+    /// random bytes).
+    Malformed,
+    /// The HMAC does not hold: another key, or altered bytes.
+    BadHmac,
+    /// Its timestamp is further from now than `spa.max_age`.
+    Stale,
+    /// Sent from another address than the one it names: a replay from
+    /// elsewhere, or a client behind NAT that did not say its public IP.
+    WrongSource,
+    /// Its nonce was seen before: a replay.
+    Replay,
+    /// It asks for a port that is not hidden.
+    NotHidden,
+}
+
+impl Rejection {
+    /// A short stable name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::BadHmac => "bad-hmac",
+            Self::Stale => "stale",
+            Self::WrongSource => "wrong-source",
+            Self::Replay => "replay",
+            Self::NotHidden => "not-hidden",
+        }
+    }
+}
+
+/// Something the log should tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateEvent {
+    /// A source may now open the hidden ports in `mask` until `until`.
+    Authorized {
+        /// How.
+        via: Via,
+        /// The hidden ports, as bits by `[[hidden]]` index.
+        mask: u16,
+        /// Until when.
+        until: Timestamp,
+    },
+    /// An SPA packet opened nothing.
+    Rejected(Rejection),
+}
+
+/// Counters of the gate, for `status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GateCounters {
+    /// Authorizations by SPA.
+    pub spa_authorized: u64,
+    /// Authorizations by a knock sequence.
+    pub knock_authorized: u64,
+    /// SPA packets refused, by reason.
+    pub spa_malformed: u64,
+    /// See [`Rejection::BadHmac`].
+    pub spa_bad_hmac: u64,
+    /// See [`Rejection::Stale`].
+    pub spa_stale: u64,
+    /// See [`Rejection::WrongSource`].
+    pub spa_wrong_source: u64,
+    /// See [`Rejection::Replay`].
+    pub spa_replay: u64,
+    /// See [`Rejection::NotHidden`].
+    pub spa_not_hidden: u64,
+    /// SPA packets over their source's rate, dropped unchecked.
+    pub spa_rate_limited: u64,
+    /// New connections to hidden ports let through.
+    pub hidden_opened: u64,
+    /// New connections to hidden ports dropped.
+    pub hidden_dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters([AtomicU64; 11]);
+
+/// Indexes into `Counters`, in `GateCounters` order.
+#[derive(Clone, Copy)]
+enum C {
+    SpaOk,
+    KnockOk,
+    Malformed,
+    BadHmac,
+    Stale,
+    WrongSource,
+    Replay,
+    NotHidden,
+    Limited,
+    Opened,
+    Dropped,
+}
+
+impl Counters {
+    fn inc(&self, c: C) {
+        if let Some(a) = self.0.get(c as usize) {
+            a.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn read(&self) -> GateCounters {
+        let v = |c: C| self.0.get(c as usize).map_or(0, |a| a.load(Relaxed));
+        GateCounters {
+            spa_authorized: v(C::SpaOk),
+            knock_authorized: v(C::KnockOk),
+            spa_malformed: v(C::Malformed),
+            spa_bad_hmac: v(C::BadHmac),
+            spa_stale: v(C::Stale),
+            spa_wrong_source: v(C::WrongSource),
+            spa_replay: v(C::Replay),
+            spa_not_hidden: v(C::NotHidden),
+            spa_rate_limited: v(C::Limited),
+            hidden_opened: v(C::Opened),
+            hidden_dropped: v(C::Dropped),
+        }
+    }
+}
+
+/// Nonces seen, bounded. A nonce evicted from the cache could be replayed
+/// while its packet is still young, so every packet stamped no later than
+/// the newest evicted one is refused as a possible replay.
+#[derive(Debug)]
+struct Nonces {
+    seen: LruCache<[u8; 16], u64>,
+    floor: u64,
+}
+
+#[derive(Debug)]
+struct SpaGate {
+    key: Vec<u8>,
+    port: u16,
+    max_age: u64,
+    rate: f64,
+    burst: u32,
+    nonces: Mutex<Nonces>,
+}
+
+/// The gate: the hidden ports, the knock sequence and the SPA check.
+#[derive(Debug)]
+pub struct Gate {
+    hidden: Vec<Hidden>,
+    knock: Vec<KnockStep>,
+    within: Duration,
+    spa: Option<SpaGate>,
+    counters: Counters,
+}
+
+impl Gate {
+    /// The gate `config` describes. SPA is on when `key` is given and the
+    /// rules name a key file.
+    pub fn new(config: &Config, key: Option<Vec<u8>>) -> Self {
+        let s = &config.spa;
+        let spa = key.filter(|_| s.enabled()).map(|key| SpaGate {
+            key,
+            port: s.port,
+            max_age: s.max_age.get().as_secs(),
+            rate: s.rate,
+            burst: s.burst,
+            nonces: Mutex::new(Nonces {
+                seen: LruCache::new(
+                    std::num::NonZeroUsize::new(s.nonces).unwrap_or(std::num::NonZeroUsize::MIN),
+                ),
+                floor: 0,
+            }),
+        });
+        Self {
+            hidden: config.hidden.clone(),
+            knock: config.knock.sequence.clone(),
+            within: config.knock.within.get(),
+            spa,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The hidden ports, by index.
+    pub fn hidden(&self) -> &[Hidden] {
+        &self.hidden
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> GateCounters {
+        self.counters.read()
+    }
+
+    /// Decides what the gate does with an inbound packet from a source
+    /// that is neither banned nor allowlisted, updating its `state`.
+    pub fn check(
+        &self,
+        now: Timestamp,
+        view: &PacketView<'_>,
+        kind: ProbeKind,
+        in_flow: bool,
+        state: &mut GateState,
+    ) -> (Gated, Option<GateEvent>) {
+        let (proto, port, payload) = match view.transport {
+            Transport::Tcp(t) => (GateProto::Tcp, t.dst_port, None),
+            Transport::Udp(u) => (GateProto::Udp, u.dst_port, Some(u.payload)),
+            _ => {
+                if !in_flow {
+                    state.knock_step = 0;
+                }
+                return (Gated::Pass, None);
+            }
+        };
+        let opens = matches!(kind, ProbeKind::TcpSyn | ProbeKind::Udp);
+        if let Some(spa) = &self.spa
+            && proto == GateProto::Udp
+            && port == spa.port
+            && !in_flow
+        {
+            state.knock_step = 0;
+            let event = self.spa(now, view.ip.src, payload.unwrap_or_default(), spa, state);
+            return (Gated::Drop(Reason::Spa), event);
+        }
+        if !self.knock.is_empty() && !in_flow {
+            let hit = KnockStep { proto, port };
+            if let Some(decision) = self.knock(now, hit, opens, state) {
+                return decision;
+            }
+        }
+        let Some(index) = self.hidden_index(proto, port) else {
+            return (Gated::Pass, None);
+        };
+        if !opens {
+            return (Gated::Pass, None);
+        }
+        if state.authorized(index, now) {
+            self.counters.inc(C::Opened);
+            (Gated::Open, None)
+        } else {
+            self.counters.inc(C::Dropped);
+            (Gated::Closed, None)
+        }
+    }
+
+    fn hidden_index(&self, proto: GateProto, port: u16) -> Option<usize> {
+        self.hidden.iter().position(|h| h.proto == proto && h.port == port)
+    }
+
+    /// Advances, repeats or resets the source's knock sequence. `None`:
+    /// not a knock port, and the sequence was reset.
+    fn knock(
+        &self,
+        now: Timestamp,
+        hit: KnockStep,
+        opens: bool,
+        state: &mut GateState,
+    ) -> Option<(Gated, Option<GateEvent>)> {
+        let step = usize::from(state.knock_step);
+        let fresh = step > 0 && now.saturating_since(state.knock_start) <= self.within;
+        let expected = if fresh { step } else { 0 };
+        let is_knock_port = self.knock.contains(&hit);
+        if opens && self.knock.get(expected) == Some(&hit) {
+            if expected == 0 {
+                state.knock_start = now;
+            }
+            let done = expected + 1 == self.knock.len();
+            state.knock_step = if done { 0 } else { u8::try_from(expected + 1).unwrap_or(0) };
+            let event = done.then(|| {
+                self.counters.inc(C::KnockOk);
+                let mask = mask_of(self.hidden.len());
+                let until = now.saturating_add(self.longest_open());
+                state.authorize(mask, now, until);
+                GateEvent::Authorized { via: Via::Knock, mask, until }
+            });
+            return Some((Gated::Drop(Reason::Knock), event));
+        }
+        // The step just taken, sent again (a retransmitted SYN): neither
+        // advances nor resets.
+        if opens && fresh && expected.checked_sub(1).and_then(|i| self.knock.get(i)) == Some(&hit) {
+            return Some((Gated::Drop(Reason::Knock), None));
+        }
+        state.knock_step = 0;
+        is_knock_port.then_some((Gated::Drop(Reason::Knock), None))
+    }
+
+    fn longest_open(&self) -> Duration {
+        self.hidden.iter().map(|h| h.open_for.get()).max().unwrap_or_default()
+    }
+
+    fn spa(
+        &self,
+        now: Timestamp,
+        src: IpAddr,
+        payload: &[u8],
+        spa: &SpaGate,
+        state: &mut GateState,
+    ) -> Option<GateEvent> {
+        if !state.take_spa(now, spa.rate, spa.burst) {
+            self.counters.inc(C::Limited);
+            return None;
+        }
+        let reject = |r: Rejection, c: C| {
+            self.counters.inc(c);
+            Some(GateEvent::Rejected(r))
+        };
+        let req = match spa::open(&spa.key, payload) {
+            Ok(req) => req,
+            Err(spa::OpenError::Malformed) => return reject(Rejection::Malformed, C::Malformed),
+            Err(spa::OpenError::BadHmac) => return reject(Rejection::BadHmac, C::BadHmac),
+        };
+        let now_s = now.micros() / 1_000_000;
+        if req.timestamp.abs_diff(now_s) > spa.max_age {
+            return reject(Rejection::Stale, C::Stale);
+        }
+        if req.ip != src {
+            return reject(Rejection::WrongSource, C::WrongSource);
+        }
+        let proto = match req.protocol {
+            6 => GateProto::Tcp,
+            17 => GateProto::Udp,
+            _ => return reject(Rejection::NotHidden, C::NotHidden),
+        };
+        let Some(index) = self.hidden_index(proto, req.port) else {
+            return reject(Rejection::NotHidden, C::NotHidden);
+        };
+        {
+            let mut n = spa.nonces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if req.timestamp <= n.floor || n.seen.contains(&req.nonce) {
+                drop(n);
+                return reject(Rejection::Replay, C::Replay);
+            }
+            if let Some((_, evicted)) = n.seen.push(req.nonce, req.timestamp) {
+                n.floor = n.floor.max(evicted);
+            }
+        }
+        self.counters.inc(C::SpaOk);
+        let open_for = self.hidden.get(index).map(|h| h.open_for.get()).unwrap_or_default();
+        let (mask, until) = (1u16 << index, now.saturating_add(open_for));
+        state.authorize(mask, now, until);
+        Some(GateEvent::Authorized { via: Via::Spa, mask, until })
+    }
+}
+
+/// Bits for the first `n` hidden ports.
+fn mask_of(n: usize) -> u16 {
+    if n >= 16 { u16::MAX } else { (1u16 << n) - 1 }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! The gate through the engine, with crafted packets and synthetic time.
+
+use std::net::IpAddr;
+
+use super::spa::{Request, seal};
+use super::*;
+use crate::config::Config;
+use crate::engine::{Direction, Engine};
+use crate::policy::Verdict;
+use crate::wire::TcpFlags as F;
+use crate::wire::craft::Craft;
+
+const KEY: [u8; 32] = [9; 32];
+
+fn server() -> IpAddr {
+    IpAddr::from([198, 18, 1, 1])
+}
+
+fn client() -> IpAddr {
+    IpAddr::from([198, 18, 2, 2])
+}
+
+fn attacker() -> IpAddr {
+    IpAddr::from([198, 18, 1, 2])
+}
+
+fn at(s: u64) -> Timestamp {
+    Timestamp::from_secs(1_800_000_000 + s)
+}
+
+fn engine() -> Engine {
+    let config = Config::from_toml(
+        r#"
+[services]
+tcp = [80]
+[[hidden]]
+port = 22
+open_for = "30s"
+[knock]
+sequence = ["tcp:7001", "udp:7002", "tcp:7003"]
+within = "10s"
+[spa]
+key_file = "/dev/null"
+"#,
+    )
+    .unwrap();
+    Engine::new(config).with_spa_key(KEY.to_vec())
+}
+
+fn syn(src: IpAddr, port: u16) -> Vec<u8> {
+    Craft::tcp(src, server(), 50_000, port, F::SYN)
+        .window(64_240)
+        .options(&[2, 4, 5, 180, 4, 2, 1, 3, 3, 7])
+        .build()
+}
+
+fn udp(src: IpAddr, port: u16, payload: &[u8]) -> Vec<u8> {
+    Craft::udp(src, server(), 50_001, port).payload(payload).build()
+}
+
+fn send(e: &Engine, now: Timestamp, mut p: Vec<u8>) -> crate::engine::Outcome {
+    e.handle(now, Direction::Inbound, &mut p)
+}
+
+fn spa_packet(ip: IpAddr, timestamp: u64, nonce: u8, key: &[u8]) -> Vec<u8> {
+    let r = Request { timestamp, nonce: [nonce; 16], port: 22, protocol: 6, ip };
+    udp(ip, 62_201, &seal(key, &r))
+}
+
+fn now_s(t: Timestamp) -> u64 {
+    t.micros() / 1_000_000
+}
+
+#[test]
+fn a_hidden_port_is_dropped_and_counted_until_spa_opens_it_for_that_source_only() {
+    let e = engine();
+    let o = send(&e, at(0), syn(client(), 22));
+    assert_eq!((o.verdict, o.reason), (Verdict::Drop, Reason::Hidden));
+    let o = send(&e, at(1), spa_packet(client(), now_s(at(1)), 1, &KEY));
+    assert_eq!((o.verdict, o.reason), (Verdict::Drop, Reason::Spa), "the SPA port never answers");
+    assert!(matches!(o.gate, Some(GateEvent::Authorized { via: Via::Spa, mask: 1, .. })));
+    let o = send(&e, at(2), syn(client(), 22));
+    assert_eq!((o.verdict, o.reason), (Verdict::Accept, Reason::Authorized));
+    assert_eq!(send(&e, at(2), syn(attacker(), 22)).verdict, Verdict::Drop);
+    // After open_for, new connections are dropped again.
+    assert_eq!(send(&e, at(40), syn(client(), 22)).verdict, Verdict::Drop);
+    let c = e.stats().gate;
+    assert_eq!((c.spa_authorized, c.hidden_opened, c.hidden_dropped), (1, 1, 3));
+}
+
+#[test]
+fn replays_wrong_keys_stale_truncated_and_random_packets_open_nothing() {
+    let e = engine();
+    let good = spa_packet(client(), now_s(at(0)), 1, &KEY);
+    assert!(send(&e, at(0), good.clone()).gate.is_some());
+    let t = |i: u64| at(60 + 2 * i);
+    let cases: Vec<(Vec<u8>, Rejection)> = vec![
+        (good.clone(), Rejection::Replay),
+        (spa_packet(client(), now_s(t(1)), 2, &[1; 32]), Rejection::BadHmac),
+        (spa_packet(client(), now_s(t(2)) - 121, 3, &KEY), Rejection::Stale),
+        (spa_packet(client(), now_s(t(3)) + 121, 4, &KEY), Rejection::Stale),
+        (udp(client(), 62_201, &good[28..60]), Rejection::Malformed),
+        (udp(client(), 62_201, &[0x5a; 80]), Rejection::Malformed),
+    ];
+    for (i, (p, why)) in cases.into_iter().enumerate() {
+        let o = send(&e, t(i as u64), p);
+        assert_eq!(o.gate, Some(GateEvent::Rejected(why)), "case {i}");
+        assert_eq!(o.verdict, Verdict::Drop);
+    }
+    // Captured from the client, replayed from the attacker's address.
+    let mut stolen = good;
+    stolen[12..16].copy_from_slice(&[198, 18, 1, 2]);
+    let fixed = Craft::udp(attacker(), server(), 50_001, 62_201).payload(&stolen[28..]).build();
+    let o = send(&e, at(80), fixed);
+    assert_eq!(o.gate, Some(GateEvent::Rejected(Rejection::WrongSource)));
+    assert_eq!(send(&e, at(81), syn(attacker(), 22)).verdict, Verdict::Drop);
+    let c = e.stats().gate;
+    assert_eq!(
+        (c.spa_replay, c.spa_bad_hmac, c.spa_stale, c.spa_malformed, c.spa_wrong_source),
+        (1, 1, 2, 2, 1)
+    );
+}
+
+#[test]
+fn a_flood_of_spa_packets_is_checked_at_the_sources_rate_only() {
+    let e = engine();
+    for i in 0..100 {
+        send(&e, at(0), udp(attacker(), 62_201, &[i; 80]));
+    }
+    let c = e.stats().gate;
+    assert_eq!(c.spa_malformed, 5, "the burst");
+    assert_eq!(c.spa_rate_limited, 95);
+}
+
+#[test]
+fn an_evicted_nonce_cannot_be_replayed() {
+    let mut config = engine().config().clone();
+    config.spa.nonces = 2;
+    let e = Engine::new(config).with_spa_key(KEY.to_vec());
+    let t = now_s(at(0));
+    for (n, dt) in [(1u8, 0), (2, 1), (3, 2)] {
+        let o = send(&e, at(10 * u64::from(n)), spa_packet(client(), t + dt, n, &KEY));
+        assert!(matches!(o.gate, Some(GateEvent::Authorized { .. })));
+    }
+    // Nonce 1 left the cache; its packet is no newer than what was evicted.
+    let o = send(&e, at(40), spa_packet(client(), t, 1, &KEY));
+    assert_eq!(o.gate, Some(GateEvent::Rejected(Rejection::Replay)));
+}
+
+#[test]
+fn the_knock_sequence_opens_and_an_interleaved_one_does_not() {
+    let e = engine();
+    assert_eq!(send(&e, at(0), syn(client(), 7001)).reason, Reason::Knock);
+    // A retransmitted SYN of the step just taken changes nothing.
+    assert_eq!(send(&e, at(1), syn(client(), 7001)).reason, Reason::Knock);
+    assert_eq!(send(&e, at(1), udp(client(), 7002, b"k")).reason, Reason::Knock);
+    let o = send(&e, at(2), syn(client(), 7003));
+    assert!(matches!(o.gate, Some(GateEvent::Authorized { via: Via::Knock, .. })));
+    assert_eq!(send(&e, at(3), syn(client(), 22)).verdict, Verdict::Accept);
+
+    // Another packet in between resets the sequence.
+    for (t, p) in [
+        (0, syn(attacker(), 7001)),
+        (1, udp(attacker(), 7002, b"k")),
+        (1, syn(attacker(), 80)),
+        (2, syn(attacker(), 7003)),
+    ] {
+        assert_eq!(send(&e, at(t), p).gate, None);
+    }
+    assert_eq!(send(&e, at(3), syn(attacker(), 22)).verdict, Verdict::Drop);
+    // Out of order, or too slow: nothing.
+    for (t, port) in [(10, 7001), (11, 7003), (12, 7002)] {
+        send(
+            &e,
+            at(t),
+            if port == 7002 { udp(attacker(), port, b"k") } else { syn(attacker(), port) },
+        );
+    }
+    for (t, port) in [(20, 7001), (31, 7002), (32, 7003)] {
+        let p = if port == 7002 { udp(attacker(), port, b"k") } else { syn(attacker(), port) };
+        assert_eq!(send(&e, at(t), p).gate, None);
+    }
+    assert_eq!(send(&e, at(33), syn(attacker(), 22)).verdict, Verdict::Drop);
+    assert_eq!(e.stats().gate.knock_authorized, 1);
+}
+
+#[test]
+fn gate_rules_are_checked() {
+    for (text, key) in [
+        ("[knock]\nsequence = [\"tcp:1\", \"tcp:2\", \"tcp:3\"]\n", "knock.sequence"),
+        ("[[hidden]]\nport = 22\n[knock]\nsequence = [\"tcp:1\", \"tcp:2\"]\n", "knock.sequence"),
+        (
+            "[[hidden]]\nport = 22\n[knock]\nsequence = [\"tcp:1\", \"tcp:2\", \"tcp:22\"]\n",
+            "knock.sequence",
+        ),
+        ("[[hidden]]\nport = 22\n[[hidden]]\nport = 22\n", "hidden.port"),
+        ("[services]\ntcp = [22]\n[[hidden]]\nport = 22\n", "hidden.port"),
+        ("[[hidden]]\nport = 22\n[spa]\nkey_file = \"k\"\nport = 0\n", "spa.port"),
+        ("[knock]\nsequence = [\"icmp:1\"]\n", "knock.sequence"),
+    ] {
+        let err = Config::from_toml(text).unwrap_err();
+        assert!(err.contains(key), "{text}: {err}");
+    }
+}

@@ -1,0 +1,105 @@
+//! The client side of hidden services: `portcloak knock` and `portcloak
+//! keygen`.
+//!
+//! An SPA packet is sealed with the shared key and sent as one UDP
+//! datagram; nothing answers it. A knock sequence is one TCP SYN (a
+//! connect that is abandoned at once, so the kernel sends no retransmission
+//! into the sequence) or one UDP datagram per step, in order.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+
+use crate::config::{GateProto, KnockStep};
+use crate::gate::spa::{self, Request};
+
+/// Fills `buf` from the kernel's random source.
+fn random(buf: &mut [u8]) -> anyhow::Result<()> {
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .context("reading /dev/urandom")
+}
+
+/// Writes a new 32-byte key to `path` (mode 0600); refuses to overwrite.
+pub fn keygen(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut key = [0u8; 32];
+    random(&mut key)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    f.write_all(spa::key_text(&key).as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Reads a key file (the client need not be root, so its mode is not checked).
+pub fn read_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the key file {}", path.display()))?;
+    spa::parse_key(&text).map_err(|e| anyhow::anyhow!("the key file {}: {e}", path.display()))
+}
+
+/// The address this host sends from to reach `to`.
+fn source_for(to: SocketAddr) -> anyhow::Result<IpAddr> {
+    let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+    let s = UdpSocket::bind(bind)?;
+    s.connect(to).with_context(|| format!("no route to {to}"))?;
+    Ok(s.local_addr()?.ip())
+}
+
+/// Sends one SPA packet asking `host` to open `proto`/`port` for `source`
+/// (this host's address towards `host` when `None`). Returns the address
+/// it asked for.
+pub fn send_spa(
+    host: IpAddr,
+    spa_port: u16,
+    key: &[u8],
+    proto: GateProto,
+    port: u16,
+    source: Option<IpAddr>,
+) -> anyhow::Result<IpAddr> {
+    let to = SocketAddr::new(host, spa_port);
+    let ip = match source {
+        Some(ip) => ip,
+        None => source_for(to)?,
+    };
+    let mut nonce = [0u8; 16];
+    random(&mut nonce)?;
+    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let packet = spa::seal(key, &Request { timestamp, nonce, port, protocol: proto.number(), ip });
+    let bind: SocketAddr = if host.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+    UdpSocket::bind(bind)?.send_to(&packet, to).with_context(|| format!("sending to {to}"))?;
+    Ok(ip)
+}
+
+/// Knocks `steps` on `host`, `gap` apart.
+pub fn send_knocks(host: IpAddr, steps: &[KnockStep], gap: Duration) -> anyhow::Result<()> {
+    for (i, step) in steps.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(gap);
+        }
+        let to = SocketAddr::new(host, step.port);
+        match step.proto {
+            GateProto::Udp => {
+                let bind: SocketAddr =
+                    if host.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+                UdpSocket::bind(bind)?.send_to(b"knock", to)?;
+            }
+            // The SYN leaves at once; the short timeout abandons the
+            // connect before the kernel would retransmit it.
+            GateProto::Tcp => match TcpStream::connect_timeout(&to, Duration::from_millis(200)) {
+                Ok(_) => anyhow::bail!("{step} answered: it is not a knock port of this host"),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => anyhow::bail!("knocking on {step}: {e}"),
+            },
+        }
+    }
+    Ok(())
+}
