@@ -501,6 +501,23 @@ fn check(file: &std::path::Path) -> anyhow::Result<Status> {
         config.tracking.bans,
         config.tracking.shards
     )?;
+    if !config.hidden.is_empty() {
+        let ports: Vec<String> = config
+            .hidden
+            .iter()
+            .map(|h| format!("{}/{} (open {})", h.proto.name(), h.port, h.open_for))
+            .collect();
+        let knock = match config.knock.sequence.len() {
+            0 => "no knock".to_owned(),
+            n => format!("knock of {n} steps within {}", config.knock.within),
+        };
+        let spa = if config.spa.enabled() {
+            format!("spa on udp/{} with {}", config.spa.port, config.spa.key_file.display())
+        } else {
+            "no spa".to_owned()
+        };
+        writeln!(out, "  hidden     {}; {knock}; {spa}", ports.join(", "))?;
+    }
     match config.persona() {
         None => writeln!(out, "  persona    none")?,
         Some(p) => {

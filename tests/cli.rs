@@ -157,3 +157,43 @@ fn run_refuses_tables_that_do_not_fit_the_memory_limit() {
     assert!(stderr.contains("daemon.memory_limit"), "{stderr}");
     std::fs::remove_dir_all(dir).expect("clean up");
 }
+
+#[test]
+fn keygen_writes_a_private_key_once_and_check_shows_hidden_ports_and_persona_sysctls() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("portcloak-keygen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let key = dir.join("spa.key");
+    let key_path = key.to_str().expect("utf-8 path");
+    let out = portcloak(&["keygen", key_path]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let mode = std::fs::metadata(&key).expect("key").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let hex = std::fs::read_to_string(&key).expect("read key");
+    assert!(hex.trim().len() == 64 && hex.trim().chars().all(|c| c.is_ascii_hexdigit()));
+    let again = portcloak(&["keygen", key_path]);
+    assert!(!again.status.success(), "a second keygen must not overwrite the key");
+    assert_eq!(std::fs::read_to_string(&key).expect("read key"), hex);
+
+    let rules = dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "[[hidden]]\nport = 22\n[knock]\nsequence = [\"tcp:7001\", \"udp:7002\", \"tcp:7003\"]\n\
+             [spa]\nkey_file = \"{key_path}\"\n[persona]\nname = \"windows\"\n"
+        ),
+    )
+    .expect("write rules");
+    let out = portcloak(&["check", rules.to_str().expect("utf-8 path")]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(
+            "hidden     tcp/22 (open 30s); knock of 3 steps within 10s; spa on udp/62201"
+        )
+    );
+    assert!(stdout.contains("persona    windows"), "{stdout}");
+    assert!(stdout.contains("net.ipv4.tcp_ecn") && stdout.contains("wants 0"), "{stdout}");
+    std::fs::remove_dir_all(dir).expect("clean up");
+}

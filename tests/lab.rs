@@ -126,3 +126,13 @@ fn run_script(name: &str) {
     assert!(status.success(), "tests/lab/{name}.py failed (its log is above)");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Hidden services against real nmap, `portcloak knock` and crafted
+/// packets (`tests/lab/hidden.py`): SSH reads filtered, opens for the
+/// client after SPA or the knock sequence and never for the attacker;
+/// replays, wrong keys, stale, truncated and random packets open nothing
+/// and are counted; the hidden port stays closed when the daemon dies.
+#[test]
+fn hidden_ports_open_only_for_a_source_that_proves_itself() {
+    run_script("hidden");
+}

@@ -13,7 +13,7 @@ import time
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lab import (ATTACKER4, SERVER4, SERVER4_C, SERVER6, Daemon, Failed, Lab, check, log, run)  # noqa: E402
+from lab import (ATTACKER4, SERVER4, SERVER4_C, SERVER6, Daemon, Failed, check, log, main, run)  # noqa: E402
 
 # Fast timeouts suit a lab with microsecond round trips; they change how
 # long a scan takes, not what it can learn.
@@ -60,142 +60,129 @@ def banned(d, source):
     return any(b["source"] == source for b in d.bans())
 
 
-def main():
-    binary, workdir = sys.argv[1], sys.argv[2]
-    lab = Lab("pce%d" % (os.getpid() % 100000))
-    started = time.monotonic()
-    try:
-        lab.up()
-        d = Daemon(lab, binary, workdir, daemon_keys=DAEMON)
-        with open(d.state, "w") as f:
-            f.write('{"version": 1, "bans": [')  # a state file cut short
-        d.start()
-        check("damaged" in d.read_log(), "a damaged state file is a warning and an empty start")
-        check(d.bans() == [], "no bans after the damaged state file")
+def body(lab, binary, workdir):
+    d = Daemon(lab, binary, workdir, daemon_keys=DAEMON)
+    with open(d.state, "w") as f:
+        f.write('{"version": 1, "bans": [')  # a state file cut short
+    d.start()
+    check("damaged" in d.read_log(), "a damaged state file is a warning and an empty start")
+    check(d.bans() == [], "no bans after the damaged state file")
 
-        log("nmap -sS -p1-1000")
-        st = scan(lab, "-sS", "-p1-1000", SERVER4)
-        check(learned(st) <= 1, "-sS reports at most 1 port open or closed: %s" % st)
-        check(banned(d, ATTACKER4), "the SYN scanner is banned")
-        check(not lab.can_connect(lab.attacker, SERVER4, 80), "the attacker cannot reach port 80")
-        check(client_ok(lab, SERVER4_C, "burst", "5", "80")[0], "the client still can")
-        counters = run(lab.ns(lab.server, "nft", "list", "set", "inet", "portcloak", "ban4")).stdout
-        check(ATTACKER4 in counters, "the ban is in the kernel set ban4")
-        check('portcloak: ban %s for 1h reason "signature nmap-syn"' % ATTACKER4 in d.read_log(),
-              "the ban is logged in one fail2ban-friendly line")
-        time.sleep(1.5)  # the event file is flushed after a second without events
-        with open(d.events) as f:
-            events = [json.loads(line) for line in f]
-        check(any(e["event"] == "ban" and e["source"] == ATTACKER4 for e in events)
-              and any(e["event"] == "drop" for e in events), "the event file has the drops and the ban")
+    log("nmap -sS -p1-1000")
+    st = scan(lab, "-sS", "-p1-1000", SERVER4)
+    check(learned(st) <= 1, "-sS reports at most 1 port open or closed: %s" % st)
+    check(banned(d, ATTACKER4), "the SYN scanner is banned")
+    check(not lab.can_connect(lab.attacker, SERVER4, 80), "the attacker cannot reach port 80")
+    check(client_ok(lab, SERVER4_C, "burst", "5", "80")[0], "the client still can")
+    counters = run(lab.ns(lab.server, "nft", "list", "set", "inet", "portcloak", "ban4")).stdout
+    check(ATTACKER4 in counters, "the ban is in the kernel set ban4")
+    check('portcloak: ban %s for 1h reason "signature nmap-syn"' % ATTACKER4 in d.read_log(),
+          "the ban is logged in one fail2ban-friendly line")
+    time.sleep(1.5)  # the event file is flushed after a second without events
+    with open(d.events) as f:
+        events = [json.loads(line) for line in f]
+    check(any(e["event"] == "ban" and e["source"] == ATTACKER4 for e in events)
+          and any(e["event"] == "drop" for e in events), "the event file has the drops and the ban")
 
+    d.ctl("unban", "all")
+    log("nmap -sT -p1-1000")
+    st = scan(lab, "-sT", "-p1-1000", SERVER4)
+    check(learned(st) <= 6, "-sT reports at most 6 ports open or closed: %s" % st)
+
+    for kind in ("-sF", "-sN", "-sX", "-sM", "-sA", "-sW"):
         d.ctl("unban", "all")
-        log("nmap -sT -p1-1000")
-        st = scan(lab, "-sT", "-p1-1000", SERVER4)
-        check(learned(st) <= 6, "-sT reports at most 6 ports open or closed: %s" % st)
+        log("nmap", kind, "-p1-1000")
+        st = scan(lab, kind, "-p1-1000", SERVER4)
+        check(learned(st) == 0, "%s reports no port open, closed or unfiltered: %s" % (kind, st))
+        check(banned(d, ATTACKER4), "the %s scanner is banned" % kind)
 
-        for kind in ("-sF", "-sN", "-sX", "-sM", "-sA", "-sW"):
-            d.ctl("unban", "all")
-            log("nmap", kind, "-p1-1000")
-            st = scan(lab, kind, "-p1-1000", SERVER4)
-            check(learned(st) == 0, "%s reports no port open, closed or unfiltered: %s" % (kind, st))
-            check(banned(d, ATTACKER4), "the %s scanner is banned" % kind)
+    d.ctl("unban", "all")
+    log("nmap -sU -p1-200")
+    st = scan(lab, "-sU", "-p1-200", SERVER4)
+    check(learned(st) <= 2, "-sU reports at most 2 ports: %s" % st)
 
-        d.ctl("unban", "all")
-        log("nmap -sU -p1-200")
-        st = scan(lab, "-sU", "-p1-200", SERVER4)
-        check(learned(st) <= 2, "-sU reports at most 2 ports: %s" % st)
+    d.ctl("unban", "all")
+    log("nmap -6 -sS -p1-1000")
+    st = scan(lab, "-6", "-sS", "-p1-1000", SERVER6)
+    check(learned(st) <= 1, "-6 -sS reports at most 1 port open or closed: %s" % st)
+    check(banned(d, "fd5c:a11:1::/64"), "the IPv6 scanner's /64 is banned")
+    check(not lab.can_connect(lab.attacker, SERVER6, 80), "the IPv6 attacker cannot reach port 80")
 
-        d.ctl("unban", "all")
-        log("nmap -6 -sS -p1-1000")
-        st = scan(lab, "-6", "-sS", "-p1-1000", SERVER6)
-        check(learned(st) <= 1, "-6 -sS reports at most 1 port open or closed: %s" % st)
-        check(banned(d, "fd5c:a11:1::/64"), "the IPv6 scanner's /64 is banned")
-        check(not lab.can_connect(lab.attacker, SERVER6, 80), "the IPv6 attacker cannot reach port 80")
+    log("ordinary clients")
+    check(client_ok(lab, SERVER4_C, "burst", "120", "80")[0], "120 sequential requests all succeed")
+    check(client_ok(lab, SERVER4_C, "parallel", "80", "80", "40")[0], "80 requests, 40 at once, all succeed")
+    check(client_ok(lab, SERVER4_C, "mistype", "80")[0], "two mistyped ports, then 20 requests all succeed")
 
-        log("ordinary clients")
-        check(client_ok(lab, SERVER4_C, "burst", "120", "80")[0], "120 sequential requests all succeed")
-        check(client_ok(lab, SERVER4_C, "parallel", "80", "80", "40")[0], "80 requests, 40 at once, all succeed")
-        check(client_ok(lab, SERVER4_C, "mistype", "80")[0], "two mistyped ports, then 20 requests all succeed")
+    log("kill -9 during a request loop")
+    scan(lab, "-sS", "-p1-100", SERVER4)
+    check(banned(d, ATTACKER4), "the attacker is banned again")
+    time.sleep(0.3)  # the state file follows a ban within 50 ms
+    loop = lab.spawn(lab.client, "python3", os.path.join(os.path.dirname(__file__), "client.py"),
+                     SERVER4_C, "loop", "6", "80", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    d.kill9()
+    check(not lab.can_connect(lab.attacker, SERVER4, 80), "with portcloak dead, the kernel set still drops the attacker")
+    out, _ = loop.communicate(timeout=60)
+    log("  client loop ->", out.strip())
+    check(loop.returncode == 0, "every request during the kill -9 succeeded (bypass)")
+    d.start()
+    check(banned(d, ATTACKER4), "after the restart the attacker's ban is back")
+    check(not lab.can_connect(lab.attacker, SERVER4, 80), "and the attacker still cannot reach port 80")
 
-        log("kill -9 during a request loop")
-        scan(lab, "-sS", "-p1-100", SERVER4)
-        check(banned(d, ATTACKER4), "the attacker is banned again")
-        time.sleep(0.3)  # the state file follows a ban within 50 ms
-        loop = lab.spawn(lab.client, "python3", os.path.join(os.path.dirname(__file__), "client.py"),
-                         SERVER4_C, "loop", "6", "80", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
-        d.kill9()
-        check(not lab.can_connect(lab.attacker, SERVER4, 80), "with portcloak dead, the kernel set still drops the attacker")
-        out, _ = loop.communicate(timeout=60)
-        log("  client loop ->", out.strip())
-        check(loop.returncode == 0, "every request during the kill -9 succeeded (bypass)")
-        d.start()
-        check(banned(d, ATTACKER4), "after the restart the attacker's ban is back")
-        check(not lab.can_connect(lab.attacker, SERVER4, 80), "and the attacker still cannot reach port 80")
+    log("SYN flood from random sources for 10 s")
+    loop = lab.spawn(lab.client, "python3", os.path.join(os.path.dirname(__file__), "client.py"),
+                     SERVER4_C, "loop", "12", "80", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    run(lab.ns(lab.attacker, "timeout", "10", "hping3", "--flood", "--rand-source", "-S", "-p", "80", "-q", SERVER4),
+        timeout=30, check=False)
+    out, _ = loop.communicate(timeout=60)
+    share, total = ratio(out)
+    log("  client during the flood: %.2f%% of %d requests succeeded" % (share * 100, total))
+    check(total >= 20 and share >= 0.99, "the client's success is at least 99%")
+    status = d.status()
+    peak = status["memory"]["peak"] >> 20
+    log("  daemon: %d packets, %d shed, peak memory %d MiB, tables %s"
+        % (status["packets"], sum(w["shed"] for w in status["workers"]), peak, status["tables"]))
+    check(status["packets"] > 10000, "the flood reached the daemon")
+    check(peak < MEMORY_LIMIT_MIB, "peak memory %d MiB stays under the configured %d MiB" % (peak, MEMORY_LIMIT_MIB))
+    check(banned(d, ATTACKER4), "the flood's sources did not evict the attacker's ban")
 
-        log("SYN flood from random sources for 10 s")
-        loop = lab.spawn(lab.client, "python3", os.path.join(os.path.dirname(__file__), "client.py"),
-                         SERVER4_C, "loop", "12", "80", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(0.5)
-        run(lab.ns(lab.attacker, "timeout", "10", "hping3", "--flood", "--rand-source", "-S", "-p", "80", "-q", SERVER4),
-            timeout=30, check=False)
-        out, _ = loop.communicate(timeout=60)
-        share, total = ratio(out)
-        log("  client during the flood: %.2f%% of %d requests succeeded" % (share * 100, total))
-        check(total >= 20 and share >= 0.99, "the client's success is at least 99%")
-        status = d.status()
-        peak = status["memory"]["peak"] >> 20
-        log("  daemon: %d packets, %d shed, peak memory %d MiB, tables %s"
-            % (status["packets"], sum(w["shed"] for w in status["workers"]), peak, status["tables"]))
-        check(status["packets"] > 10000, "the flood reached the daemon")
-        check(peak < MEMORY_LIMIT_MIB, "peak memory %d MiB stays under the configured %d MiB" % (peak, MEMORY_LIMIT_MIB))
-        check(banned(d, ATTACKER4), "the flood's sources did not evict the attacker's ban")
+    d.ctl("unban", ATTACKER4)
+    time.sleep(0.3)
+    check(lab.can_connect(lab.attacker, SERVER4, 80), "portcloak unban lets the attacker back in")
 
-        d.ctl("unban", ATTACKER4)
-        time.sleep(0.3)
-        check(lab.can_connect(lab.attacker, SERVER4, 80), "portcloak unban lets the attacker back in")
+    log("clean stop")
+    check(d.stop() == 0, "SIGTERM stops the daemon cleanly")
+    ruleset = run(lab.ns(lab.server, "nft", "list", "ruleset")).stdout
+    check("portcloak" not in ruleset.lower() and ruleset.strip() == "",
+          "the ruleset holds nothing of portcloak:\n" + ruleset)
+    with open(d.state) as f:
+        check('"source"' in f.read(), "the bans wait in the state file")
 
-        log("clean stop")
-        check(d.stop() == 0, "SIGTERM stops the daemon cleanly")
-        ruleset = run(lab.ns(lab.server, "nft", "list", "ruleset")).stdout
-        check("portcloak" not in ruleset.lower() and ruleset.strip() == "",
-              "the ruleset holds nothing of portcloak:\n" + ruleset)
-        with open(d.state) as f:
-            check('"source"' in f.read(), "the bans wait in the state file")
-
-        log("outbound queues on (SYN-ACKs, RSTs, ICMP replies and handshake ACKs queued)")
-        d = Daemon(lab, binary, os.path.join(workdir, "outbound"), daemon_keys=DAEMON + "\noutbound = true")
-        d.start()
-        check(client_ok(lab, SERVER4_C, "burst", "60", "80")[0], "60 sequential requests all succeed")
-        check(client_ok(lab, SERVER4_C, "parallel", "80", "80", "40")[0], "80 requests, 40 at once, all succeed")
-        st = scan(lab, "-sS", "-p1-1000", SERVER4)
-        check(learned(st) <= 1, "-sS reports at most 1 port open or closed: %s" % st)
-        status = d.status()
-        outbound = status["workers"][len(status["workers"]) // 2:]
-        check(sum(w["packets"] for w in outbound) >= 140, "the outbound workers saw the SYN-ACKs: %s"
-              % [w["packets"] for w in outbound])
-        check(status["tables"]["flows"] > 0, "handshakes are tracked")
-        # One forgeable packet from a source that just completed handshakes
-        # must not ban it: the handshake grace, fed by the queued SYN-ACKs
-        # and handshake-completing ACKs.
-        run(lab.ns(lab.client, "hping3", "-c", "1", "-p", "9", "-F", SERVER4_C), timeout=20, check=False)
-        time.sleep(0.3)
-        guards = d.status()["guards"]
-        check(guards["handshake_grace"] >= 1 and not banned(d, "198.18.2.2"),
-              "a client that completed handshakes is not banned on one stray FIN: %s" % guards)
-        check(d.stop() == 0, "SIGTERM stops the daemon cleanly")
-        ruleset = run(lab.ns(lab.server, "nft", "list", "ruleset")).stdout
-        check(ruleset.strip() == "", "the ruleset is empty again:\n" + ruleset)
-        log("end-to-end passed in %.0f s" % (time.monotonic() - started))
-    except Failed as e:
-        log("FAILED:", e)
-        log("---- daemon log ----")
-        log(d.read_log() if "d" in locals() else "")
-        sys.exit(1)
-    finally:
-        lab.down()
+    log("outbound queues on (SYN-ACKs, RSTs, ICMP replies and handshake ACKs queued)")
+    d = Daemon(lab, binary, os.path.join(workdir, "outbound"), daemon_keys=DAEMON + "\noutbound = true")
+    d.start()
+    check(client_ok(lab, SERVER4_C, "burst", "60", "80")[0], "60 sequential requests all succeed")
+    check(client_ok(lab, SERVER4_C, "parallel", "80", "80", "40")[0], "80 requests, 40 at once, all succeed")
+    st = scan(lab, "-sS", "-p1-1000", SERVER4)
+    check(learned(st) <= 1, "-sS reports at most 1 port open or closed: %s" % st)
+    status = d.status()
+    outbound = status["workers"][len(status["workers"]) // 2:]
+    check(sum(w["packets"] for w in outbound) >= 140, "the outbound workers saw the SYN-ACKs: %s"
+          % [w["packets"] for w in outbound])
+    check(status["tables"]["flows"] > 0, "handshakes are tracked")
+    # One forgeable packet from a source that just completed handshakes
+    # must not ban it: the handshake grace, fed by the queued SYN-ACKs
+    # and handshake-completing ACKs.
+    run(lab.ns(lab.client, "hping3", "-c", "1", "-p", "9", "-F", SERVER4_C), timeout=20, check=False)
+    time.sleep(0.3)
+    guards = d.status()["guards"]
+    check(guards["handshake_grace"] >= 1 and not banned(d, "198.18.2.2"),
+          "a client that completed handshakes is not banned on one stray FIN: %s" % guards)
+    check(d.stop() == 0, "SIGTERM stops the daemon cleanly")
+    ruleset = run(lab.ns(lab.server, "nft", "list", "ruleset")).stdout
+    check(ruleset.strip() == "", "the ruleset is empty again:\n" + ruleset)
 
 
 if __name__ == "__main__":
-    main()
+    main("pce", "end-to-end", body)

@@ -37,6 +37,7 @@ class Lab:
         self.p = prefix
         self.server, self.attacker, self.client = prefix + "-s", prefix + "-a", prefix + "-c"
         self.procs = []
+        self.daemons = []
 
     def ns(self, ns, *cmd):
         return ["ip", "netns", "exec", ns] + list(cmd)
@@ -111,6 +112,7 @@ class Daemon:
 
     def __init__(self, lab, binary, workdir, extra_rules="", daemon_keys=""):
         self.lab, self.binary, self.workdir = lab, binary, workdir
+        lab.daemons.append(self)
         os.makedirs(workdir, exist_ok=True)
         self.socket = os.path.join(workdir, "portcloak.sock")
         self.state = os.path.join(workdir, "state.json")
@@ -177,3 +179,26 @@ def check(cond, what):
     if not cond:
         raise Failed(what)
     log("  ok:", what)
+
+
+def main(prefix, name, body):
+    """The command line of an end-to-end script (SCRIPT BINARY WORKDIR):
+    runs body(lab, binary, workdir) in a fresh lab whose namespaces start
+    with `prefix`, tears it down whatever happens, and exits 1 on the first
+    failed check, after the logs of the daemons it started."""
+    binary, workdir = sys.argv[1], sys.argv[2]
+    os.makedirs(workdir, exist_ok=True)
+    lab = Lab("%s%d" % (prefix, os.getpid() % 100000))
+    started = time.monotonic()
+    try:
+        lab.up()
+        body(lab, binary, workdir)
+        log("%s passed in %.0f s" % (name, time.monotonic() - started))
+    except Failed as e:
+        log("FAILED:", e)
+        for d in lab.daemons:
+            log("---- daemon log %s ----" % d.log)
+            log(d.read_log())
+        sys.exit(1)
+    finally:
+        lab.down()

@@ -18,7 +18,7 @@ import time
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lab import (SERVER4, SERVER4_C, SERVER6_C, Daemon, Failed, Lab, check, log, run)  # noqa: E402
+from lab import (SERVER4, SERVER4_C, SERVER6_C, Daemon, Failed, check, log, main, run)  # noqa: E402
 
 OPEN_RULES = """
 [services]
@@ -160,69 +160,57 @@ def p0f_says(lab, workdir):
     return oses
 
 
-def main():
-    binary, workdir = sys.argv[1], sys.argv[2]
-    lab = Lab("pcp%d" % (os.getpid() % 100000))
-    started = time.monotonic()
+def body(lab, binary, workdir):
     results = {}
-    try:
-        lab.up()
-        original = sysctls(lab)
-        for persona in ("none", "windows", "freebsd", "windows-1709"):
-            log("persona %s:" % persona)
-            d = Daemon(lab, binary, os.path.join(workdir, persona), extra_rules=OPEN_RULES % persona)
-            d.start()
-            try:
-                guesses = os_guesses(lab)
-                p0f = p0f_says(lab, d.workdir) if persona in ("none", "windows") else None
-                retrans = traffic(lab) if persona in ("none", "windows") else None
-                if persona != "none":
-                    status = d.status()
-                    rewritten = status.get("rewritten", 0)
-                    check(rewritten > 0, "the outbound workers rewrote packets (%d)" % rewritten)
-                if persona == "windows-1709":
-                    answered = d.status().get("answered", 0)
-                    check(answered > 0, "the workers answered nmap's T2 and T3 probes (%d)" % answered)
-            finally:
-                code = d.stop()
-            check(code == 0, "the daemon stops cleanly")
-            check(sysctls(lab) == original, "the sysctls are back as they were")
-            results[persona] = (guesses, p0f, retrans)
+    original = sysctls(lab)
+    for persona in ("none", "windows", "freebsd", "windows-1709"):
+        log("persona %s:" % persona)
+        d = Daemon(lab, binary, os.path.join(workdir, persona), extra_rules=OPEN_RULES % persona)
+        d.start()
+        try:
+            guesses = os_guesses(lab)
+            p0f = p0f_says(lab, d.workdir) if persona in ("none", "windows") else None
+            retrans = traffic(lab) if persona in ("none", "windows") else None
+            if persona != "none":
+                status = d.status()
+                rewritten = status.get("rewritten", 0)
+                check(rewritten > 0, "the outbound workers rewrote packets (%d)" % rewritten)
+            if persona == "windows-1709":
+                answered = d.status().get("answered", 0)
+                check(answered > 0, "the workers answered nmap's T2 and T3 probes (%d)" % answered)
+        finally:
+            code = d.stop()
+        check(code == 0, "the daemon stops cleanly")
+        check(sysctls(lab) == original, "the sysctls are back as they were")
+        results[persona] = (guesses, p0f, retrans)
 
-        guesses = results["none"][0]
-        check(guesses and "Linux" in guesses[0][0],
-              "without a persona nmap sees Linux (the test can fail): %s" % guesses[:1])
-        guesses = results["windows"][0]
-        check(guesses and "Microsoft Windows" in guesses[0][0],
-              "as windows, the top guess is Microsoft Windows: %s" % guesses[:1])
-        check(not any("Linux" in name for name, _ in guesses),
-              "as windows, no guess says Linux (%d guesses)" % len(guesses))
-        # 100% in most runs; the ISN statistics (SP, ISR), which portcloak
-        # leaves to the kernel, fall outside the profile's range now and then.
-        check(guesses[0][1] >= 95, "as windows, nmap is sure of it (%d%%)" % guesses[0][1])
-        guesses = results["freebsd"][0]
-        check(guesses and "FreeBSD" in guesses[0][0], "as freebsd, the top guess is FreeBSD: %s" % guesses[:1])
-        linux = [a for name, a in guesses if "Linux" in name]
-        check(all(a < guesses[0][1] for a in linux),
-              "as freebsd, any Linux guess ranks below FreeBSD: %s" % (max(linux) if linux else "none"))
-        guesses = results["windows-1709"][0]
-        check(guesses and "Windows 10 1709" in guesses[0][0],
-              "as windows-1709 (answers T2, T3), the top guess is Windows 10 1709: %s" % guesses[:1])
-        check(not any("Linux" in name for name, _ in guesses), "as windows-1709, no guess says Linux")
-        p0f = results["none"][1]
-        check(p0f and not any("Windows" in os_ for os_ in p0f), "without a persona p0f does not say Windows: %s" % p0f)
-        p0f = results["windows"][1]
-        check(p0f and all("Windows" in os_ for os_ in p0f), "as windows, p0f calls the SYN-ACKs Windows: %s" % p0f)
-        base, windows = results["none"][2], results["windows"][2]
-        check(windows <= base, "no more retransmissions with the persona (%d) than without (%d)" % (windows, base))
-        log("persona e2e passed in %.0f s" % (time.monotonic() - started))
-    except Failed as e:
-        log("FAILED:", e)
-        return 1
-    finally:
-        lab.down()
-    return 0
+    guesses = results["none"][0]
+    check(guesses and "Linux" in guesses[0][0],
+          "without a persona nmap sees Linux (the test can fail): %s" % guesses[:1])
+    guesses = results["windows"][0]
+    check(guesses and "Microsoft Windows" in guesses[0][0],
+          "as windows, the top guess is Microsoft Windows: %s" % guesses[:1])
+    check(not any("Linux" in name for name, _ in guesses),
+          "as windows, no guess says Linux (%d guesses)" % len(guesses))
+    # 100% in most runs; the ISN statistics (SP, ISR), which portcloak
+    # leaves to the kernel, fall outside the profile's range now and then.
+    check(guesses[0][1] >= 95, "as windows, nmap is sure of it (%d%%)" % guesses[0][1])
+    guesses = results["freebsd"][0]
+    check(guesses and "FreeBSD" in guesses[0][0], "as freebsd, the top guess is FreeBSD: %s" % guesses[:1])
+    linux = [a for name, a in guesses if "Linux" in name]
+    check(all(a < guesses[0][1] for a in linux),
+          "as freebsd, any Linux guess ranks below FreeBSD: %s" % (max(linux) if linux else "none"))
+    guesses = results["windows-1709"][0]
+    check(guesses and "Windows 10 1709" in guesses[0][0],
+          "as windows-1709 (answers T2, T3), the top guess is Windows 10 1709: %s" % guesses[:1])
+    check(not any("Linux" in name for name, _ in guesses), "as windows-1709, no guess says Linux")
+    p0f = results["none"][1]
+    check(p0f and not any("Windows" in os_ for os_ in p0f), "without a persona p0f does not say Windows: %s" % p0f)
+    p0f = results["windows"][1]
+    check(p0f and all("Windows" in os_ for os_ in p0f), "as windows, p0f calls the SYN-ACKs Windows: %s" % p0f)
+    base, windows = results["none"][2], results["windows"][2]
+    check(windows <= base, "no more retransmissions with the persona (%d) than without (%d)" % (windows, base))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main("pcp", "persona e2e", body)
