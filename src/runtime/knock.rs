@@ -103,3 +103,27 @@ pub fn send_knocks(host: IpAddr, steps: &[KnockStep], gap: Duration) -> anyhow::
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn keys_from_keygen_load_and_the_daemon_refuses_a_readable_one() {
+        let dir = std::env::temp_dir().join(format!("portcloak-key-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("k");
+        keygen(&path).unwrap();
+        assert!(keygen(&path).is_err(), "never overwrites");
+        let key = read_key(&path).unwrap();
+        assert_eq!(key.len(), 32);
+        assert_eq!(crate::runtime::daemon::read_spa_key(&path).unwrap(), key);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = crate::runtime::daemon::read_spa_key(&path).unwrap_err().to_string();
+        assert!(err.contains("mode 644") && err.contains("chmod 600"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
