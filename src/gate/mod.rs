@@ -126,46 +126,40 @@ pub struct GateCounters {
     pub hidden_dropped: u64,
 }
 
+/// The gate's counters, each bumped by the worker that saw the packet.
 #[derive(Debug, Default)]
-struct Counters([AtomicU64; 11]);
+struct Counters {
+    /// By [`Via`]: knock, SPA.
+    authorized: [AtomicU64; 2],
+    /// By [`Rejection`].
+    rejected: [AtomicU64; 6],
+    limited: AtomicU64,
+    opened: AtomicU64,
+    dropped: AtomicU64,
+}
 
-/// Indexes into `Counters`, in `GateCounters` order.
-#[derive(Clone, Copy)]
-enum C {
-    SpaOk,
-    KnockOk,
-    Malformed,
-    BadHmac,
-    Stale,
-    WrongSource,
-    Replay,
-    NotHidden,
-    Limited,
-    Opened,
-    Dropped,
+fn bump(counter: Option<&AtomicU64>) {
+    if let Some(c) = counter {
+        c.fetch_add(1, Relaxed);
+    }
 }
 
 impl Counters {
-    fn inc(&self, c: C) {
-        if let Some(a) = self.0.get(c as usize) {
-            a.fetch_add(1, Relaxed);
-        }
-    }
-
     fn read(&self) -> GateCounters {
-        let v = |c: C| self.0.get(c as usize).map_or(0, |a| a.load(Relaxed));
+        let load = |c: Option<&AtomicU64>| c.map_or(0, |c| c.load(Relaxed));
+        let by = |r: Rejection| load(self.rejected.get(r as usize));
         GateCounters {
-            spa_authorized: v(C::SpaOk),
-            knock_authorized: v(C::KnockOk),
-            spa_malformed: v(C::Malformed),
-            spa_bad_hmac: v(C::BadHmac),
-            spa_stale: v(C::Stale),
-            spa_wrong_source: v(C::WrongSource),
-            spa_replay: v(C::Replay),
-            spa_not_hidden: v(C::NotHidden),
-            spa_rate_limited: v(C::Limited),
-            hidden_opened: v(C::Opened),
-            hidden_dropped: v(C::Dropped),
+            spa_authorized: load(self.authorized.get(Via::Spa as usize)),
+            knock_authorized: load(self.authorized.get(Via::Knock as usize)),
+            spa_malformed: by(Rejection::Malformed),
+            spa_bad_hmac: by(Rejection::BadHmac),
+            spa_stale: by(Rejection::Stale),
+            spa_wrong_source: by(Rejection::WrongSource),
+            spa_replay: by(Rejection::Replay),
+            spa_not_hidden: by(Rejection::NotHidden),
+            spa_rate_limited: load(Some(&self.limited)),
+            hidden_opened: load(Some(&self.opened)),
+            hidden_dropped: load(Some(&self.dropped)),
         }
     }
 }
@@ -279,10 +273,10 @@ impl Gate {
             return (Gated::Pass, None);
         }
         if state.authorized(index, now) {
-            self.counters.inc(C::Opened);
+            bump(Some(&self.counters.opened));
             (Gated::Open, None)
         } else {
-            self.counters.inc(C::Dropped);
+            bump(Some(&self.counters.dropped));
             (Gated::Closed, None)
         }
     }
@@ -311,7 +305,7 @@ impl Gate {
             let done = expected + 1 == self.knock.len();
             state.knock_step = if done { 0 } else { u8::try_from(expected + 1).unwrap_or(0) };
             let event = done.then(|| {
-                self.counters.inc(C::KnockOk);
+                bump(self.counters.authorized.get(Via::Knock as usize));
                 let mask = mask_of(self.hidden.len());
                 let until = now.saturating_add(self.longest_open());
                 state.authorize(mask, now, until);
@@ -341,44 +335,44 @@ impl Gate {
         state: &mut GateState,
     ) -> Option<GateEvent> {
         if !state.take_spa(now, spa.rate, spa.burst) {
-            self.counters.inc(C::Limited);
+            bump(Some(&self.counters.limited));
             return None;
         }
-        let reject = |r: Rejection, c: C| {
-            self.counters.inc(c);
+        let reject = |r: Rejection| {
+            bump(self.counters.rejected.get(r as usize));
             Some(GateEvent::Rejected(r))
         };
         let req = match spa::open(&spa.key, payload) {
             Ok(req) => req,
-            Err(spa::OpenError::Malformed) => return reject(Rejection::Malformed, C::Malformed),
-            Err(spa::OpenError::BadHmac) => return reject(Rejection::BadHmac, C::BadHmac),
+            Err(spa::OpenError::Malformed) => return reject(Rejection::Malformed),
+            Err(spa::OpenError::BadHmac) => return reject(Rejection::BadHmac),
         };
         let now_s = now.micros() / 1_000_000;
         if req.timestamp.abs_diff(now_s) > spa.max_age {
-            return reject(Rejection::Stale, C::Stale);
+            return reject(Rejection::Stale);
         }
         if req.ip != src {
-            return reject(Rejection::WrongSource, C::WrongSource);
+            return reject(Rejection::WrongSource);
         }
         let proto = match req.protocol {
             6 => GateProto::Tcp,
             17 => GateProto::Udp,
-            _ => return reject(Rejection::NotHidden, C::NotHidden),
+            _ => return reject(Rejection::NotHidden),
         };
         let Some(index) = self.hidden_index(proto, req.port) else {
-            return reject(Rejection::NotHidden, C::NotHidden);
+            return reject(Rejection::NotHidden);
         };
         {
             let mut n = spa.nonces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if req.timestamp <= n.floor || n.seen.contains(&req.nonce) {
                 drop(n);
-                return reject(Rejection::Replay, C::Replay);
+                return reject(Rejection::Replay);
             }
             if let Some((_, evicted)) = n.seen.push(req.nonce, req.timestamp) {
                 n.floor = n.floor.max(evicted);
             }
         }
-        self.counters.inc(C::SpaOk);
+        bump(self.counters.authorized.get(Via::Spa as usize));
         let open_for = self.hidden.get(index).map(|h| h.open_for.get()).unwrap_or_default();
         let (mask, until) = (1u16 << index, now.saturating_add(open_for));
         state.authorize(mask, now, until);
