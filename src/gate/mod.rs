@@ -240,6 +240,11 @@ impl Gate {
         in_flow: bool,
         state: &mut GateState,
     ) -> (Gated, Option<GateEvent>) {
+        // The rules allow knocks and SPA only with a hidden port to open:
+        // without one the gate has nothing to do and leaves the state alone.
+        if self.hidden.is_empty() {
+            return (Gated::Pass, None);
+        }
         let (proto, port, payload) = match view.transport {
             Transport::Tcp(t) => (GateProto::Tcp, t.dst_port, None),
             Transport::Udp(u) => (GateProto::Udp, u.dst_port, Some(u.payload)),

@@ -46,10 +46,19 @@ pub fn read_key(path: &Path) -> anyhow::Result<Vec<u8>> {
     spa::parse_key(&text).map_err(|e| anyhow::anyhow!("the key file {}: {e}", path.display()))
 }
 
+/// A UDP socket on any local address and port of `host`'s family.
+fn udp_towards(host: IpAddr) -> std::io::Result<UdpSocket> {
+    let any: IpAddr = if host.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    UdpSocket::bind(SocketAddr::new(any, 0))
+}
+
 /// The address this host sends from to reach `to`.
 fn source_for(to: SocketAddr) -> anyhow::Result<IpAddr> {
-    let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
-    let s = UdpSocket::bind(bind)?;
+    let s = udp_towards(to.ip())?;
     s.connect(to).with_context(|| format!("no route to {to}"))?;
     Ok(s.local_addr()?.ip())
 }
@@ -74,8 +83,7 @@ pub fn send_spa(
     random(&mut nonce)?;
     let timestamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let packet = spa::seal(key, &Request { timestamp, nonce, port, protocol: proto.number(), ip });
-    let bind: SocketAddr = if host.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
-    UdpSocket::bind(bind)?.send_to(&packet, to).with_context(|| format!("sending to {to}"))?;
+    udp_towards(host)?.send_to(&packet, to).with_context(|| format!("sending to {to}"))?;
     Ok(ip)
 }
 
@@ -88,9 +96,7 @@ pub fn send_knocks(host: IpAddr, steps: &[KnockStep], gap: Duration) -> anyhow::
         let to = SocketAddr::new(host, step.port);
         match step.proto {
             GateProto::Udp => {
-                let bind: SocketAddr =
-                    if host.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
-                UdpSocket::bind(bind)?.send_to(b"knock", to)?;
+                udp_towards(host)?.send_to(b"knock", to)?;
             }
             // The SYN leaves at once; the short timeout abandons the
             // connect before the kernel would retransmit it.
