@@ -322,6 +322,8 @@ pub enum PortProto {
     Udp,
     /// SCTP.
     Sctp,
+    /// Another IP protocol: the "port" is the protocol number (`nmap -sO`).
+    Ip,
 }
 
 impl PortProto {
@@ -336,6 +338,7 @@ impl PortProto {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
             Self::Sctp => "sctp",
+            Self::Ip => "ip",
         }
     }
 }
@@ -379,9 +382,11 @@ pub fn classify(view: &PacketView<'_>, in_flow: bool) -> Probe {
             port: Some((PortProto::Sctp, *dst_port)),
         },
         Transport::Fragment => Probe { kind: ProbeKind::Fragment, signature: None, port: None },
-        Transport::Other(_) => {
-            Probe { kind: ProbeKind::OtherProtocol, signature: None, port: None }
-        }
+        Transport::Other(protocol) => Probe {
+            kind: ProbeKind::OtherProtocol,
+            signature: None,
+            port: Some((PortProto::Ip, u16::from(*protocol))),
+        },
     }
 }
 

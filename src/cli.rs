@@ -425,11 +425,23 @@ fn write_status(out: &mut impl Write, s: &serde_json::Value) -> std::io::Result<
             "warnings: {lost} bans or events lost to full channels, {errors} queue errors"
         )?;
     }
+    if let Some(k) = s.get("kernel_counters").filter(|k| !k.is_null()) {
+        writeln!(
+            out,
+            "kernel: {} new connections of proven pairs passed (fast path), {} of quarantined \
+             sources dropped; banned sources' packets dropped: {} IPv4, {} IPv6",
+            n(k, "fast_path"),
+            n(k, "quarantined"),
+            n(k, "banned4"),
+            n(k, "banned6"),
+        )?;
+    }
     let m = s.get("memory").cloned().unwrap_or_default();
     writeln!(
         out,
-        "bans: {}; memory {} MiB resident, {} MiB peak, limit {} MiB",
+        "bans: {}, quarantines: {}; memory {} MiB resident, {} MiB peak, limit {} MiB",
         n(s, "bans"),
+        n(s, "quarantines"),
         n(&m, "rss") >> 20,
         n(&m, "peak") >> 20,
         n(&m, "limit") >> 20,
@@ -441,13 +453,14 @@ fn write_bans(out: &mut impl Write, bans: &serde_json::Value) -> std::io::Result
     if list.is_empty() {
         return writeln!(out, "no active bans");
     }
-    writeln!(out, "{:<28} {:>10} {:>8}  reason", "source", "remaining", "offences")?;
+    writeln!(out, "{:<28} {:<10} {:>10} {:>8}  reason", "source", "kind", "remaining", "offences")?;
     for b in list {
         let remaining = b.get("remaining").and_then(serde_json::Value::as_u64).unwrap_or(0);
         writeln!(
             out,
-            "{:<28} {:>10} {:>8}  {}",
+            "{:<28} {:<10} {:>10} {:>8}  {}",
             b.get("source").and_then(|v| v.as_str()).unwrap_or("?"),
+            b.get("kind").and_then(|v| v.as_str()).unwrap_or("?"),
             format_duration(std::time::Duration::from_secs(remaining)),
             b.get("offences").and_then(serde_json::Value::as_u64).unwrap_or(0),
             b.get("reason").and_then(|v| v.as_str()).unwrap_or("?"),

@@ -37,7 +37,7 @@ use crate::gate::{Gate, GateCounters, GateEvent, Gated};
 use crate::policy::{Decision, GuardCounters, Inbound, Policy, PortMap, Reason, Verdict};
 use crate::time::Timestamp;
 use crate::track::{
-    Ban, BanReason, Flow, FlowKey, FlowState, Shard, SourceKey, Sweep, Table, TableLimits,
+    Ban, BanKind, BanReason, Flow, FlowKey, FlowState, Shard, SourceKey, Sweep, Table, TableLimits,
     TableStats,
 };
 use crate::wire::{self, Checksum, PacketView, TcpFlags, Transport};
@@ -83,13 +83,24 @@ pub struct Meta {
     /// NIC to complete (the kernel's CHECKSUM_PARTIAL): rewrites of
     /// transport bytes leave it alone.
     pub l4_partial: bool,
+    /// The kernel vouches for the source (inline: the mark of the `proof`
+    /// chain): it completed a handshake with this host, this host answered
+    /// it, or this host opened a flow to it. The engine also proves sources
+    /// itself, from the handshakes it sees.
+    pub proven: bool,
 }
 
 impl Meta {
     /// A packet in `direction`, sent or received by this host, whose
     /// checksums the engine verifies.
     pub const fn new(direction: Direction) -> Self {
-        Self { direction, checksum: ChecksumCheck::Verify, forwarded: false, l4_partial: false }
+        Self {
+            direction,
+            checksum: ChecksumCheck::Verify,
+            forwarded: false,
+            l4_partial: false,
+            proven: false,
+        }
     }
 }
 
@@ -136,6 +147,19 @@ impl Outcome {
             gate: None,
         }
     }
+}
+
+/// Why a ban by hand was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// This host's own, unspecified, multicast, broadcast or link-local.
+    #[error(
+        "this address is never banned (the host's own, unspecified, multicast, broadcast or link-local)"
+    )]
+    Unbannable,
+    /// The ban table is full of active bans.
+    #[error("the ban table is full")]
+    TableFull,
 }
 
 /// Counters of the engine's tables and guards.
@@ -239,23 +263,40 @@ impl Engine {
         if lists.denies(src) {
             return Outcome { verdict: Verdict::Drop, reason: Reason::Denylisted, ..out };
         }
+        if self.policy.is_local(src) {
+            return Outcome { verdict: Verdict::Drop, reason: Reason::Martian, ..out };
+        }
         let flow_key = flow_key(view, Direction::Inbound);
         let allowed = lists.allows(src);
         let mut shard = self.table.lock(&key);
         let idle = self.config().tracking.flow_idle.get();
-        if !allowed && shard.active_ban(&key, now).is_some() {
-            // Classified for reports only: no state of a banned source changes.
-            let in_flow = flow_key.is_some_and(|fk| shard.peek_flow(&fk, now, idle));
-            drop(shard);
+        let ban = shard.active_ban(&key, now).filter(|_| !allowed);
+        let known = flow_key.and_then(|fk| shard.peek_flow(&fk, now, idle));
+        if let Some(ban) = ban {
+            // A flow this host opened is never cut off by a ban.
+            let ours = known.is_some_and(|f| !f.inbound);
+            let in_flow = known.is_some();
             let probe = classify::classify(view, in_flow);
-            return Outcome {
-                verdict: Verdict::Drop,
-                reason: Reason::Banned,
-                kind: Some(probe.kind),
-                signature: probe.signature,
-                port: probe.port,
-                ..out
-            };
+            let proven_pair = probe.port.is_some_and(|(proto, port)| {
+                shard.peek_source(&key).is_some_and(|s| s.proven.contains(proto, port))
+            });
+            let passes = ours || (ban.kind == BanKind::Quarantine && (in_flow || proven_pair));
+            if !passes {
+                // Classified for reports only: no state of the source changes.
+                drop(shard);
+                let reason = match ban.kind {
+                    BanKind::Ban => Reason::Banned,
+                    BanKind::Quarantine => Reason::Quarantined,
+                };
+                return Outcome {
+                    verdict: Verdict::Drop,
+                    reason,
+                    kind: Some(probe.kind),
+                    signature: probe.signature,
+                    port: probe.port,
+                    ..out
+                };
+            }
         }
         let flow = flow_key
             .map_or(FlowMatch::None, |fk| track_inbound_flow(&mut shard, fk, view, now, idle));
@@ -268,14 +309,22 @@ impl Engine {
             open_flow(&mut shard, flow_key, view, now);
             return Outcome { reason: Reason::Allowlisted, ..out };
         }
+        let state = shard.source(key, now);
+        if flow == FlowMatch::Handshake {
+            state.last_handshake = now;
+            if let Some((proto, port)) = probe.port {
+                state.proven.add(proto, port);
+            }
+        }
+        let proven = meta.proven || self.policy.handshake_recent(state, now);
         let ctx = Inbound {
             now,
             kind: probe.kind,
             signature: probe.signature,
             port: probe.port,
             in_flow,
+            proven,
         };
-        let state = shard.source(key, now);
         state.seen(now, probe.kind);
         let (gated, event) = self.gate.check(now, view, probe.kind, in_flow, &mut state.gate);
         out.gate = event;
@@ -285,9 +334,6 @@ impl Engine {
             Gated::Closed => self.policy.hidden(state, now, probe.port),
             Gated::Open => accept(Reason::Authorized),
         };
-        if flow == FlowMatch::Handshake {
-            state.last_handshake = now;
-        }
         if decision.verdict == Verdict::Accept
             && let Some(persona) = &self.persona
         {
@@ -313,7 +359,13 @@ impl Engine {
         if decision.verdict == Verdict::Accept && opens {
             open_flow(&mut shard, flow_key, view, now);
         }
-        let ban = decision.ban.and_then(|reason| self.policy.ban(&mut shard, key, now, reason));
+        // A quarantined source that got this far sent a proven pair's
+        // packet: it is not banned again.
+        let kind = if proven { BanKind::Quarantine } else { BanKind::Ban };
+        let ban = decision
+            .ban
+            .filter(|_| ban.is_none())
+            .and_then(|reason| self.policy.ban(&mut shard, (key, src), now, reason, kind));
         Outcome { verdict: decision.verdict, reason: decision.reason, ban, ..out }
     }
 
@@ -326,7 +378,8 @@ impl Engine {
         let key = self.key(view.ip.dst);
         let mut out = Outcome { source: Some(key), ..Outcome::bare(accept(Reason::Outbound)) };
         let mut shard = self.table.lock(&key);
-        if shard.active_ban(&key, now).is_some() && !self.config().lists.allows(view.ip.dst) {
+        let banned = shard.active_ban(&key, now).is_some_and(|b| b.kind == BanKind::Ban);
+        if banned && !self.config().lists.allows(view.ip.dst) && !self.ours(&shard, view, now) {
             return (Outcome { verdict: Verdict::Drop, reason: Reason::Banned, ..out }, None);
         }
         out.port = self.track_outbound_flow(&mut shard, view, now);
@@ -338,6 +391,22 @@ impl Engine {
         let per_peer = persona.needs_peer() && view.ip.dst.is_ipv4();
         let peer = per_peer.then(|| &mut shard.source(key, now).peer);
         (out, persona.plan(view, peer, self.seed))
+    }
+
+    /// True when an outbound packet belongs to a flow this host opens or
+    /// opened: a ban never cuts those off.
+    fn ours(&self, shard: &Shard, view: &PacketView<'_>, now: Timestamp) -> bool {
+        let idle = self.config().tracking.flow_idle.get();
+        let known =
+            flow_key(view, Direction::Outbound).and_then(|fk| shard.peek_flow(&fk, now, idle));
+        match (known, view.transport) {
+            (Some(flow), _) => !flow.inbound,
+            (None, Transport::Tcp(t)) => {
+                t.flags.classic() & (TcpFlags::SYN | TcpFlags::ACK) == TcpFlags::SYN
+            }
+            (None, Transport::Udp(_)) => true,
+            _ => false,
+        }
     }
 
     /// Follows a connection or datagram flow this host answers or starts;
@@ -381,6 +450,9 @@ impl Engine {
                         flow.last = now;
                         if flow.inbound {
                             self.ports().learn(PortProto::Udp, udp.src_port);
+                            // This host answered: the pair is proven.
+                            let key = self.key(view.ip.dst);
+                            shard.source(key, now).proven.add(PortProto::Udp, udp.src_port);
                         }
                     }
                     None => shard.insert_flow(
@@ -408,18 +480,28 @@ impl Engine {
         self.table.active_bans(now)
     }
 
-    /// Bans `ip` by hand for `length`. Returns false when the ban table is full.
-    pub fn ban(&self, now: Timestamp, ip: IpAddr, length: Duration) -> bool {
+    /// This host's own addresses: never banned, and inbound packets that
+    /// claim one as their source are dropped (`martian`).
+    pub fn set_local(&self, addrs: Vec<IpAddr>) {
+        self.policy.set_local(addrs);
+    }
+
+    /// Bans `ip` by hand for `length`.
+    pub fn ban(&self, now: Timestamp, ip: IpAddr, length: Duration) -> Result<Ban, Refused> {
+        if !self.policy.bannable(ip) {
+            return Err(Refused::Unbannable);
+        }
         let key = self.key(ip);
         let mut shard = self.table.lock(&key);
         let offences = shard.offences(&key).saturating_add(1);
         let ban = Ban {
+            kind: BanKind::Ban,
             reason: BanReason::Manual,
             since: now,
             until: now.saturating_add(length),
             offences,
         };
-        shard.insert_ban(key, ban, now)
+        if shard.insert_ban(key, ban, now) { Ok(ban) } else { Err(Refused::TableFull) }
     }
 
     /// Puts back a ban saved by an earlier run, with its reason and offence

@@ -12,7 +12,7 @@ use crate::classify::{PortProto, ProbeKind, Signature};
 use crate::engine::{Direction, Outcome};
 use crate::policy::{Reason, Verdict};
 use crate::time::Timestamp;
-use crate::track::{Ban, BanReason, SourceKey};
+use crate::track::{Ban, BanKind, BanReason, SourceKey};
 
 /// A reportable event.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -54,7 +54,21 @@ pub enum Event {
         /// Offence count, this one included.
         offences: u16,
     },
-    /// A ban ended.
+    /// A proven source was quarantined: its proven pairs keep working,
+    /// every other new connection from it is dropped.
+    Quarantine {
+        /// Time, serialised in seconds.
+        ts: Timestamp,
+        /// Who.
+        source: SourceKey,
+        /// Why.
+        reason: BanReason,
+        /// Quarantine length in seconds.
+        seconds: u64,
+        /// Offence count, this one included.
+        offences: u16,
+    },
+    /// A ban or quarantine ended.
     Unban {
         /// Time, serialised in seconds.
         ts: Timestamp,
@@ -103,14 +117,13 @@ impl Event {
         first.into_iter().chain(ban)
     }
 
-    /// The event for a ban.
+    /// The event for a ban or a quarantine.
     pub fn ban(source: SourceKey, ban: &Ban) -> Self {
-        Self::Ban {
-            ts: ban.since,
-            source,
-            reason: ban.reason,
-            seconds: ban.until.saturating_since(ban.since).as_secs(),
-            offences: ban.offences,
+        let (ts, reason, offences) = (ban.since, ban.reason, ban.offences);
+        let seconds = ban.until.saturating_since(ban.since).as_secs();
+        match ban.kind {
+            BanKind::Ban => Self::Ban { ts, source, reason, seconds, offences },
+            BanKind::Quarantine => Self::Quarantine { ts, source, reason, seconds, offences },
         }
     }
 

@@ -260,8 +260,12 @@ pub struct Daemon {
     pub shed_backlog: u32,
     /// A worker sheds packets that waited longer than this (when stamped).
     pub shed_age: Dur,
-    /// Also queue outbound replies and each handshake's completing ACK.
+    /// Also queue outbound replies (SYN-ACKs, RSTs, ICMP replies and errors).
     pub outbound: bool,
+    /// The lower of the two packet-mark bits the kernel rules use within
+    /// the prerouting hook: this bit marks a proven pair's new connection
+    /// (the fast path), the next one a proven source's queued packet.
+    pub mark: u32,
     /// Memory the daemon may use, in MiB.
     pub memory_limit: u64,
     /// Where bans persist across restarts.
@@ -427,6 +431,7 @@ impl Default for Daemon {
             shed_backlog: 2048,
             shed_age: Dur::millis(50),
             outbound: false,
+            mark: 0x1000_0000,
             memory_limit: 512,
             state_file: PathBuf::from("/var/lib/portcloak/state.json"),
             socket: PathBuf::from("/run/portcloak.sock"),
@@ -512,6 +517,13 @@ impl Config {
         let d = &self.daemon;
         if d.workers > 1024 {
             return fail("daemon", "workers", "must be at most 1024 (0 = one per CPU)".to_owned());
+        }
+        if d.mark.count_ones() != 1 || d.mark >= 1 << 31 {
+            return fail(
+                "daemon",
+                "mark",
+                "must be one bit below 0x80000000 (the rules use it and the bit above it)".into(),
+            );
         }
         if d.copy_range < 80 {
             return fail("daemon", "copy_range", "must be at least 80 (IP and TCP headers)".into());

@@ -267,11 +267,115 @@ fn handshake_guard_blocks_single_packet_bans_only() {
         banned = banned.or(run(&e, at(2000), Direction::Inbound, syn(client, 40_001, port)).ban);
     }
     assert!(matches!(banned.map(|b| b.reason), Some(BanReason::ClosedPorts(_))));
+    assert_eq!(banned.map(|b| b.kind), Some(BanKind::Quarantine), "a proven source is quarantined");
     // Once the grace has passed, a single packet bans again.
     let e = Engine::new(config());
     connect(&e, at(0), client, 33_000, 80);
     let forged = Craft::tcp(client, server(), 40_000, 1, 0).build();
     assert!(run(&e, at(11 * 60 * 1000), Direction::Inbound, forged).ban.is_some());
+}
+
+#[test]
+fn a_quarantine_keeps_the_proven_pairs_and_drops_everything_else() {
+    let e = Engine::new(config());
+    let client = host(21);
+    connect(&e, at(0), client, 33_000, 80);
+    let mut quarantine = None;
+    for port in 2000..2010 {
+        quarantine =
+            quarantine.or(run(&e, at(10), Direction::Inbound, syn(client, 40_001, port)).ban);
+    }
+    assert_eq!(quarantine.map(|q| q.kind), Some(BanKind::Quarantine));
+    let to = |port, sport| run(&e, at(20), Direction::Inbound, syn(client, sport, port));
+    let o = to(80, 33_001);
+    assert_eq!((o.verdict, o.ban), (Verdict::Accept, None), "the proven pair keeps working");
+    let o = to(22, 33_002);
+    assert_eq!(
+        (o.verdict, o.reason),
+        (Verdict::Drop, Reason::Quarantined),
+        "another open port is not"
+    );
+    assert_eq!(to(3000, 33_003).reason, Reason::Quarantined);
+    // The host's replies on the proven pair still leave.
+    let reply = Craft::tcp(server(), client, 80, 33_001, F::SYN | F::ACK).build();
+    assert_eq!(run(&e, at(20), Direction::Outbound, reply).verdict, Verdict::Accept);
+    // Unban lifts it.
+    assert!(e.unban(client).is_some_and(|b| b.kind == BanKind::Quarantine));
+    assert_eq!(to(22, 33_004).verdict, Verdict::Accept);
+}
+
+#[test]
+fn the_kernels_word_proves_a_source() {
+    let e = Engine::new(config());
+    let client = host(22);
+    let mut forged = Craft::tcp(client, server(), 40_000, 1, 0).build();
+    let meta = Meta { proven: true, ..Meta::new(Direction::Inbound) };
+    let o = e.handle_with(at(0), meta, &mut forged);
+    assert_eq!((o.verdict, o.ban), (Verdict::Drop, None), "a proven source's NULL is not banned");
+    assert_eq!(e.stats().guards.handshake_grace, 1);
+    let mut forged = Craft::tcp(client, server(), 40_000, 1, 0).build();
+    assert!(e.handle_with(at(0), Meta::new(Direction::Inbound), &mut forged).ban.is_some());
+}
+
+#[test]
+fn own_special_and_link_local_addresses_are_never_banned() {
+    let e = Engine::new(config());
+    e.set_local(vec![server(), "fd5c:a11:1::1".parse().unwrap()]);
+    let null = |src: IpAddr, dst: IpAddr| Craft::tcp(src, dst, 1, 1, 0).build();
+    let o = run(&e, at(0), Direction::Inbound, null(server(), server()));
+    assert_eq!((o.verdict, o.reason, o.ban), (Verdict::Drop, Reason::Martian, None));
+    let server6: IpAddr = "fd5c:a11:1::1".parse().unwrap();
+    for src in ["fe80::1", "::", "ff02::1"] {
+        let o = run(&e, at(0), Direction::Inbound, null(src.parse().unwrap(), server6));
+        assert_eq!((o.verdict, o.ban), (Verdict::Drop, None), "{src}");
+    }
+    for src in ["0.0.0.0", "255.255.255.255", "224.0.0.1"] {
+        let o = run(&e, at(0), Direction::Inbound, null(src.parse().unwrap(), server()));
+        assert_eq!((o.verdict, o.ban), (Verdict::Drop, None), "{src}");
+    }
+    assert_eq!(e.stats().guards.unbannable, 6);
+    assert_eq!(
+        e.ban(at(0), "fe80::1".parse().unwrap(), Duration::from_secs(60)),
+        Err(Refused::Unbannable)
+    );
+    assert_eq!(e.ban(at(0), server(), Duration::from_secs(60)), Err(Refused::Unbannable));
+    assert!(e.bans(at(0)).is_empty());
+}
+
+#[test]
+fn a_flow_this_host_opened_survives_a_ban_on_its_peer() {
+    let e = Engine::new(config());
+    let resolver = host(53);
+    let query = Craft::udp(server(), resolver, 40_000, 53).build();
+    assert_eq!(run(&e, at(0), Direction::Outbound, query).verdict, Verdict::Accept);
+    // A forged NULL "from" the resolver bans it...
+    assert!(
+        run(&e, at(1), Direction::Inbound, Craft::tcp(resolver, server(), 1, 1, 0).build())
+            .ban
+            .is_some()
+    );
+    // ...yet its answers to this host's queries, and new queries, pass.
+    let answer = Craft::udp(resolver, server(), 53, 40_000).build();
+    assert_eq!(run(&e, at(2), Direction::Inbound, answer).verdict, Verdict::Accept);
+    let query = Craft::udp(server(), resolver, 40_001, 53).build();
+    assert_eq!(run(&e, at(3), Direction::Outbound, query).verdict, Verdict::Accept);
+    // Anything else from it is dropped.
+    let o = run(&e, at(4), Direction::Inbound, syn(resolver, 5000, 80));
+    assert_eq!((o.verdict, o.reason), (Verdict::Drop, Reason::Banned));
+}
+
+#[test]
+fn other_protocols_count_like_closed_ports() {
+    let e = Engine::new(config());
+    let scanner = host(47);
+    let mut ban = None;
+    for protocol in [2u8, 4, 41, 47, 50, 51, 103, 115] {
+        let o = run(&e, at(0), Direction::Inbound, Craft::raw(scanner, server(), protocol).build());
+        let reason = if ban.is_some() { Reason::Banned } else { Reason::OtherProtocol };
+        assert_eq!((o.verdict, o.reason), (Verdict::Drop, reason), "protocol {protocol}");
+        ban = ban.or(o.ban);
+    }
+    assert!(matches!(ban.map(|b| b.reason), Some(BanReason::ClosedPorts(6))), "{ban:?}");
 }
 
 #[test]
@@ -446,7 +550,7 @@ fn flood_of_spoofed_sources_keeps_tables_bounded_and_bans() {
     c.tracking.flows = 1024;
     c.tracking.shards = 4;
     let e = Engine::new(c);
-    assert!(e.ban(at(0), host(66), Duration::from_secs(3600)));
+    assert!(e.ban(at(0), host(66), Duration::from_secs(3600)).is_ok());
     for i in 0..20_000u32 {
         let src = IpAddr::from((0x0a00_0000u32 | i).to_be_bytes());
         run(&e, at(1), Direction::Inbound, syn(src, 1, 80));

@@ -24,8 +24,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-pub use self::render::{Backend, Plan, QueueRange, TtlRewrite};
-use crate::track::SourceKey;
+pub use self::render::{Backend, MIN_FAST_WINDOW, PROOF_SET_SIZE, Plan, QueueRange, TtlRewrite};
+use crate::classify::PortProto;
+use crate::track::{BanKind, SourceKey};
 
 /// The nft table portcloak owns.
 pub const TABLE: &str = "portcloak";
@@ -55,13 +56,29 @@ pub enum FirewallError {
     },
 }
 
-/// One change to the kernel ban sets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A (protocol, port) pair of a source.
+pub type Pair = (PortProto, u16);
+
+/// A ban or quarantine as the kernel sets hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The source.
+    pub key: SourceKey,
+    /// How long from now.
+    pub remaining: Duration,
+    /// A ban or a quarantine.
+    pub kind: BanKind,
+    /// For a quarantine, the proven pairs that keep working.
+    pub keep: Vec<Pair>,
+}
+
+/// One change to the kernel sets.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BanOp {
-    /// Ban (or re-ban) a source for this long from now.
-    Add(SourceKey, Duration),
-    /// Lift a ban.
-    Remove(SourceKey),
+    /// Ban or quarantine (again) a source for this long from now.
+    Add(Entry),
+    /// Lift a ban or quarantine, with the pairs it kept.
+    Remove(SourceKey, Vec<Pair>),
 }
 
 /// Runs `program args`, feeding `input` on stdin when given.
@@ -110,7 +127,7 @@ pub fn detect() -> Result<Backend, FirewallError> {
 /// iptables chain is flushed and reloaded, and its jump added only when
 /// missing. A chain the plan no longer has (`daemon.outbound` switched
 /// off) stays: call [`remove_queue_rules`] first.
-pub fn install(plan: &Plan, bans: &[(SourceKey, Duration)]) -> Result<(), FirewallError> {
+pub fn install(plan: &Plan, bans: &[Entry]) -> Result<(), FirewallError> {
     exec("nft", &["-f", "-"], Some(&plan.nft_script(bans)))?;
     if plan.backend == Backend::Iptables {
         for family in [Family::V4, Family::V6] {
@@ -200,10 +217,43 @@ pub fn queued_packets(backend: Backend) -> Option<u64> {
             Some(total)
         }
         Backend::Nft => {
-            let text = exec("nft", &["list", "table", "inet", TABLE], None).ok()?;
+            let text = exec("nft", &["list", "chain", "inet", TABLE, "inbound"], None).ok()?;
             Some(render::sum_nft_queue_counters(&text))
         }
     }
+}
+
+/// The kernel's counters of what it passed or dropped itself, by rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters {
+    /// New connections of proven pairs passed without a queue trip.
+    pub fast_path: u64,
+    /// New connections of quarantined sources dropped.
+    pub quarantined: u64,
+    /// Packets of banned sources dropped, IPv4.
+    pub banned4: u64,
+    /// The same, IPv6.
+    pub banned6: u64,
+    /// Packets of denylisted sources dropped.
+    pub denied: u64,
+}
+
+/// Reads the counters of the `inet portcloak` rules; `None` when the
+/// table cannot be listed.
+pub fn kernel_counters() -> Option<KernelCounters> {
+    // Chains, not the table: a table listing prints every set element.
+    let mut text = String::new();
+    for chain in ["bans", "proof"] {
+        text.push_str(&exec("nft", &["list", "chain", "inet", TABLE, chain], None).ok()?);
+    }
+    Some(render::kernel_counters(&text))
+}
+
+/// The pairs `key` proved, as the kernel's proof sets hold them now.
+pub fn proven_pairs(key: SourceKey) -> Result<Vec<Pair>, FirewallError> {
+    let set = if key.is_ipv6() { "proven6" } else { "proven4" };
+    let text = exec("nft", &["list", "set", "inet", TABLE, set], None)?;
+    Ok(render::pairs_of(&text, key))
 }
 
 #[derive(Clone, Copy)]

@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
-use super::{BanOp, CHAIN_IN, CHAIN_OUT, TABLE};
+use super::{BanOp, CHAIN_IN, CHAIN_OUT, Entry, KernelCounters, Pair, TABLE};
+use crate::classify::PortProto;
 use crate::config::{Cidr, Config, FailMode, GateProto};
-use crate::track::{SourceKey, prefix_mask};
+use crate::track::{BanKind, SourceKey, prefix_mask};
 
 /// Where the queue rules live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,9 +72,25 @@ pub struct Plan {
     /// The persona's TTL for every packet the host sends, when it has one.
     pub ttl: Option<TtlRewrite>,
     /// Hidden ports: queued without the bypass, so they stay closed when
-    /// no daemon answers (fail closed, whatever `fail_mode` says).
+    /// no daemon answers (fail closed, whatever `fail_mode` says). They
+    /// never take the fast path.
     pub hidden: Vec<(GateProto, u16)>,
+    /// How long a proof lasts (`ban.handshake_grace`).
+    pub grace: Duration,
+    /// The fast-path mark bit; the bit above it marks a proven source.
+    pub mark: u32,
+    /// Other IP protocols are queued (`policy.other_protocols = "drop"`);
+    /// otherwise the kernel passes them.
+    pub queue_other: bool,
 }
+
+/// The smallest SYN window the fast path takes. Clients' stacks offer
+/// 14600 or more; scanners' crafted SYNs far less.
+pub const MIN_FAST_WINDOW: u16 = 2048;
+
+/// Capacity of each dynamic set of proofs: the kernel stops adding when
+/// one is full (proofs then wait for older ones to expire; nothing breaks).
+pub const PROOF_SET_SIZE: u32 = 65_536;
 
 /// The kernel-side half of a persona's TTL: packets the host sends with
 /// the default TTL (IPv6: hop limit) leave with the persona's. Packets
@@ -114,12 +131,20 @@ impl Plan {
             deny: config.lists.deny.clone(),
             ttl,
             hidden: config.hidden.iter().map(|h| (h.proto, h.port)).collect(),
+            grace: config.ban.handshake_grace.get(),
+            mark: d.mark,
+            queue_other: config.policy.other_protocols == crate::config::Toggle::Drop,
         }
+    }
+
+    /// The mark bit of a proven source's queued packets.
+    pub const fn proven_mark(&self) -> u32 {
+        self.mark << 1
     }
 
     /// The nft transaction that replaces the portcloak table, with `bans`
     /// in its sets.
-    pub fn nft_script(&self, bans: &[(SourceKey, Duration)]) -> String {
+    pub fn nft_script(&self, bans: &[Entry]) -> String {
         let mut s = String::new();
         // Declaring the table first makes the delete succeed when there
         // is none; both run in one transaction with the new table.
@@ -144,32 +169,58 @@ impl Plan {
             }
             s.push_str("  }\n");
         }
-        for (name, v6) in [("ban4", false), ("ban6", true)] {
-            let _ = writeln!(s, "  set {name} {{\n    type {};\n    flags timeout;", addr_type(v6));
-            let members: Vec<String> = bans
-                .iter()
-                .filter(|(k, d)| k.is_ipv6() == v6 && !d.is_zero())
-                .map(|(k, d)| format!("{} timeout {}s", k.ip(), ceil_secs(*d)))
+        for v6 in [false, true] {
+            let n = if v6 { 6 } else { 4 };
+            let (ty, pair_ty) =
+                (addr_type(v6), format!("{} . inet_proto . inet_service", addr_type(v6)));
+            let live = |kind| {
+                bans.iter().filter(move |e| {
+                    e.key.is_ipv6() == v6 && e.kind == kind && !e.remaining.is_zero()
+                })
+            };
+            let of = |kind| {
+                live(kind)
+                    .map(|e| format!("{} timeout {}s", e.key.ip(), ceil_secs(e.remaining)))
+                    .collect::<Vec<_>>()
+            };
+            let keep: Vec<String> = live(BanKind::Quarantine)
+                .flat_map(|e| {
+                    e.keep.iter().map(move |p| {
+                        format!("{} timeout {}s", pair_element(e.key, *p), ceil_secs(e.remaining))
+                    })
+                })
                 .collect();
-            if !members.is_empty() {
-                let _ = writeln!(s, "    elements = {{ {} }};", members.join(", "));
+            for (name, ty, members) in [
+                ("ban", &ty.to_owned(), of(BanKind::Ban)),
+                ("quarantine", &ty.to_owned(), of(BanKind::Quarantine)),
+                ("keep", &pair_ty, keep),
+            ] {
+                let _ = writeln!(s, "  set {name}{n} {{\n    type {ty};\n    flags timeout;");
+                if !members.is_empty() {
+                    let _ = writeln!(s, "    elements = {{ {} }};", members.join(", "));
+                }
+                s.push_str("  }\n");
             }
-            s.push_str("  }\n");
         }
+        self.proof_sets(&mut s);
         let mask = Ipv6Addr::from(prefix_mask(self.ipv6_prefix));
+        // After conntrack (-200), so that a flow this host opened is never
+        // cut off by a ban on its peer; before every filter.
         let _ = writeln!(
             s,
             "  chain bans {{
-    type filter hook prerouting priority -350; policy accept;
+    type filter hook prerouting priority -190; policy accept;
     iif \"lo\" accept
     ip saddr @allow4 accept
     ip6 saddr @allow6 accept
-    ip saddr @deny4 counter drop
-    ip6 saddr @deny6 counter drop
-    ip saddr @ban4 counter drop
-    ip6 saddr & {mask} @ban6 counter drop
+    ip saddr @deny4 counter drop comment \"denied4\"
+    ip6 saddr @deny6 counter drop comment \"denied6\"
+    ct direction reply accept
+    ip saddr @ban4 counter drop comment \"banned4\"
+    ip6 saddr & {mask} @ban6 counter drop comment \"banned6\"
   }}"
         );
+        self.proof_chains(&mut s);
         if let Some(t) = self.ttl {
             let _ = writeln!(
                 s,
@@ -192,15 +243,11 @@ impl Plan {
                 "  chain inbound {{
     type filter hook prerouting priority mangle; policy accept;
     iif \"lo\" return
+    meta mark & {fast:#x} == {fast:#x} return
     meta pkttype != host return
-    icmpv6 type {{ {ND} }} return"
+    icmpv6 type {{ {ND} }} return",
+                fast = self.mark
             );
-            if self.outbound.is_some() {
-                let _ = writeln!(
-                    s,
-                    "    meta l4proto tcp ct state established ct direction original ct original packets 2 counter {q}"
-                );
-            }
             let _ = writeln!(
                 s,
                 "    ct state established,related return
@@ -215,8 +262,14 @@ impl Plan {
                     proto.name()
                 );
             }
-            let _ =
-                writeln!(s, "    meta l4proto {{ tcp, udp, icmp, ipv6-icmp }} counter {q}\n  }}");
+            if self.queue_other {
+                let _ = writeln!(s, "    counter {q}\n  }}");
+            } else {
+                let _ = writeln!(
+                    s,
+                    "    meta l4proto {{ tcp, udp, icmp, ipv6-icmp, sctp }} counter {q}\n  }}"
+                );
+            }
             if let Some(out) = self.outbound {
                 let q = self.nft_queue(out);
                 let _ = writeln!(
@@ -234,6 +287,111 @@ impl Plan {
         }
         s.push_str("}\n");
         s
+    }
+
+    /// The sets of proofs and quarantines.
+    fn proof_sets(&self, s: &mut String) {
+        let grace = ceil_secs(self.grace);
+        for v6 in [false, true] {
+            let (n, addr) = (if v6 { 6 } else { 4 }, addr_type(v6));
+            let _ = writeln!(
+                s,
+                "  set proven{n} {{
+    type {addr} . inet_proto . inet_service;
+    flags dynamic,timeout;
+    timeout {grace}s;
+    size {PROOF_SET_SIZE};
+  }}
+  set peers{n} {{
+    type {addr};
+    flags dynamic,timeout;
+    timeout {grace}s;
+    size {PROOF_SET_SIZE};
+  }}"
+            );
+        }
+    }
+
+    /// `proof` records proven pairs and sources, drops a quarantined
+    /// source's other new connections, and marks packets for the queue
+    /// rules: a proven pair's new connection passes (the fast path), a
+    /// proven source's queued packet says so to the worker. `answers`
+    /// records the pairs this host answered and the peers it opened flows
+    /// to. `unmark` clears both bits at the end of prerouting.
+    fn proof_chains(&self, s: &mut String) {
+        let mask = Ipv6Addr::from(prefix_mask(self.ipv6_prefix));
+        let (fast, proven) = (self.mark, self.proven_mark());
+        let both = fast | proven;
+        let src = |v6: bool| if v6 { format!("ip6 saddr & {mask}") } else { "ip saddr".to_owned() };
+        let dst = |v6: bool| if v6 { format!("ip6 daddr & {mask}") } else { "ip daddr".to_owned() };
+        let _ = writeln!(
+            s,
+            "  chain proof {{
+    type filter hook prerouting priority -160; policy accept;
+    iif \"lo\" return"
+        );
+        for v6 in [false, true] {
+            let (n, a) = (if v6 { 6 } else { 4 }, src(v6));
+            // Conntrack sets ASSURED on the ACK that completes a handshake
+            // it validated (sequence and window tracking).
+            let _ = writeln!(
+                s,
+                "    meta l4proto tcp ct direction original ct status assured ct original packets 2-4 update @proven{n} {{ {a} . meta l4proto . th dport }} update @peers{n} {{ {a} }}"
+            );
+        }
+        s.push_str(
+            "    ct state established,related return\n    ip saddr @allow4 return\n    ip6 saddr @allow6 return\n",
+        );
+        for v6 in [false, true] {
+            let (n, a) = (if v6 { 6 } else { 4 }, src(v6));
+            let _ = writeln!(
+                s,
+                "    {a} @quarantine{n} {a} . meta l4proto . th dport != @proven{n} {a} . meta l4proto . th dport != @keep{n} counter drop comment \"quarantined{n}\""
+            );
+            let _ = writeln!(s, "    {a} @peers{n} meta mark set meta mark | {proven:#x}");
+        }
+        if !self.hidden.is_empty() {
+            let hidden: Vec<String> =
+                self.hidden.iter().map(|(p, port)| format!("{} . {port}", p.name())).collect();
+            let _ = writeln!(s, "    meta l4proto . th dport {{ {} }} return", hidden.join(", "));
+        }
+        for v6 in [false, true] {
+            let (n, a) = (if v6 { 6 } else { 4 }, src(v6));
+            for set in ["proven", "keep"] {
+                // Only a plain SYN with a client's window: scanners' crafted
+                // SYNs (nmap 1024, masscan 1024/1025, hping3 64, nmap's OS
+                // probes 1 to 512) still meet the engine.
+                let _ = writeln!(
+                    s,
+                    "    ct state new tcp flags & (fin | syn | rst | ack) == syn tcp window >= {MIN_FAST_WINDOW} {a} . meta l4proto . th dport @{set}{n} counter meta mark set meta mark | {fast:#x} return comment \"fast{n}\""
+                );
+                let _ = writeln!(
+                    s,
+                    "    ct state new meta l4proto udp {a} . meta l4proto . th dport @{set}{n} counter meta mark set meta mark | {fast:#x} return comment \"fast{n}\""
+                );
+            }
+        }
+        s.push_str(
+            "  }\n  chain answers {\n    type filter hook output priority -160; policy accept;\n    oif \"lo\" return\n",
+        );
+        for v6 in [false, true] {
+            let (n, a) = (if v6 { 6 } else { 4 }, dst(v6));
+            let _ = writeln!(
+                s,
+                "    meta l4proto udp ct direction reply ct reply packets 1 update @proven{n} {{ {a} . meta l4proto . th sport }} update @peers{n} {{ {a} }}"
+            );
+            let _ =
+                writeln!(s, "    ct direction original ct state new update @peers{n} {{ {a} }}");
+        }
+        let _ = writeln!(
+            s,
+            "  }}
+  chain unmark {{
+    type filter hook prerouting priority 300; policy accept;
+    meta mark & {both:#x} != 0 meta mark set meta mark & {:#x}
+  }}",
+            !both
+        );
     }
 
     fn nft_queue(&self, q: QueueRange) -> String {
@@ -272,16 +430,14 @@ impl Plan {
             let _ = writeln!(s, "-A {CHAIN_IN} {r}");
         };
         rule("-i lo -j RETURN");
+        // The proof chain of `inet portcloak` marked a proven pair's new
+        // connection: it passes in the kernel, never queued.
+        rule(&format!("-m mark --mark {m:#x}/{m:#x} -j RETURN", m = self.mark));
         rule("-m pkttype ! --pkt-type unicast -j RETURN");
         if v6 {
             for t in ND_TYPES {
                 rule(&format!("-p ipv6-icmp --icmpv6-type {t} -j RETURN"));
             }
-        }
-        if self.outbound.is_some() {
-            rule(&format!(
-                "-p tcp -m conntrack --ctstate ESTABLISHED --ctdir ORIGINAL -m connbytes --connbytes 2:2 --connbytes-dir original --connbytes-mode packets {q}"
-            ));
         }
         rule("-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN");
         // Longer than the copy range, the daemon cannot verify checksums
@@ -295,8 +451,12 @@ impl Plan {
         for (proto, port) in &self.hidden {
             rule(&format!("-p {} --dport {port} {closed}", proto.name()));
         }
-        for proto in ["tcp", "udp", icmp] {
-            rule(&format!("-p {proto} {q}"));
+        if self.queue_other {
+            rule(&q);
+        } else {
+            for proto in ["tcp", "udp", icmp, "sctp"] {
+                rule(&format!("-p {proto} {q}"));
+            }
         }
         if let Some(out) = self.outbound {
             let q = self.nfqueue_target(out);
@@ -372,6 +532,11 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
+/// `198.18.2.2 . tcp . 80`: an element of a pair set.
+fn pair_element(key: SourceKey, (proto, port): Pair) -> String {
+    format!("{} . {} . {port}", key.ip(), proto.name())
+}
+
 /// One nft transaction for a batch of ban changes. Adding an element that
 /// exists is not an error and deleting one that does not is, so each
 /// element is first added bare, then deleted, then (for a ban) added with
@@ -379,20 +544,91 @@ fn ceil_secs(d: Duration) -> u64 {
 /// the kernel already expired succeeds.
 pub(super) fn ban_ops(ops: &[BanOp]) -> String {
     let mut s = String::new();
+    let mut element = |set: &str, elem: &str, timeout: Option<Duration>| {
+        let _ = writeln!(s, "add element inet {TABLE} {set} {{ {elem} }}");
+        let _ = writeln!(s, "delete element inet {TABLE} {set} {{ {elem} }}");
+        if let Some(d) = timeout {
+            let _ = writeln!(
+                s,
+                "add element inet {TABLE} {set} {{ {elem} timeout {}s }}",
+                ceil_secs(d)
+            );
+        }
+    };
     for op in ops {
-        let key = match op {
-            BanOp::Add(k, _) | BanOp::Remove(k) => k,
+        let (key, keep) = match op {
+            BanOp::Add(e) => (e.key, &e.keep),
+            BanOp::Remove(k, keep) => (*k, keep),
         };
-        let set = if key.is_ipv6() { "ban6" } else { "ban4" };
-        let ip = key.ip();
-        let _ = writeln!(s, "add element inet {TABLE} {set} {{ {ip} }}");
-        let _ = writeln!(s, "delete element inet {TABLE} {set} {{ {ip} }}");
-        if let BanOp::Add(_, d) = op {
-            let _ =
-                writeln!(s, "add element inet {TABLE} {set} {{ {ip} timeout {}s }}", ceil_secs(*d));
+        let n = if key.is_ipv6() { 6 } else { 4 };
+        let ip = key.ip().to_string();
+        let kind = match op {
+            BanOp::Add(e) => Some((e.kind, e.remaining)),
+            BanOp::Remove(..) => None,
+        };
+        for (set, k) in [("ban", BanKind::Ban), ("quarantine", BanKind::Quarantine)] {
+            let timeout = kind.filter(|(kind, _)| *kind == k).map(|(_, d)| d);
+            element(&format!("{set}{n}"), &ip, timeout);
+        }
+        for pair in keep {
+            let timeout = kind.map(|(_, d)| d);
+            element(&format!("keep{n}"), &pair_element(key, *pair), timeout);
         }
     }
     s
+}
+
+/// The counters of the rules named by their comments, in an nft listing.
+pub(super) fn kernel_counters(text: &str) -> KernelCounters {
+    let mut c = KernelCounters::default();
+    for line in text.lines() {
+        let Some(comment) = line.split("comment \"").nth(1).and_then(|r| r.split('"').next())
+        else {
+            continue;
+        };
+        let Some(packets) = line
+            .split("counter packets ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let slot = match comment {
+            "fast4" | "fast6" => &mut c.fast_path,
+            "quarantined4" | "quarantined6" => &mut c.quarantined,
+            "banned4" => &mut c.banned4,
+            "banned6" => &mut c.banned6,
+            "denied4" | "denied6" => &mut c.denied,
+            _ => continue,
+        };
+        *slot = slot.saturating_add(packets);
+    }
+    c
+}
+
+/// The pairs of `key` among the elements of an nft set listing
+/// (`198.18.2.2 . tcp . 80 expires 9m58s`).
+pub(super) fn pairs_of(text: &str, key: SourceKey) -> Vec<Pair> {
+    let ip = key.ip().to_string();
+    let Some(body) = text.split("elements = {").nth(1) else { return Vec::new() };
+    let body = body.split('}').next().unwrap_or("");
+    body.split(',')
+        .filter_map(|element| {
+            let mut parts = element.split(" . ").map(str::trim);
+            if parts.next()? != ip {
+                return None;
+            }
+            let proto = match parts.next()? {
+                "tcp" | "6" => PortProto::Tcp,
+                "udp" | "17" => PortProto::Udp,
+                "sctp" | "132" => PortProto::Sctp,
+                _ => return None,
+            };
+            let port = parts.next()?.split_whitespace().next()?.parse().ok()?;
+            Some((proto, port))
+        })
+        .collect()
 }
 
 /// Sums the packet counters of the NFQUEUE rules in `iptables -nvxL` output.

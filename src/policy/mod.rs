@@ -9,14 +9,19 @@
 //!
 //! Single-packet signatures are cheap to forge with a spoofed source
 //! address: anyone could send one nmap-looking SYN "from" a customer's
-//! resolver and get it banned. Two guards bound that harm:
+//! resolver and get it banned. The guards bound that harm:
 //!
-//! - a source that completed a TCP handshake within `ban.handshake_grace`
-//!   (10 minutes by default) has shown it really owns its address (it
-//!   acknowledged this host's SYN-ACK, which a spoofer never sees); it is
-//!   not banned on one packet, only on the closed-port threshold, which
-//!   needs many packets and whose SYNs to closed ports a real client rarely
-//!   sends. Its forged probes are still dropped.
+//! - a *proven* source (it completed a TCP handshake within
+//!   `ban.handshake_grace`, so it acknowledged this host's SYN-ACK, which a
+//!   spoofer never sees; or this host answered or opened a flow with it) is
+//!   never banned on one packet: its forged probes are dropped and count as
+//!   touches of closed ports. When it crosses a threshold it is
+//!   *quarantined*, not banned: the pairs it proved keep working and every
+//!   other new connection from it is dropped. Inline the kernel does the
+//!   proving (see `firewall`) and tells the engine through a packet mark.
+//! - this host's own addresses, the unspecified, multicast and broadcast
+//!   addresses and IPv6 link-local ones are never banned
+//!   ([`Policy::bannable`]).
 //! - new bans per second are capped (`ban.max_new_per_second`), so a spoofed
 //!   flood cannot fill the ban table or push thousands of addresses into the
 //!   kernel set. Probes over the cap are still dropped; only the ban is
@@ -24,6 +29,8 @@
 
 mod ports;
 
+use std::net::IpAddr;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -33,7 +40,7 @@ pub use self::ports::PortMap;
 use crate::classify::{Fingerprint, PortProto, ProbeKind, Signature};
 use crate::config::{Action, ClosedPorts, Config, Toggle};
 use crate::time::Timestamp;
-use crate::track::{Ban, BanReason, Scores, Shard, SourceKey, SourceState};
+use crate::track::{Ban, BanKind, BanReason, Scores, Shard, SourceKey, SourceState};
 use crate::wire;
 
 /// Accept or drop.
@@ -96,11 +103,15 @@ pub enum Reason {
     Spa,
     /// A new connection to a hidden port from an authorized source.
     Authorized,
+    /// A new connection from a quarantined source, to a pair it never proved.
+    Quarantined,
+    /// Inbound with one of this host's own addresses as its source: forged.
+    Martian,
 }
 
 impl Reason {
     /// Every reason, in declaration order: `Reason::ALL[r as usize] == r`.
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 25] = [
         Self::Flow,
         Self::OpenPort,
         Self::ClosedPortReject,
@@ -124,6 +135,8 @@ impl Reason {
         Self::Knock,
         Self::Spa,
         Self::Authorized,
+        Self::Quarantined,
+        Self::Martian,
     ];
 
     /// A short stable name.
@@ -152,6 +165,8 @@ impl Reason {
             Self::Knock => "knock",
             Self::Spa => "spa",
             Self::Authorized => "authorized",
+            Self::Quarantined => "quarantined",
+            Self::Martian => "martian",
         }
     }
 }
@@ -181,8 +196,11 @@ impl Decision {
 /// Bans that were not issued, by guard.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct GuardCounters {
-    /// Skipped because the source completed a handshake recently.
+    /// Single-packet bans skipped because the source is proven.
     pub handshake_grace: u64,
+    /// Bans skipped because the address is never bannable (this host's,
+    /// unspecified, multicast, broadcast, IPv6 link-local).
+    pub unbannable: u64,
     /// Skipped because the new-bans-per-second cap was reached.
     pub rate_capped: u64,
     /// Skipped because the ban table was full of active bans.
@@ -219,7 +237,10 @@ pub struct Policy {
     config: Config,
     ports: PortMap,
     limiter: BanLimiter,
+    /// This host's own addresses.
+    local: RwLock<Vec<IpAddr>>,
     guarded: AtomicU64,
+    unbannable: AtomicU64,
     capped: AtomicU64,
     full: AtomicU64,
 }
@@ -237,7 +258,9 @@ impl Policy {
             config,
             ports,
             limiter,
+            local: RwLock::new(Vec::new()),
             guarded: AtomicU64::new(0),
+            unbannable: AtomicU64::new(0),
             capped: AtomicU64::new(0),
             full: AtomicU64::new(0),
         }
@@ -253,10 +276,46 @@ impl Policy {
         &self.ports
     }
 
+    /// Replaces the set of this host's own addresses.
+    pub fn set_local(&self, mut addrs: Vec<IpAddr>) {
+        addrs.sort_unstable();
+        addrs.dedup();
+        if let Ok(mut local) = self.local.write() {
+            *local = addrs;
+        }
+    }
+
+    /// True when `ip` is one of this host's own addresses.
+    pub fn is_local(&self, ip: IpAddr) -> bool {
+        self.local.read().is_ok_and(|l| l.binary_search(&ip).is_ok())
+    }
+
+    /// False for addresses that are never banned nor put in a kernel set:
+    /// this host's own, the unspecified, multicast and broadcast addresses,
+    /// and IPv6 link-local ones (one forged on-link packet must not stop
+    /// neighbour discovery or the router's messages). Loopback is never
+    /// queued, and is never banned either.
+    pub fn bannable(&self, ip: IpAddr) -> bool {
+        let special = match ip {
+            IpAddr::V4(a) => {
+                a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback()
+            }
+            IpAddr::V6(a) => {
+                a.is_unspecified()
+                    || a.is_multicast()
+                    || a.is_loopback()
+                    || a.is_unicast_link_local()
+                    || a.to_ipv4_mapped().is_some()
+            }
+        };
+        !special && !self.is_local(ip)
+    }
+
     /// Bans the guards held back.
     pub fn guard_counters(&self) -> GuardCounters {
         GuardCounters {
             handshake_grace: self.guarded.load(Ordering::Relaxed),
+            unbannable: self.unbannable.load(Ordering::Relaxed),
             rate_capped: self.capped.load(Ordering::Relaxed),
             table_full: self.full.load(Ordering::Relaxed),
         }
@@ -300,7 +359,7 @@ impl Policy {
     /// the packet in the state's last-seen time and kind mask, and issues
     /// any ban the decision calls for with [`Policy::ban`].
     pub fn inbound(&self, ctx: Inbound, state: &mut SourceState) -> Decision {
-        let Inbound { now, kind, signature, port, in_flow } = ctx;
+        let Inbound { now, kind, signature, port, in_flow, proven } = ctx;
         let stealth = self.config.scan.weight_stealth;
         // Rules, most specific first: an nmap OS probe, then the probe's
         // kind, then a tool fingerprint. The first one switched on decides.
@@ -316,7 +375,14 @@ impl Policy {
         for (action, reason, ban) in rules.into_iter().flatten() {
             match action {
                 Action::Ban => {
-                    return self.ban_or_touch(state, now, ban, port, Decision::drop(reason));
+                    return self.ban_or_touch(
+                        state,
+                        now,
+                        proven,
+                        ban,
+                        port,
+                        Decision::drop(reason),
+                    );
                 }
                 Action::Drop => {
                     return self.touch(state, now, port, stealth, Decision::drop(reason));
@@ -333,7 +399,7 @@ impl Policy {
                 Some((proto, number)) if !self.ports.is_open(proto, number) => {
                     let scan = &self.config.scan;
                     let weight = match proto {
-                        PortProto::Tcp => scan.weight_tcp,
+                        PortProto::Tcp | PortProto::Ip => scan.weight_tcp,
                         PortProto::Udp => scan.weight_udp,
                         PortProto::Sctp => scan.weight_sctp,
                     };
@@ -357,9 +423,17 @@ impl Policy {
                 }
             }
             ProbeKind::Fragment => toggle(self.config.policy.fragments, Reason::Fragment),
-            ProbeKind::OtherProtocol => {
-                toggle(self.config.policy.other_protocols, Reason::OtherProtocol)
-            }
+            // Each protocol number counts like a closed port (`nmap -sO`).
+            ProbeKind::OtherProtocol => match self.config.policy.other_protocols {
+                Toggle::Accept => Decision::accept(Reason::OtherProtocol),
+                Toggle::Drop => self.touch(
+                    state,
+                    now,
+                    port,
+                    self.config.scan.weight_tcp,
+                    Decision::drop(Reason::OtherProtocol),
+                ),
+            },
             _ => Decision::accept(Reason::Icmp),
         }
     }
@@ -415,41 +489,53 @@ impl Policy {
         decision
     }
 
-    /// Calls for a ban at once, unless the handshake guard holds; then the
+    /// True when `state` completed a TCP handshake within the grace.
+    pub fn handshake_recent(&self, state: &SourceState, now: Timestamp) -> bool {
+        state.last_handshake != Timestamp::ZERO
+            && now.saturating_since(state.last_handshake) < self.config.ban.handshake_grace.get()
+    }
+
+    /// Calls for a ban at once, unless the source is proven; then the
     /// probe only counts as a touch of a closed port.
     fn ban_or_touch(
         &self,
         state: &mut SourceState,
         now: Timestamp,
+        proven: bool,
         reason: BanReason,
         port: Option<(PortProto, u16)>,
         decision: Decision,
     ) -> Decision {
-        let grace = self.config.ban.handshake_grace.get();
-        if state.last_handshake != Timestamp::ZERO
-            && now.saturating_since(state.last_handshake) < grace
-        {
+        if proven {
             self.guarded.fetch_add(1, Ordering::Relaxed);
             return self.touch(state, now, port, self.config.scan.weight_stealth, decision);
         }
         Decision { ban: Some(reason), ..decision }
     }
 
-    /// Issues a ban, doubling with each repeat offence, unless the
-    /// per-second cap or a full ban table holds it back (both counted).
+    /// Issues a ban of `kind` on `key` (whose packet came from `ip`),
+    /// doubling with each repeat offence, unless the address is never
+    /// bannable, or the per-second cap or a full ban table holds it back
+    /// (each counted).
     pub fn ban(
         &self,
         shard: &mut Shard,
-        key: SourceKey,
+        (key, ip): (SourceKey, IpAddr),
         now: Timestamp,
         reason: BanReason,
+        kind: BanKind,
     ) -> Option<Ban> {
+        if !self.bannable(ip) {
+            self.unbannable.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         if !self.limiter.allow(now) {
             self.capped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let offences = shard.offences(&key).saturating_add(1);
         let ban = Ban {
+            kind,
             reason,
             since: now,
             until: now.saturating_add(self.ban_length(offences)),
@@ -484,6 +570,8 @@ pub struct Inbound {
     pub port: Option<(PortProto, u16)>,
     /// Whether it belongs to a known flow.
     pub in_flow: bool,
+    /// Whether its source is proven: single-packet signatures do not ban it.
+    pub proven: bool,
 }
 
 fn toggle(t: Toggle, reason: Reason) -> Decision {

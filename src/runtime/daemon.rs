@@ -22,15 +22,16 @@ use serde_json::{Value, json};
 
 use super::control::{self, Request};
 use super::queue::{self, KernelQueue};
+use super::state::Saved;
 use super::worker::{self, KernelMsg, Shared, WorkerStats};
 use super::{listen, log, state, sysctl};
 use crate::config::{Config, FailMode};
 use crate::engine::Engine;
 use crate::event::Event;
-use crate::firewall::{self, Backend, BanOp, Plan};
+use crate::firewall::{self, Backend, BanOp, Entry, KernelCounters, Pair, Plan};
 use crate::policy::Reason;
 use crate::time::{Timestamp, format_duration};
-use crate::track::SourceKey;
+use crate::track::{BanKind, SourceKey};
 
 /// Ban changes are applied to the kernel at most this long after they happen.
 const BATCH: Duration = Duration::from_millis(50);
@@ -100,10 +101,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         engine = engine.with_spa_key(read_spa_key(&config.spa.key_file)?);
     }
     let engine = Arc::new(engine);
-    for (key, ban) in &restored {
-        engine.restore(now, *key, *ban);
+    for saved in &restored {
+        engine.restore(now, saved.key, saved.ban);
     }
+    let kept: BTreeMap<SourceKey, Vec<Pair>> =
+        restored.iter().map(|s| (s.key, s.keep.clone())).filter(|(_, k)| !k.is_empty()).collect();
     listen::refresh(engine.ports());
+    engine.set_local(listen::local_addresses());
 
     let _sysctls = persona_sysctls(&config)?;
     let workers = worker_count(&config);
@@ -122,7 +126,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
     }
     if manage {
-        let bans = remaining(&engine, now);
+        let bans = entries(&engine, now, &kept);
         firewall::install(&plan, &bans).context("installing firewall objects")?;
     }
 
@@ -139,6 +143,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         shed_backlog: d.shed_backlog,
         shed_age: d.shed_age.get(),
         gate_log: worker::LogLimiter::new(10),
+        proven_mark: plan.proven_mark(),
     });
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -161,9 +166,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let keeper = {
         let (shared, path, events) =
             (Arc::clone(&shared), d.state_file.clone(), events_on.then(|| events_tx.clone()));
-        std::thread::Builder::new()
-            .name("bans".into())
-            .spawn(move || keep_bans(&shared, &kernel_rx, manage, &path, events.as_ref()))?
+        std::thread::Builder::new().name("bans".into()).spawn(move || {
+            let mut keeper = Keeper { shared: &shared, manage, path: &path, kept };
+            keeper.run(&kernel_rx, events.as_ref());
+        })?
     };
     let writer = if events_on {
         let path = d.events.clone();
@@ -292,9 +298,18 @@ pub fn read_spa_key(path: &Path) -> anyhow::Result<Vec<u8>> {
         .map_err(|e| anyhow::anyhow!("the SPA key file {}: {e}", path.display()))
 }
 
-/// Active bans with their remaining time.
-fn remaining(engine: &Engine, now: Timestamp) -> Vec<(SourceKey, Duration)> {
-    engine.bans(now).into_iter().map(|(k, b)| (k, b.until.saturating_since(now))).collect()
+/// Active bans and quarantines as the kernel sets hold them.
+fn entries(engine: &Engine, now: Timestamp, kept: &BTreeMap<SourceKey, Vec<Pair>>) -> Vec<Entry> {
+    engine
+        .bans(now)
+        .into_iter()
+        .map(|(key, b)| Entry {
+            key,
+            remaining: b.until.saturating_since(now),
+            kind: b.kind,
+            keep: kept.get(&key).cloned().unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// Fails unless the process holds CAP_NET_ADMIN.
@@ -313,39 +328,59 @@ fn require_net_admin() -> anyhow::Result<()> {
 }
 
 /// The ban keeper: batches ban changes, applies them to the kernel sets,
-/// logs them, and saves the state file.
-fn keep_bans(
-    shared: &Shared,
-    rx: &Receiver<KernelMsg>,
+/// logs them, and saves the state file. It alone knows which proven pairs
+/// each quarantine keeps.
+struct Keeper<'a> {
+    shared: &'a Shared,
     manage: bool,
-    path: &Path,
-    events: Option<&Sender<Event>>,
-) {
-    let engine = &shared.engine;
-    loop {
-        let first = match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => {
-                if shared.stop.load(Relaxed) {
-                    break;
+    path: &'a Path,
+    kept: BTreeMap<SourceKey, Vec<Pair>>,
+}
+
+impl Keeper<'_> {
+    fn run(&mut self, rx: &Receiver<KernelMsg>, events: Option<&Sender<Event>>) {
+        loop {
+            let first = match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.shared.stop.load(Relaxed) {
+                        break;
+                    }
+                    continue;
                 }
-                continue;
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let deadline = Instant::now() + BATCH;
+            let mut batch = vec![first];
+            while let Ok(m) = rx.recv_deadline(deadline) {
+                batch.push(m);
             }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let deadline = Instant::now() + BATCH;
-        let mut batch = vec![first];
-        while let Ok(m) = rx.recv_deadline(deadline) {
-            batch.push(m);
+            self.apply(&batch, events);
         }
+        self.save(wall_now());
+    }
+
+    fn apply(&mut self, batch: &[KernelMsg], events: Option<&Sender<Event>>) {
         let now = wall_now();
         let mut ops = Vec::with_capacity(batch.len());
-        for msg in &batch {
+        for msg in batch {
             match *msg {
                 KernelMsg::Ban(key, ban) => {
                     let length = ban.until.saturating_since(ban.since);
+                    let keep = match ban.kind {
+                        BanKind::Ban => Vec::new(),
+                        BanKind::Quarantine => self.proven_pairs(key),
+                    };
+                    let kept = if keep.is_empty() {
+                        String::new()
+                    } else {
+                        let names: Vec<String> =
+                            keep.iter().map(|p| state::pair_name(*p)).collect();
+                        format!(" keeps {}", names.join(", "))
+                    };
                     log(&format!(
-                        "ban {key} for {} reason \"{}\" offences {}",
+                        "{} {key} for {} reason \"{}\" offences {}{kept}",
+                        ban.kind.name(),
                         format_duration(length),
                         ban.reason,
                         ban.offences
@@ -353,33 +388,65 @@ fn keep_bans(
                     if let Some(ev) = events {
                         let _ = ev.try_send(Event::ban(key, &ban));
                     }
-                    ops.push(BanOp::Add(key, ban.until.saturating_since(now)));
+                    if keep.is_empty() {
+                        self.kept.remove(&key);
+                    } else {
+                        self.kept.insert(key, keep.clone());
+                    }
+                    let remaining = ban.until.saturating_since(now);
+                    ops.push(BanOp::Add(Entry { key, remaining, kind: ban.kind, keep }));
                 }
                 KernelMsg::Unban(key) => {
                     log(&format!("unban {key} reason \"manual\""));
                     if let Some(ev) = events {
                         let _ = ev.try_send(Event::unban(now, key));
                     }
-                    ops.push(BanOp::Remove(key));
+                    ops.push(BanOp::Remove(key, self.kept.remove(&key).unwrap_or_default()));
                 }
             }
         }
         // After a clean stop has removed the table, the state file alone
         // carries the last bans.
-        if manage
-            && !shared.stop.load(Relaxed)
+        if self.manage
+            && !self.shared.stop.load(Relaxed)
             && let Err(e) = firewall::apply(&ops)
         {
             log(&format!(
                 "error: kernel ban update failed ({e}); the engine still drops these sources"
             ));
         }
-        if let Err(e) = state::save(path, now, &engine.bans(now)) {
-            log(&format!("error: cannot save {}: {e}", path.display()));
+        self.save(now);
+    }
+
+    /// The pairs the kernel saw `key` prove, which its quarantine keeps.
+    fn proven_pairs(&self, key: SourceKey) -> Vec<Pair> {
+        if !self.manage {
+            return Vec::new();
+        }
+        match firewall::proven_pairs(key) {
+            Ok(pairs) => pairs,
+            Err(e) => {
+                log(&format!("error: reading the proven pairs of {key}: {e}"));
+                Vec::new()
+            }
         }
     }
-    if let Err(e) = state::save(path, wall_now(), &engine.bans(wall_now())) {
-        log(&format!("error: cannot save {}: {e}", path.display()));
+
+    fn save(&self, now: Timestamp) {
+        let saved: Vec<Saved> = self
+            .shared
+            .engine
+            .bans(now)
+            .into_iter()
+            .map(|(key, ban)| Saved {
+                key,
+                ban,
+                keep: self.kept.get(&key).cloned().unwrap_or_default(),
+            })
+            .collect();
+        if let Err(e) = state::save(self.path, now, &saved) {
+            log(&format!("error: cannot save {}: {e}", self.path.display()));
+        }
     }
 }
 
@@ -459,6 +526,7 @@ fn housekeeping(shared: &Shared, backend: Backend, manage: bool) {
     let mut last_listen = Instant::now();
     let mut last_summary = Instant::now();
     let mut previous = Totals::default();
+    let mut previous_kernel = KernelCounters::default();
     while !shared.stop.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(10));
         let kq = queue::kernel_queues();
@@ -478,18 +546,26 @@ fn housekeeping(shared: &Shared, backend: Backend, manage: bool) {
         if last_listen.elapsed() >= d.listen_interval.get() {
             last_listen = Instant::now();
             listen::refresh(shared.engine.ports());
+            shared.engine.set_local(listen::local_addresses());
         }
         if last_summary.elapsed() >= d.summary_interval.get() {
             let span = last_summary.elapsed();
             last_summary = Instant::now();
             let now = Totals::read(&shared.workers);
+            let kernel = if manage { firewall::kernel_counters() } else { None };
+            let bans = shared.engine.bans(wall_now());
+            let quarantines = bans.iter().filter(|(_, b)| b.kind == BanKind::Quarantine).count();
             log(&summary(
                 &previous,
                 &now,
                 span,
                 uninspected(backend, manage, &now),
-                shared.engine.bans(wall_now()).len(),
+                kernel.map(|k| (previous_kernel, k)),
+                (bans.len() - quarantines, quarantines),
             ));
+            if let Some(k) = kernel {
+                previous_kernel = k;
+            }
             let rss = memory().0;
             if rss > d.memory_limit.saturating_mul(1 << 20) {
                 log(&format!(
@@ -508,7 +584,8 @@ fn summary(
     now: &Totals,
     span: Duration,
     missed: Option<(u64, f64)>,
-    bans: usize,
+    kernel: Option<(KernelCounters, KernelCounters)>,
+    (bans, quarantines): (usize, usize),
 ) -> String {
     let mut reasons: Vec<String> = Reason::ALL
         .iter()
@@ -520,8 +597,16 @@ fn summary(
         reasons.push("none".into());
     }
     let missed = missed.map_or_else(|| "unknown".to_owned(), |(_, s)| format!("{:.2}%", s * 100.0));
+    let kernel = kernel.map_or_else(String::new, |(b, n)| {
+        format!(
+            "; kernel: {} fast-path, {} quarantined, {} banned dropped",
+            n.fast_path.saturating_sub(b.fast_path),
+            n.quarantined.saturating_sub(b.quarantined),
+            (n.banned4 + n.banned6).saturating_sub(b.banned4 + b.banned6),
+        )
+    });
     format!(
-        "summary {}: {} packets, {} dropped ({}), {} rewritten, {} shed; uninspected since start {}; {} active ban(s)",
+        "summary {}: {} packets, {} dropped ({}), {} rewritten, {} shed{kernel}; uninspected since start {}; {} active ban(s), {} quarantine(s)",
         format_duration(span),
         now.packets - before.packets,
         now.dropped - before.dropped,
@@ -530,6 +615,7 @@ fn summary(
         now.shed - before.shed,
         missed,
         bans,
+        quarantines,
     )
 }
 
@@ -590,14 +676,9 @@ fn handle(
             if length.is_zero() {
                 return Err("a ban must last longer than 0s".into());
             }
-            if !engine.ban(now, ip, length) {
-                return Err("the ban table is full".into());
-            }
+            let ban = engine.ban(now, ip, length).map_err(|e| e.to_string())?;
             let key = SourceKey::new(ip, config.tracking.ipv6_prefix);
-            let ban = engine.bans(now).into_iter().find(|(k, _)| *k == key).map(|(_, b)| b);
-            if let Some(ban) = ban {
-                kernel.send(KernelMsg::Ban(key, ban)).map_err(|e| e.to_string())?;
-            }
+            kernel.send(KernelMsg::Ban(key, ban)).map_err(|e| e.to_string())?;
             Ok(json!({ "source": key.to_string(), "seconds": length.as_secs() }))
         }
         Request::Unban { ip } => {
@@ -624,6 +705,7 @@ fn bans_json(engine: &Engine, now: Timestamp) -> Vec<Value> {
         .map(|(k, b)| {
             json!({
                 "source": k.to_string(),
+                "kind": b.kind.name(),
                 "reason": b.reason.to_string(),
                 "since": b.since.micros() / 1_000_000,
                 "until": b.until.micros() / 1_000_000,
@@ -670,6 +752,9 @@ fn status(shared: &Shared, info: &Info) -> Value {
         .map_or((None, None), |(m, s)| (Some(m), Some(s)));
     let stats = shared.engine.stats();
     let (rss, peak) = memory();
+    let bans = shared.engine.bans(wall_now());
+    let quarantines = bans.iter().filter(|(_, b)| b.kind == BanKind::Quarantine).count();
+    let kernel = if info.manage { firewall::kernel_counters() } else { None };
     json!({
         "pid": std::process::id(),
         "uptime": info.started.elapsed().as_secs(),
@@ -687,7 +772,9 @@ fn status(shared: &Shared, info: &Info) -> Value {
         "tables": stats.tables,
         "guards": stats.guards,
         "gate": stats.gate,
-        "bans": shared.engine.bans(wall_now()).len(),
+        "bans": bans.len() - quarantines,
+        "quarantines": quarantines,
+        "kernel_counters": kernel,
         "memory": { "rss": rss, "peak": peak, "limit": shared.engine.config().daemon.memory_limit << 20 },
     })
 }

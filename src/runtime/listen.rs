@@ -1,8 +1,10 @@
 //! LISTEN: which ports the host really serves, read from
 //! `/proc/net/{tcp,tcp6,udp,udp6}` and handed to the engine's port map, so
-//! a service started after portcloak is not treated as closed.
+//! a service started after portcloak is not treated as closed; and the
+//! host's own addresses, which are never banned.
 
 use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::classify::PortProto;
 use crate::config::PortList;
@@ -28,6 +30,47 @@ pub fn refresh(ports: &PortMap) {
         }
         ports.set_listening(proto, &PortList::from_ports(found));
     }
+}
+
+/// This namespace's own addresses: IPv4 local and broadcast addresses
+/// from `/proc/net/fib_trie`, IPv6 from `/proc/net/if_inet6`.
+pub fn local_addresses() -> Vec<IpAddr> {
+    let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+    let mut addrs = fib_trie_addresses(&read("/proc/net/fib_trie"));
+    addrs.extend(if_inet6_addresses(&read("/proc/net/if_inet6")));
+    addrs
+}
+
+/// The addresses the kernel's routing trie calls LOCAL or BROADCAST: each
+/// `|-- ADDR` line is followed by its `/32 host LOCAL` or `/32 link
+/// BROADCAST` leaf.
+pub fn fib_trie_addresses(text: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut last: Option<Ipv4Addr> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(addr) = line.strip_prefix("|-- ") {
+            last = addr.trim().parse().ok();
+        } else if line.starts_with("/32")
+            && (line.ends_with("LOCAL") || line.ends_with("BROADCAST"))
+        {
+            out.extend(last.map(IpAddr::V4));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The addresses of `/proc/net/if_inet6`: 32 hex digits per line.
+pub fn if_inet6_addresses(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let hex = line.split_whitespace().next()?;
+            let bits = u128::from_str_radix(hex, 16).ok().filter(|_| hex.len() == 32)?;
+            Some(IpAddr::V6(Ipv6Addr::from(bits)))
+        })
+        .collect()
 }
 
 /// Ports of sockets in `state` that are reachable from outside: sockets
@@ -98,6 +141,30 @@ mod tests {
   3: 00000000:E000 020112C6:0035 01 0
   4: 00000000:1000 020112C6:0035 07 0
 ";
+
+    #[test]
+    fn own_addresses_from_the_routing_trie_and_if_inet6() {
+        let trie = "Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 198.18.1.0
+        /24 link UNICAST
+     |-- 198.18.1.1
+        /32 host LOCAL
+     |-- 198.18.1.255
+        /32 link BROADCAST
+Local:
+     |-- 198.18.1.1
+        /32 host LOCAL
+";
+        let v4: Vec<String> = fib_trie_addresses(trie).iter().map(ToString::to_string).collect();
+        assert_eq!(v4, ["198.18.1.1", "198.18.1.255"]);
+        let inet6 = "fd5c0a11000100000000000000000001 03 40 00 80 pc-sa
+fe80000000000000a8c1abfffe1e8d13 03 40 20 80 pc-sa
+short 01 80 10 80 lo
+";
+        let v6: Vec<String> = if_inet6_addresses(inet6).iter().map(ToString::to_string).collect();
+        assert_eq!(v6, ["fd5c:a11:1::1", "fe80::a8c1:abff:fe1e:8d13"]);
+    }
 
     #[test]
     fn listening_sockets_reachable_from_outside() {

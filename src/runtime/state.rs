@@ -9,8 +9,40 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::classify::PortProto;
 use crate::time::Timestamp;
-use crate::track::{Ban, SourceKey};
+use crate::track::{Ban, BanKind, SourceKey};
+
+/// A (protocol, port) pair a quarantined source keeps reaching.
+pub type Pair = (PortProto, u16);
+
+/// One ban or quarantine as saved: the pairs a quarantine keeps come with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Saved {
+    /// The source.
+    pub key: SourceKey,
+    /// The ban or quarantine.
+    pub ban: Ban,
+    /// For a quarantine, the pairs it proved before, which keep working.
+    pub keep: Vec<Pair>,
+}
+
+/// `tcp/80`.
+pub fn pair_name((proto, port): Pair) -> String {
+    format!("{}/{port}", proto.name())
+}
+
+/// Reads what [`pair_name`] wrote.
+pub fn parse_pair(text: &str) -> Option<Pair> {
+    let (proto, port) = text.split_once('/')?;
+    let proto = match proto {
+        "tcp" => PortProto::Tcp,
+        "udp" => PortProto::Udp,
+        "sctp" => PortProto::Sctp,
+        _ => return None,
+    };
+    Some((proto, port.parse().ok()?))
+}
 
 const VERSION: u32 = 1;
 
@@ -46,6 +78,12 @@ struct StateFile {
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedBan {
     source: String,
+    /// `ban` or `quarantine`; files written before quarantines hold bans.
+    #[serde(default)]
+    kind: BanKind,
+    /// A quarantine's kept pairs, as `tcp/80`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    keep: Vec<String>,
     reason: String,
     /// Unix microseconds.
     since: u64,
@@ -56,14 +94,16 @@ struct SavedBan {
 
 /// Writes `bans` to `path` through a temporary file and a rename,
 /// creating the directory (mode 0700) when needed.
-pub fn save(path: &Path, now: Timestamp, bans: &[(SourceKey, Ban)]) -> std::io::Result<()> {
+pub fn save(path: &Path, now: Timestamp, bans: &[Saved]) -> std::io::Result<()> {
     let file = StateFile {
         version: VERSION,
         saved: now.micros() / 1_000_000,
         bans: bans
             .iter()
-            .map(|(k, b)| SavedBan {
+            .map(|Saved { key: k, ban: b, keep }| SavedBan {
                 source: k.to_string(),
+                kind: b.kind,
+                keep: keep.iter().map(|p| pair_name(*p)).collect(),
                 reason: b.reason.to_string(),
                 since: b.since.micros(),
                 until: b.until.micros(),
@@ -95,11 +135,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Reads the bans still running at `now`. A missing file is an empty
 /// start; a damaged one is an error the caller reports and then ignores.
-pub fn load(
-    path: &Path,
-    now: Timestamp,
-    v6_prefix: u8,
-) -> Result<Vec<(SourceKey, Ban)>, StateError> {
+pub fn load(path: &Path, now: Timestamp, v6_prefix: u8) -> Result<Vec<Saved>, StateError> {
     let name = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -122,13 +158,19 @@ pub fn load(
         let key = SourceKey::new(ip, len.unwrap_or(v6_prefix));
         let reason = saved.reason.parse().map_err(corrupt)?;
         let ban = Ban {
+            kind: saved.kind,
             reason,
             since: Timestamp::from_micros(saved.since),
             until: Timestamp::from_micros(saved.until),
             offences: saved.offences,
         };
+        let keep = saved
+            .keep
+            .iter()
+            .map(|p| parse_pair(p).ok_or_else(|| corrupt(format!("bad kept pair `{p}`"))))
+            .collect::<Result<Vec<_>, _>>()?;
         if ban.is_active(now) {
-            bans.push((key, ban));
+            bans.push(Saved { key, ban, keep });
         }
     }
     Ok(bans)
@@ -152,6 +194,7 @@ mod tests {
         let path = dir("round").join("sub/state.json");
         let now = Timestamp::from_secs(1_000_000);
         let ban = |secs: u64, reason| Ban {
+            kind: BanKind::Ban,
             reason,
             since: now,
             until: now.saturating_add(Duration::from_secs(secs)),
@@ -160,16 +203,26 @@ mod tests {
         let v4 = SourceKey::new("198.18.1.2".parse().unwrap(), 64);
         let v6 = SourceKey::new("fd5c:a11:1::2".parse().unwrap(), 64);
         let short = SourceKey::new("198.18.1.3".parse().unwrap(), 64);
+        let quarantine = Ban { kind: BanKind::Quarantine, ..ban(600, BanReason::ClosedPorts(7)) };
+        let client = SourceKey::new("198.18.2.2".parse().unwrap(), 64);
+        let saved = |key, ban, keep| Saved { key, ban, keep };
         let bans = vec![
-            (v4, ban(3600, BanReason::ClosedPorts(6))),
-            (v6, ban(60, BanReason::Manual)),
-            (short, ban(5, BanReason::Manual)),
+            saved(v4, ban(3600, BanReason::ClosedPorts(6)), vec![]),
+            saved(v6, ban(60, BanReason::Manual), vec![]),
+            saved(client, quarantine, vec![(PortProto::Tcp, 80), (PortProto::Udp, 53)]),
+            saved(short, ban(5, BanReason::Manual), vec![]),
         ];
         save(&path, now, &bans).unwrap();
         let later = now.saturating_add(Duration::from_secs(10));
         let back = load(&path, later, 64).unwrap();
-        assert_eq!(back, bans[..2].to_vec());
-        assert_eq!(back[1].0.to_string(), "fd5c:a11:1::/64");
+        assert_eq!(back, bans[..3].to_vec());
+        assert_eq!(back[1].key.to_string(), "fd5c:a11:1::/64");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"quarantine\"") && text.contains("\"udp/53\""), "{text}");
+        // A file written before quarantines existed holds plain bans.
+        let old = r#"{"version":1,"saved":0,"bans":[{"source":"198.18.1.2","reason":"manual","since":0,"until":99000000000000,"offences":1}]}"#;
+        std::fs::write(&path, old).unwrap();
+        assert_eq!(load(&path, later, 64).unwrap()[0].ban.kind, BanKind::Ban);
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct Shared {
     pub shed_age: std::time::Duration,
     /// Caps the log lines of refused SPA packets.
     pub gate_log: LogLimiter,
+    /// The mark bit the kernel sets on a proven source's queued packets.
+    pub proven_mark: u32,
 }
 
 /// At most `per_second` log lines a second over all workers; the rest are
@@ -253,6 +255,7 @@ fn inspect(
         // A packet with an input device was routed here from elsewhere.
         forwarded: direction == Direction::Outbound && msg.get_indev() != 0,
         l4_partial: !msg.is_checksum_ready(),
+        proven: direction == Direction::Inbound && msg.get_nfmark() & shared.proven_mark != 0,
     };
     let out = shared.engine.handle_with(now, meta, dst);
     if out.rewritten && out.verdict == Verdict::Accept {

@@ -36,7 +36,9 @@ use crate::time::Timestamp;
 
 pub(crate) use self::key::prefix_mask;
 pub use self::key::{FlowKey, SourceKey};
-pub use self::source::{GateState, Peer, RECENT_SLOTS, Scores, SourceState};
+pub use self::source::{
+    GateState, PROVEN_SLOTS, Peer, ProvenPorts, RECENT_SLOTS, Scores, SourceState,
+};
 
 /// Why a source was banned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -96,9 +98,33 @@ impl std::str::FromStr for BanReason {
     }
 }
 
+/// What a ban stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BanKind {
+    /// Every packet of the source.
+    #[default]
+    Ban,
+    /// A source that proved its address: its proven (protocol, port) pairs
+    /// keep working, every other new connection from it is dropped.
+    Quarantine,
+}
+
+impl BanKind {
+    /// `ban` or `quarantine`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ban => "ban",
+            Self::Quarantine => "quarantine",
+        }
+    }
+}
+
 /// A ban, with the offence history that sets the next one's length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Ban {
+    /// A ban or a quarantine.
+    pub kind: BanKind,
     /// Why.
     pub reason: BanReason,
     /// When this ban started.
@@ -275,9 +301,9 @@ impl Shard {
         self.flows.get_mut(key).filter(|f| f.is_fresh(now, idle))
     }
 
-    /// True when the flow `key` is tracked and fresh; changes nothing.
-    pub fn peek_flow(&self, key: &FlowKey, now: Timestamp, idle: Duration) -> bool {
-        self.flows.peek(key).is_some_and(|f| f.is_fresh(now, idle))
+    /// The flow `key` when tracked and fresh; changes nothing.
+    pub fn peek_flow(&self, key: &FlowKey, now: Timestamp, idle: Duration) -> Option<Flow> {
+        self.flows.peek(key).filter(|f| f.is_fresh(now, idle)).copied()
     }
 
     /// Starts tracking a flow.
@@ -474,6 +500,7 @@ mod tests {
         let t = table(10, 2);
         let now = Timestamp::from_secs(10);
         let ban = |until| Ban {
+            kind: BanKind::Ban,
             reason: BanReason::Manual,
             since: now,
             until: Timestamp::from_secs(until),
@@ -492,6 +519,7 @@ mod tests {
     fn sweep_reports_lifted_bans_once_and_forgets_later() {
         let t = table(10, 10);
         let ban = Ban {
+            kind: BanKind::Ban,
             reason: BanReason::Manual,
             since: Timestamp::ZERO,
             until: Timestamp::from_secs(5),

@@ -78,6 +78,10 @@ pub struct SourceState {
     pub last_seen: Timestamp,
     /// Latest completed TCP handshake; [`Timestamp::ZERO`] for none.
     pub last_handshake: Timestamp,
+    /// The (protocol, port) pairs it proved most recently: a TCP handshake
+    /// completed, or a UDP flow this host answered. A quarantine lets these
+    /// through.
+    pub proven: ProvenPorts,
     /// Probe kinds seen from this source, as [`ProbeKind::bit`]s.
     pub kinds: u32,
     /// What an OS persona keeps about this address as a destination.
@@ -103,6 +107,40 @@ pub struct Peer {
     pub echo: Option<(u16, u16)>,
 }
 
+/// Slots of [`ProvenPorts`].
+pub const PROVEN_SLOTS: usize = 3;
+
+/// The last few (protocol, port) pairs a source proved, newest kept when
+/// full. The kernel keeps every pair inline; this is the engine's own
+/// record, which replay relies on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProvenPorts {
+    /// (protocol index + 1, port); a protocol of 0 marks a free slot.
+    slots: [(u8, u16); PROVEN_SLOTS],
+    /// The slot the next new pair replaces when all are taken.
+    next: u8,
+}
+
+impl ProvenPorts {
+    /// Records a proven pair.
+    pub fn add(&mut self, proto: PortProto, port: u16) {
+        let id = (proto.index() as u8).saturating_add(1);
+        if self.slots.contains(&(id, port)) {
+            return;
+        }
+        let slot = self.slots.iter().position(|s| s.0 == 0).unwrap_or(usize::from(self.next));
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = (id, port);
+        }
+        self.next = u8::try_from((slot + 1) % PROVEN_SLOTS).unwrap_or(0);
+    }
+
+    /// True when the pair was proven.
+    pub fn contains(&self, proto: PortProto, port: u16) -> bool {
+        self.slots.contains(&((proto.index() as u8).saturating_add(1), port))
+    }
+}
+
 /// Scores after a closed-port touch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Scores {
@@ -119,6 +157,7 @@ impl SourceState {
             first_seen: now,
             last_seen: now,
             last_handshake: Timestamp::ZERO,
+            proven: ProvenPorts::default(),
             kinds: 0,
             peer: Peer::default(),
             recent: [PortHit::default(); RECENT_SLOTS],
@@ -314,6 +353,19 @@ mod tests {
 
     #[test]
     fn state_has_a_fixed_small_size() {
-        assert_eq!(std::mem::size_of::<SourceState>(), 296, "the README states this size");
+        assert_eq!(std::mem::size_of::<SourceState>(), 312, "the README states this size");
+    }
+
+    #[test]
+    fn proven_ports_keep_the_newest_pairs() {
+        let mut p = ProvenPorts::default();
+        assert!(!p.contains(PortProto::Tcp, 0), "an empty slot is no pair");
+        for port in [80, 443, 80, 22, 8080] {
+            p.add(PortProto::Tcp, port);
+        }
+        assert!(!p.contains(PortProto::Tcp, 80), "the oldest pair went first");
+        assert!(p.contains(PortProto::Tcp, 443) && p.contains(PortProto::Tcp, 22));
+        assert!(p.contains(PortProto::Tcp, 8080));
+        assert!(!p.contains(PortProto::Udp, 443), "protocols differ");
     }
 }
