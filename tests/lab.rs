@@ -17,7 +17,7 @@ use std::process::Command;
 use crate::replay::CHECKS;
 use crate::util::root;
 
-const TOOLS: [&str; 12] = [
+const TOOLS: [&str; 13] = [
     "ip",
     "nmap",
     "masscan",
@@ -30,6 +30,7 @@ const TOOLS: [&str; 12] = [
     "iptables-nft",
     "ip6tables-nft",
     "p0f",
+    "conntrack",
 ];
 
 /// The lab tests share two CPUs; run them one at a time, so a flood in one
@@ -135,4 +136,16 @@ fn run_script(name: &str) {
 #[test]
 fn hidden_ports_open_only_for_a_source_that_proves_itself() {
     run_script("hidden");
+}
+
+/// Proven clients against real nmap decoys, hping3 and forged segments
+/// (`tests/lab/proof.py`): a returning client and a DNS-like client skip
+/// the queue; decoy and forged sweeps never cut off the client; a blind
+/// spoofer proves nothing; `-sO` and `-sY` learn nothing and are banned;
+/// the server's resolver survives a forged NULL; packets from the server's
+/// own and link-local addresses ban nothing; a scanner that used one
+/// service learns nothing more.
+#[test]
+fn proven_clients_skip_the_queue_and_forged_packets_never_cut_them_off() {
+    run_script("proof");
 }

@@ -10,6 +10,7 @@ non-zero when any request that should succeed failed.
   client.py HOST health ROUNDS    poll TCP 22, 80, 443, 8080 and UDP 53, ROUNDS times
   client.py HOST loop SECONDS PORT  sequential requests for SECONDS seconds
   client.py HOST download PORT    fetch /big and compare every byte with services.big_body()
+  client.py HOST dns N PORT       N UDP queries, each from a new socket (a new source port)
 """
 import socket
 import sys
@@ -119,6 +120,10 @@ def main():
         while time.monotonic() < end:
             ok, bad = (ok + 1, bad) if attempt(http, host, port) else (ok, bad + 1)
             time.sleep(0.02)
+    elif mode == "dns":
+        n, port = args
+        for _ in range(n):
+            ok, bad = (ok + 1, bad) if attempt(udp, host, port) else (ok, bad + 1)
     elif mode == "download":
         (port,) = args
         ok, bad = (1, 0) if attempt(download, host, port) else (0, 1)

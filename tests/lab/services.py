@@ -70,13 +70,26 @@ class UdpServer(Dual, socketserver.ThreadingUDPServer):
     pass
 
 
+class Tcp4Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+class Udp4Server(socketserver.ThreadingUDPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--tcp", type=int, nargs="*", default=[22, 80, 443, 8080])
     p.add_argument("--udp", type=int, nargs="*", default=[53])
+    p.add_argument("--bind", help="one IPv4 address to serve on, so answers leave from it")
     a = p.parse_args()
-    servers = [TcpServer(("::", port), Http) for port in a.tcp]
-    servers += [UdpServer(("::", port), Udp) for port in a.udp]
+    tcp, udp = (TcpServer, UdpServer) if a.bind is None else (Tcp4Server, Udp4Server)
+    host = "::" if a.bind is None else a.bind
+    servers = [tcp((host, port), Http) for port in a.tcp]
+    servers += [udp((host, port), Udp) for port in a.udp]
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()
     print("ready", flush=True)
