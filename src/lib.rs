@@ -4,15 +4,17 @@
 //! # Life of a packet
 //!
 //! ```text
-//! kernel: inet portcloak drops banned sources; the queue rules feed the rest   firewall/
+//! kernel: conntrack proves handshakes; inet portcloak drops banned sources,
+//!         records proven pairs, passes their new connections (the fast path),
+//!         marks proven sources; the queue rules feed the rest             firewall/
 //! io (an NFQUEUE worker, or a pcap frame) ─ { now, direction, bytes from the IP header }
 //!   └─ Engine::handle(now, direction, &mut bytes)          engine.rs
 //!        ├─ wire::parse       bytes → PacketView, checksums verified  wire/
-//!        ├─ track: lock the source's shard; ban check; flow lookup    track/
+//!        ├─ track: lock the source's shard; ban/quarantine; flows      track/
 //!        ├─ classify          PacketView + in-flow → Probe            classify.rs
 //!        ├─ track             SourceState: seen, closed ports, echo   track/
 //!        ├─ gate              hidden ports, knocks, SPA → Gated       gate/
-//!        ├─ policy::inbound   Probe + state + rules → Decision, ban?  policy/
+//!        ├─ policy::inbound   Probe + state + proven? → Decision, ban?   policy/
 //!        └─ outbound: disguise  a persona's edits, in place            disguise.rs
 //!   ← Outcome { verdict, reason, kind, signature, ban, rewritten }
 //! runtime (replay summary / JSON events; the daemon's verdicts)       runtime/, event.rs

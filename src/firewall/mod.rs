@@ -1,10 +1,16 @@
 //! FIREWALL: the kernel side of the daemon. portcloak owns exactly these
 //! objects and touches nothing else:
 //!
-//! - the nft table `inet portcloak`: the ban sets `ban4` and `ban6` (IPv6
+//! - the nft table `inet portcloak`: the ban and quarantine sets (IPv6
 //!   keyed by the tracked prefix), with element timeouts; the allow and
-//!   deny sets; and a chain on the prerouting hook, ahead of every other
-//!   filter, that drops members of the ban and deny sets;
+//!   deny sets; the dynamic sets of proof (`proven4/6`: the source,
+//!   protocol and port of every handshake conntrack saw complete, and of
+//!   every UDP flow this host answered; `peers4/6`: proven sources); a
+//!   chain after conntrack, ahead of every filter, that drops banned and
+//!   denied sources except on flows this host opened; and the `proof`
+//!   chain, which records proofs, drops quarantined sources' other new
+//!   connections and marks packets: the fast path for a proven pair's new
+//!   connection, a bit for the worker on a proven source's;
 //! - the rules that feed the queues. Where the kernel has the nft `queue`
 //!   expression they are chains of the same table. Where it does not (the
 //!   common case: `CONFIG_NFT_QUEUE` unset), they live in the iptables-nft
