@@ -249,7 +249,7 @@ pub struct KernelCounters {
 pub fn kernel_counters() -> Option<KernelCounters> {
     // Chains, not the table: a table listing prints every set element.
     let mut text = String::new();
-    for chain in ["bans", "proof"] {
+    for chain in ["bans4", "bans6", "new4", "new6"] {
         text.push_str(&exec("nft", &["list", "chain", "inet", TABLE, chain], None).ok()?);
     }
     Some(render::kernel_counters(&text))

@@ -211,12 +211,18 @@ impl Plan {
             "  chain bans {{
     type filter hook prerouting priority -190; policy accept;
     iif \"lo\" accept
+    meta nfproto vmap {{ ipv4 : goto bans4, ipv6 : goto bans6 }}
+  }}
+  chain bans4 {{
     ip saddr @allow4 accept
-    ip6 saddr @allow6 accept
     ip saddr @deny4 counter drop comment \"denied4\"
-    ip6 saddr @deny6 counter drop comment \"denied6\"
     ct direction reply accept
     ip saddr @ban4 counter drop comment \"banned4\"
+  }}
+  chain bans6 {{
+    ip6 saddr @allow6 accept
+    ip6 saddr @deny6 counter drop comment \"denied6\"
+    ct direction reply accept
     ip6 saddr & {mask} @ban6 counter drop comment \"banned6\"
   }}"
         );
@@ -243,17 +249,13 @@ impl Plan {
                 "  chain inbound {{
     type filter hook prerouting priority mangle; policy accept;
     iif \"lo\" return
+    ct state established,related return
     meta mark & {fast:#x} == {fast:#x} return
     meta pkttype != host return
     icmpv6 type {{ {ND} }} return",
                 fast = self.mark
             );
-            let _ = writeln!(
-                s,
-                "    ct state established,related return
-    ct state invalid meta length > {} drop",
-                self.copy_range
-            );
+            let _ = writeln!(s, "    ct state invalid meta length > {} drop", self.copy_range);
             let closed = format!("queue num {}", self.inbound);
             for (proto, port) in &self.hidden {
                 let _ = writeln!(
@@ -324,39 +326,38 @@ impl Plan {
         let both = fast | proven;
         let src = |v6: bool| if v6 { format!("ip6 saddr & {mask}") } else { "ip saddr".to_owned() };
         let dst = |v6: bool| if v6 { format!("ip6 daddr & {mask}") } else { "ip daddr".to_owned() };
+        // One base chain that sorts packets by family and state into short
+        // regular chains: most packets (established traffic) meet two rules.
         let _ = writeln!(
             s,
             "  chain proof {{
     type filter hook prerouting priority -160; policy accept;
-    iif \"lo\" return"
+    iif \"lo\" return
+    ct state established,related meta nfproto vmap {{ ipv4 : goto proved4, ipv6 : goto proved6 }}
+    meta nfproto vmap {{ ipv4 : goto new4, ipv6 : goto new6 }}
+  }}"
         );
+        let hidden: Vec<String> =
+            self.hidden.iter().map(|(p, port)| format!("{} . {port}", p.name())).collect();
         for v6 in [false, true] {
             let (n, a) = (if v6 { 6 } else { 4 }, src(v6));
+            let allow = if v6 { "ip6 saddr @allow6" } else { "ip saddr @allow4" };
             // Conntrack sets ASSURED on the ACK that completes a handshake
             // it validated (sequence and window tracking).
             let _ = writeln!(
                 s,
-                "    meta l4proto tcp ct direction original ct status assured ct original packets 2-4 update @proven{n} {{ {a} . meta l4proto . th dport }} update @peers{n} {{ {a} }}"
+                "  chain proved{n} {{
+    meta l4proto tcp ct direction original ct status assured ct original packets 2-4 update @proven{n} {{ {a} . meta l4proto . th dport }} update @peers{n} {{ {a} }}
+  }}
+  chain new{n} {{
+    {allow} return
+    {a} @quarantine{n} {a} . meta l4proto . th dport != @proven{n} {a} . meta l4proto . th dport != @keep{n} counter drop comment \"quarantined{n}\"
+    {a} @peers{n} meta mark set meta mark | {proven:#x}"
             );
-        }
-        s.push_str(
-            "    ct state established,related return\n    ip saddr @allow4 return\n    ip6 saddr @allow6 return\n",
-        );
-        for v6 in [false, true] {
-            let (n, a) = (if v6 { 6 } else { 4 }, src(v6));
-            let _ = writeln!(
-                s,
-                "    {a} @quarantine{n} {a} . meta l4proto . th dport != @proven{n} {a} . meta l4proto . th dport != @keep{n} counter drop comment \"quarantined{n}\""
-            );
-            let _ = writeln!(s, "    {a} @peers{n} meta mark set meta mark | {proven:#x}");
-        }
-        if !self.hidden.is_empty() {
-            let hidden: Vec<String> =
-                self.hidden.iter().map(|(p, port)| format!("{} . {port}", p.name())).collect();
-            let _ = writeln!(s, "    meta l4proto . th dport {{ {} }} return", hidden.join(", "));
-        }
-        for v6 in [false, true] {
-            let (n, a) = (if v6 { 6 } else { 4 }, src(v6));
+            if !hidden.is_empty() {
+                let _ =
+                    writeln!(s, "    meta l4proto . th dport {{ {} }} return", hidden.join(", "));
+            }
             for set in ["proven", "keep"] {
                 // Only a plain SYN with a client's window: scanners' crafted
                 // SYNs (nmap 1024, masscan 1024/1025, hping3 64, nmap's OS
@@ -370,9 +371,10 @@ impl Plan {
                     "    ct state new meta l4proto udp {a} . meta l4proto . th dport @{set}{n} counter meta mark set meta mark | {fast:#x} return comment \"fast{n}\""
                 );
             }
+            s.push_str("  }\n");
         }
         s.push_str(
-            "  }\n  chain answers {\n    type filter hook output priority -160; policy accept;\n    oif \"lo\" return\n",
+            "  chain answers {\n    type filter hook output priority -160; policy accept;\n    oif \"lo\" return\n    meta l4proto tcp ct direction reply return\n",
         );
         for v6 in [false, true] {
             let (n, a) = (if v6 { 6 } else { 4 }, dst(v6));
@@ -430,6 +432,8 @@ impl Plan {
             let _ = writeln!(s, "-A {CHAIN_IN} {r}");
         };
         rule("-i lo -j RETURN");
+        // Established traffic, nearly every packet, leaves at the second rule.
+        rule("-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN");
         // The proof chain of `inet portcloak` marked a proven pair's new
         // connection: it passes in the kernel, never queued.
         rule(&format!("-m mark --mark {m:#x}/{m:#x} -j RETURN", m = self.mark));
@@ -439,7 +443,6 @@ impl Plan {
                 rule(&format!("-p ipv6-icmp --icmpv6-type {t} -j RETURN"));
             }
         }
-        rule("-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN");
         // Longer than the copy range, the daemon cannot verify checksums
         // and relies on conntrack's; INVALID ones (bad checksum, no valid
         // state) are dropped here, as the host's stack would.

@@ -64,11 +64,13 @@ fn the_kernel_proves_pairs_and_sources_and_marks_the_fast_path() {
         s.contains("ct direction original ct state new update @peers4 { ip daddr }"),
         "peers this host opened flows to: {s}"
     );
-    // The order inside `proof`: established return, allowlist, quarantine,
-    // the proven mark, the hidden ports, then the fast path.
+    // `proof` sends established traffic to `proved4/6`, the rest to
+    // `new4/6`, where the order is: allowlist, quarantine, the proven
+    // mark, the hidden ports, then the fast path.
     let at = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle} missing: {s}"));
+    assert!(s.contains("ct state established,related meta nfproto vmap { ipv4 : goto proved4, ipv6 : goto proved6 }\n    meta nfproto vmap { ipv4 : goto new4, ipv6 : goto new6 }"), "{s}");
     let order = [
-        "ct state established,related return",
+        "chain new4 {",
         "ip saddr @allow4 return",
         "ip saddr @quarantine4 ip saddr . meta l4proto . th dport != @proven4 ip saddr . meta l4proto . th dport != @keep4 counter drop",
         "ip saddr @peers4 meta mark set meta mark | 0x20000000",

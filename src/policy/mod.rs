@@ -31,7 +31,7 @@ mod ports;
 
 use std::net::IpAddr;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -238,7 +238,7 @@ pub struct Policy {
     ports: PortMap,
     limiter: BanLimiter,
     /// This host's own addresses.
-    local: RwLock<Vec<IpAddr>>,
+    local: LocalAddrs,
     guarded: AtomicU64,
     unbannable: AtomicU64,
     capped: AtomicU64,
@@ -258,7 +258,7 @@ impl Policy {
             config,
             ports,
             limiter,
-            local: RwLock::new(Vec::new()),
+            local: LocalAddrs::default(),
             guarded: AtomicU64::new(0),
             unbannable: AtomicU64::new(0),
             capped: AtomicU64::new(0),
@@ -277,17 +277,13 @@ impl Policy {
     }
 
     /// Replaces the set of this host's own addresses.
-    pub fn set_local(&self, mut addrs: Vec<IpAddr>) {
-        addrs.sort_unstable();
-        addrs.dedup();
-        if let Ok(mut local) = self.local.write() {
-            *local = addrs;
-        }
+    pub fn set_local(&self, addrs: Vec<IpAddr>) {
+        self.local.set(addrs);
     }
 
     /// True when `ip` is one of this host's own addresses.
     pub fn is_local(&self, ip: IpAddr) -> bool {
-        self.local.read().is_ok_and(|l| l.binary_search(&ip).is_ok())
+        self.local.contains(ip)
     }
 
     /// False for addresses that are never banned nor put in a kernel set:
@@ -554,6 +550,66 @@ impl Policy {
         let b = &self.config.ban;
         let doublings = u32::from(offences.saturating_sub(1)).min(32);
         b.duration.get().saturating_mul(1u32 << doublings.min(31)).min(b.max_duration.get())
+    }
+}
+
+/// Addresses kept in plain atomics, read on every inbound packet with no
+/// shared write (a lock's reader count would bounce between the workers'
+/// CPUs); more than this many go to the locked list.
+const LOCAL_SLOTS: usize = 32;
+
+/// This host's own addresses. They change rarely (the daemon re-reads
+/// them every `listen_interval` and writes only a changed list); a reader
+/// racing a change may miss an address for that moment, which only means
+/// one forged packet is judged like any other source's (a ban is checked
+/// again under [`Policy::bannable`], through the same list).
+#[derive(Debug, Default)]
+struct LocalAddrs {
+    /// Each address as an IPv6 (IPv4 mapped), split in two halves.
+    slots: [(AtomicU64, AtomicU64); LOCAL_SLOTS],
+    count: AtomicUsize,
+    /// Addresses beyond the slots, with the whole list for comparison.
+    rest: RwLock<(Vec<IpAddr>, Vec<IpAddr>)>,
+}
+
+impl LocalAddrs {
+    fn bits(ip: IpAddr) -> (u64, u64) {
+        let v6 = match ip {
+            IpAddr::V4(a) => a.to_ipv6_mapped(),
+            IpAddr::V6(a) => a,
+        };
+        let n = u128::from(v6);
+        ((n >> 64) as u64, n as u64)
+    }
+
+    fn set(&self, mut addrs: Vec<IpAddr>) {
+        addrs.sort_unstable();
+        addrs.dedup();
+        let Ok(mut rest) = self.rest.write() else { return };
+        if rest.1 == addrs {
+            return;
+        }
+        let n = addrs.len().min(LOCAL_SLOTS);
+        self.count.store(0, Ordering::Release);
+        for ((hi, lo), ip) in self.slots.iter().zip(&addrs) {
+            let (h, l) = Self::bits(*ip);
+            hi.store(h, Ordering::Relaxed);
+            lo.store(l, Ordering::Relaxed);
+        }
+        self.count.store(n, Ordering::Release);
+        *rest = (addrs.get(LOCAL_SLOTS..).unwrap_or_default().to_vec(), addrs);
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let (h, l) = Self::bits(ip);
+        let n = self.count.load(Ordering::Acquire);
+        let found = self
+            .slots
+            .iter()
+            .take(n)
+            .any(|(hi, lo)| hi.load(Ordering::Relaxed) == h && lo.load(Ordering::Relaxed) == l);
+        found
+            || (n == LOCAL_SLOTS && self.rest.read().is_ok_and(|r| r.0.binary_search(&ip).is_ok()))
     }
 }
 

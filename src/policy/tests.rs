@@ -26,3 +26,17 @@ fn every_reason_is_listed_at_its_index() {
     // A reason added after Martian must be added to ALL too.
     assert_eq!(Reason::Martian as usize + 1, Reason::ALL.len());
 }
+
+#[test]
+fn own_addresses_are_found_in_the_slots_and_beyond_them() {
+    let p = Policy::new(Config::default());
+    let many: Vec<std::net::IpAddr> =
+        (1..=40u8).map(|i| std::net::IpAddr::from([198, 18, 7, i])).collect();
+    p.set_local(many.clone());
+    assert!(many.iter().all(|ip| p.is_local(*ip)), "all 40, past the 32 slots");
+    assert!(!p.is_local(std::net::IpAddr::from([198, 18, 7, 41])));
+    let v6: std::net::IpAddr = "fd5c:a11:1::1".parse().unwrap();
+    p.set_local(vec![v6]);
+    assert!(p.is_local(v6) && !p.is_local(many[0]), "a new list replaces the old");
+    assert!(!p.bannable(v6) && p.bannable(many[0]));
+}

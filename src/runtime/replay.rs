@@ -32,7 +32,7 @@ use crate::event::Event;
 use crate::io::pcap::{PcapReader, SourceError};
 use crate::policy::{Reason, Verdict};
 use crate::time::Timestamp;
-use crate::track::{Ban, SourceKey};
+use crate::track::{Ban, BanKind, SourceKey};
 use crate::wire::{self, LinkType, PacketView, TcpFlags, Transport};
 
 /// How to replay.
@@ -203,7 +203,9 @@ pub fn run(
                     Direction::Inbound => {
                         entry.packets += 1;
                         entry.dropped += u64::from(dropped);
-                        let banned = entry.ban.is_some_and(|b| b.is_active(now));
+                        // A quarantine lets the pairs it proved through.
+                        let banned =
+                            entry.ban.is_some_and(|b| b.is_active(now) && b.kind == BanKind::Ban);
                         entry.accepted_while_banned += u64::from(banned && !dropped);
                         if let Some(kind) = outcome.kind {
                             *entry.kinds.entry(kind).or_default() += 1;
@@ -505,7 +507,11 @@ pub fn write_summary(
         let Some(ban) = s.ban else { continue };
         writeln!(
             out,
-            "  {key}  banned at {} (+{:.3}s) for {}, offence {}: {}",
+            "  {key}  {} at {} (+{:.3}s) for {}, offence {}: {}",
+            match ban.kind {
+                BanKind::Ban => "banned",
+                BanKind::Quarantine => "quarantined",
+            },
             ban.since,
             ban.since.saturating_since(start).as_secs_f64(),
             crate::time::format_duration(ban.until.saturating_since(ban.since)),
