@@ -11,7 +11,7 @@ use std::path::Path;
 use portcloak::Engine;
 use portcloak::classify::ProbeKind;
 use portcloak::runtime::replay::{self, Report};
-use portcloak::track::BanReason;
+use portcloak::track::{BanKind, BanReason};
 use portcloak::{Config, Reason};
 
 const ATTACKER: [u8; 4] = [198, 18, 1, 2];
@@ -39,7 +39,11 @@ fn assert_scan(dir: &Path, name: &str, scanner: IpAddr, reason: &str, answered: 
     assert_eq!(ban.reason.to_string(), reason, "{name}");
     assert_eq!(s.accepted_while_banned, 0, "{name}: packets accepted while banned");
     assert!(s.answered <= answered, "{name}: {} probes answered, bound {answered}", s.answered);
-    assert!(s.dropped + 10 >= s.packets, "{name}: most of the scan must be dropped: {s:?}");
+    // A scanner that completed handshakes with open ports before its ban is
+    // quarantined instead: the rest of those connections still passes.
+    let in_flow = s.kinds.get(&ProbeKind::TcpFlow).copied().unwrap_or(0);
+    let allowance = if ban.kind == BanKind::Quarantine { 10 + in_flow } else { 10 };
+    assert!(s.dropped + allowance >= s.packets, "{name}: most of the scan must be dropped: {s:?}");
     assert_eq!(report.bans.len(), 1, "{name}: only the scanner is banned: {:?}", report.bans);
     report
 }
