@@ -271,8 +271,8 @@ impl Engine {
         let mut shard = self.table.lock(&key);
         let idle = self.config().tracking.flow_idle.get();
         let ban = shard.active_ban(&key, now).filter(|_| !allowed);
-        let known = flow_key.and_then(|fk| shard.peek_flow(&fk, now, idle));
         if let Some(ban) = ban {
+            let known = flow_key.and_then(|fk| shard.peek_flow(&fk, now, idle));
             // A flow this host opened is never cut off by a ban.
             let ours = known.is_some_and(|f| !f.inbound);
             let in_flow = known.is_some();

@@ -1,11 +1,18 @@
 //! CONTROL: the daemon's Unix socket. One JSON request per connection,
 //! one JSON answer: `{"ok": true, ...}` or `{"ok": false, "error": "..."}`.
+//!
+//! No client can stall it: a request is at most [`MAX_REQUEST`] bytes and
+//! must arrive within [`REQUEST_DEADLINE`] in all; each connection is
+//! served on a thread of its own, at most [`MAX_CONNECTIONS`] at once, so
+//! a slow client never delays the next. The socket appears at its path
+//! with mode 0600 already set: it is bound in a private directory first.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +21,12 @@ use thiserror::Error;
 
 /// How long either side waits on the other.
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest request the daemon reads.
+pub const MAX_REQUEST: usize = 64 << 10;
+/// How long a client has to send its whole request.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections served at once; one more is refused at once.
+pub const MAX_CONNECTIONS: usize = 16;
 
 /// A request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -88,8 +101,11 @@ pub fn request(path: &Path, request: &Request) -> Result<Value, ControlError> {
 }
 
 /// Binds the control socket, mode 0600. A socket left by a crashed daemon
-/// is replaced; one a live daemon answers on is an error.
+/// is replaced; one a live daemon answers on is an error. The socket is
+/// bound in a new directory of mode 0700 beside `path`, given its mode,
+/// and renamed into place, so no one can connect before the mode holds.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
     if UnixStream::connect(path).is_ok() {
         anyhow::bail!("another portcloak daemon is running (it answers on {})", path.display());
     }
@@ -98,29 +114,127 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(anyhow::anyhow!("cannot replace {}: {e}", path.display())),
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| anyhow::anyhow!("cannot bind control socket {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let private = dir.join(format!(".portcloak-socket-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", private.display()))?;
+    let staged = private.join("sock");
+    let bound = UnixListener::bind(&staged)
+        .map_err(|e| anyhow::anyhow!("cannot bind control socket {}: {e}", path.display()))
+        .and_then(|listener| {
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(&staged, path).map_err(|e| {
+                anyhow::anyhow!("cannot move the socket to {}: {e}", path.display())
+            })?;
+            Ok(listener)
+        });
+    let _ = std::fs::remove_dir_all(&private);
+    let listener = bound?;
     listener.set_nonblocking(true)?;
     Ok(listener)
+}
+
+/// Serves `listener` until `stop` is set: each connection on a thread of
+/// its own, at most [`MAX_CONNECTIONS`] at once (one more is told to retry
+/// and closed).
+pub fn serve<F>(listener: &UnixListener, stop: &AtomicBool, handle: F)
+where
+    F: Fn(Request) -> Result<Value, String> + Sync,
+{
+    let active = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                        active.fetch_sub(1, Ordering::AcqRel);
+                        refuse(&stream, "too many control connections at once; try again");
+                        continue;
+                    }
+                    let (active, handle) = (&active, &handle);
+                    let spawned = std::thread::Builder::new()
+                        .name("control-conn".into())
+                        .spawn_scoped(scope, move || {
+                            answer(stream, handle);
+                            active.fetch_sub(1, Ordering::AcqRel);
+                        });
+                    if spawned.is_err() {
+                        active.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    super::log(&format!("error: control socket: {e}"));
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    });
+}
+
+fn refuse(stream: &UnixStream, why: &str) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+    let mut text = serde_json::json!({ "ok": false, "error": why }).to_string();
+    text.push('\n');
+    let _ = (&*stream).write_all(text.as_bytes());
+}
+
+/// Reads one request line: at most [`MAX_REQUEST`] bytes, all of it
+/// within [`REQUEST_DEADLINE`].
+fn read_request(stream: &UnixStream) -> Result<String, String> {
+    let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err("the request did not arrive in time".into());
+        }
+        stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        let n = match (&*stream).read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A receive timeout: the deadline has passed.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err("the request did not arrive in time".into());
+            }
+            Err(e) => return Err(format!("cannot read request: {e}")),
+        };
+        let got = chunk.get(..n).unwrap_or_default();
+        let end = got.iter().position(|&b| b == b'\n');
+        buf.extend_from_slice(got.get(..end.unwrap_or(n)).unwrap_or_default());
+        if buf.len() > MAX_REQUEST {
+            return Err(format!("request larger than {} KiB", MAX_REQUEST >> 10));
+        }
+        if end.is_some() {
+            break;
+        }
+    }
+    String::from_utf8(buf).map_err(|_| "the request is not UTF-8".into())
 }
 
 /// Answers one connection with `handle`.
 pub fn answer(stream: UnixStream, handle: impl FnOnce(Request) -> Result<Value, String>) {
     let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(TIMEOUT));
     let _ = stream.set_write_timeout(Some(TIMEOUT));
-    let mut line = String::new();
-    let reply = match BufReader::new(&stream).read_line(&mut line) {
-        Ok(_) => match serde_json::from_str::<Request>(&line) {
+    let reply =
+        read_request(&stream).and_then(|line| match serde_json::from_str::<Request>(&line) {
             Ok(req) => handle(req),
             Err(e) => Err(format!("bad request: {e}")),
-        },
-        Err(e) => Err(format!("cannot read request: {e}")),
-    };
+        });
     let value = match reply {
         Ok(mut v) => {
             if let Value::Object(map) = &mut v {
@@ -133,4 +247,82 @@ pub fn answer(stream: UnixStream, handle: impl FnOnce(Request) -> Result<Value, 
     let mut text = value.to_string();
     text.push('\n');
     let _ = (&stream).write_all(text.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("portcloak-ctl-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn the_socket_appears_with_its_final_mode_and_nothing_left_beside_it() {
+        let d = dir("mode");
+        let path = d.join("ctl.sock");
+        let _listener = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> =
+            std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["ctl.sock"], "the private directory is gone");
+        assert!(bind(&path).is_err(), "a live socket is not replaced");
+    }
+
+    #[test]
+    fn a_huge_request_and_a_slow_client_stall_nothing() {
+        let d = dir("stall");
+        let path = d.join("ctl.sock");
+        let listener = bind(&path).unwrap();
+        let stop = AtomicBool::new(false);
+        /// Stops the server however the test ends, so the scope can end.
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        std::thread::scope(|scope| {
+            scope.spawn(|| serve(&listener, &stop, |_| Ok(serde_json::json!({ "pong": 1 }))));
+            let _stop = Stop(&stop);
+            // A slow client that never finishes its request.
+            let slow = UnixStream::connect(&path).unwrap();
+            (&slow).write_all(b"{\"cmd\":").unwrap();
+            // A client that sends 100 MB without a newline.
+            let huge = scope.spawn(|| {
+                let s = UnixStream::connect(&path).unwrap();
+                s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let block = vec![b'x'; 1 << 20];
+                let mut sent = 0usize;
+                while sent < 100 << 20 {
+                    if (&s).write_all(&block).is_err() {
+                        break;
+                    }
+                    sent += block.len();
+                }
+                let mut answer = String::new();
+                let _ = BufReader::new(&s).read_line(&mut answer);
+                (sent, answer)
+            });
+            let started = Instant::now();
+            let answer = request(&path, &Request::Status).unwrap();
+            assert_eq!(answer["pong"], 1);
+            assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+            let (sent, answer) = huge.join().unwrap();
+            assert!(sent < 100 << 20, "the daemon stopped reading the huge request");
+            assert!(answer.contains("larger than 64 KiB"), "{answer}");
+            // The slow client is cut off at the deadline.
+            let mut line = String::new();
+            slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            BufReader::new(&slow).read_line(&mut line).unwrap();
+            assert!(line.contains("did not arrive in time"), "{line}");
+        });
+    }
 }

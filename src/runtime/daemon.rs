@@ -432,11 +432,12 @@ impl Keeper<'_> {
         }
     }
 
-    fn save(&self, now: Timestamp) {
-        let saved: Vec<Saved> = self
-            .shared
-            .engine
-            .bans(now)
+    /// Saves the state file, and forgets the kept pairs of quarantines
+    /// that have ended.
+    fn save(&mut self, now: Timestamp) {
+        let bans = self.shared.engine.bans(now);
+        self.kept.retain(|key, _| bans.binary_search_by(|(k, _)| k.cmp(key)).is_ok());
+        let saved: Vec<Saved> = bans
             .into_iter()
             .map(|(key, ban)| Saved {
                 key,
@@ -645,18 +646,7 @@ fn serve_control(
     kernel: &Sender<KernelMsg>,
     info: &Info,
 ) {
-    while !shared.stop.load(Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) => control::answer(stream, |req| handle(req, shared, kernel, info)),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => {
-                log(&format!("error: control socket: {e}"));
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
+    control::serve(listener, &shared.stop, |req| handle(req, shared, kernel, info));
 }
 
 fn handle(
