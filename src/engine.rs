@@ -277,10 +277,12 @@ impl Engine {
             let ours = known.is_some_and(|f| !f.inbound);
             let in_flow = known.is_some();
             let probe = classify::classify(view, in_flow);
-            let proven_pair = probe.port.is_some_and(|(proto, port)| {
-                shard.peek_source(&key).is_some_and(|s| s.proven.contains(proto, port))
-            });
-            let passes = ours || (ban.kind == BanKind::Quarantine && (in_flow || proven_pair));
+            let proven_pair = || {
+                probe.port.is_some_and(|(proto, port)| {
+                    shard.peek_source(&key).is_some_and(|s| s.proven.contains(proto, port))
+                })
+            };
+            let passes = ours || (ban.kind == BanKind::Quarantine && (in_flow || proven_pair()));
             if !passes {
                 // Classified for reports only: no state of the source changes.
                 drop(shard);

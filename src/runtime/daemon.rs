@@ -90,7 +90,12 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let listener = control::bind(&d.socket)?;
     let now = wall_now();
     let restored = match state::load(&d.state_file, now, config.tracking.ipv6_prefix) {
-        Ok(bans) => bans,
+        Ok(loaded) => {
+            for why in &loaded.skipped {
+                log(&format!("warning: {why}"));
+            }
+            loaded.bans
+        }
         Err(e) => {
             log(&format!("warning: {e}; starting with no saved bans"));
             Vec::new()
@@ -167,7 +172,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         let (shared, path, events) =
             (Arc::clone(&shared), d.state_file.clone(), events_on.then(|| events_tx.clone()));
         std::thread::Builder::new().name("bans".into()).spawn(move || {
-            let mut keeper = Keeper { shared: &shared, manage, path: &path, kept };
+            let mut keeper =
+                Keeper { shared: &shared, manage, path: &path, kept, dirty: false, saved_at: None };
             keeper.run(&kernel_rx, events.as_ref());
         })?
     };
@@ -280,11 +286,35 @@ fn persona_sysctls(config: &Config) -> anyhow::Result<Option<SysctlGuard>> {
     Ok(Some(SysctlGuard(applied)))
 }
 
-/// Reads the SPA key, refusing a file that anyone but its owner may read.
+/// Reads the SPA key, refusing a symlink, a file owned by anyone but root
+/// or the daemon's own user, and one that anyone but its owner may read.
+/// The file is opened without following links, and checked as opened.
 pub fn read_spa_key(path: &Path) -> anyhow::Result<Vec<u8>> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("reading the SPA key file {}", path.display()))?;
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let context = || format!("reading the SPA key file {}", path.display());
+    let link = std::fs::symlink_metadata(path).with_context(context)?;
+    if link.file_type().is_symlink() {
+        anyhow::bail!(
+            "the SPA key file {} is a symbolic link: name the file itself",
+            path.display()
+        );
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(context)?;
+    let meta = file.metadata().with_context(context)?;
+    // /proc/self belongs to the process's effective user.
+    let me = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    if meta.uid() != 0 && meta.uid() != me {
+        anyhow::bail!(
+            "the SPA key file {} belongs to uid {}, not root: `chown root` it",
+            path.display(),
+            meta.uid()
+        );
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         anyhow::bail!(
@@ -292,8 +322,8 @@ pub fn read_spa_key(path: &Path) -> anyhow::Result<Vec<u8>> {
             path.display()
         );
     }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the SPA key file {}", path.display()))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).with_context(context)?;
     crate::gate::spa::parse_key(&text)
         .map_err(|e| anyhow::anyhow!("the SPA key file {}: {e}", path.display()))
 }
@@ -335,7 +365,15 @@ struct Keeper<'a> {
     manage: bool,
     path: &'a Path,
     kept: BTreeMap<SourceKey, Vec<Pair>>,
+    /// Bans changed since the state file was last written.
+    dirty: bool,
+    /// When it was last written.
+    saved_at: Option<Instant>,
 }
+
+/// The state file is rewritten at most this often: the first change after
+/// a quiet spell at once, later ones together.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 impl Keeper<'_> {
     fn run(&mut self, rx: &Receiver<KernelMsg>, events: Option<&Sender<Event>>) {
@@ -346,6 +384,7 @@ impl Keeper<'_> {
                     if self.shared.stop.load(Relaxed) {
                         break;
                     }
+                    self.flush();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -415,7 +454,16 @@ impl Keeper<'_> {
                 "error: kernel ban update failed ({e}); the engine still drops these sources"
             ));
         }
-        self.save(now);
+        self.dirty = true;
+        self.flush();
+    }
+
+    /// Writes the state file when bans changed and the last write is at
+    /// least [`SAVE_EVERY`] old.
+    fn flush(&mut self) {
+        if self.dirty && self.saved_at.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
+            self.save(wall_now());
+        }
     }
 
     /// The pairs the kernel saw `key` prove, which its quarantine keeps.
@@ -445,8 +493,10 @@ impl Keeper<'_> {
                 keep: self.kept.get(&key).cloned().unwrap_or_default(),
             })
             .collect();
-        if let Err(e) = state::save(self.path, now, &saved) {
-            log(&format!("error: cannot save {}: {e}", self.path.display()));
+        self.saved_at = Some(Instant::now());
+        match state::save(self.path, now, &saved) {
+            Ok(()) => self.dirty = false,
+            Err(e) => log(&format!("error: cannot save {}: {e}", self.path.display())),
         }
     }
 }

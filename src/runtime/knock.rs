@@ -130,6 +130,22 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = crate::runtime::daemon::read_spa_key(&path).unwrap_err().to_string();
         assert!(err.contains("mode 644") && err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let err = crate::runtime::daemon::read_spa_key(&link).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        // Owned by another user (the test runs as root in CI; elsewhere
+        // chown fails and the daemon's own user is the owner anyway).
+        if std::os::unix::fs::chown(&path, Some(65_534), None).is_ok() {
+            let err = crate::runtime::daemon::read_spa_key(&path).unwrap_err().to_string();
+            assert!(err.contains("belongs to uid 65534") && err.contains("chown root"), "{err}");
+        } else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI runs as root: chown must work"
+            );
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -116,64 +116,111 @@ pub fn save(path: &Path, now: Timestamp, bans: &[Saved]) -> std::io::Result<()> 
     write_atomic(path, &bytes)
 }
 
-/// Writes `bytes` to `path` through `path.tmp` and a rename, so a reader
-/// sees the old file or the new one, never a part; creates the directory
-/// (mode 0700) when needed.
+/// Writes `bytes` to `path` through a temporary file and a rename, so a
+/// reader sees the old file or the new one, never a part; creates the
+/// directory (mode 0700) when needed.
+///
+/// The temporary file has a name no other writer uses (`path.tmp.PID.N`),
+/// is created exclusively (an existing file or symlink of that name is an
+/// error, never followed), with mode 0600; it is removed again when any
+/// step fails (a full disk among them). The directory is synced after the
+/// rename, so the new name survives a power cut.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    }
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(".tmp.{}.{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
     let tmp = std::path::PathBuf::from(tmp);
-    let mut out = std::fs::File::create(&tmp)?;
-    out.write_all(bytes)?;
-    out.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    let written = out
+        .write_all(bytes)
+        .and_then(|()| out.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    drop(out);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// What [`load`] read: the bans still running, and a warning for each
+/// entry it had to leave out.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Bans and quarantines still running.
+    pub bans: Vec<Saved>,
+    /// One line per damaged entry, dropped alone.
+    pub skipped: Vec<String>,
 }
 
 /// Reads the bans still running at `now`. A missing file is an empty
-/// start; a damaged one is an error the caller reports and then ignores.
-pub fn load(path: &Path, now: Timestamp, v6_prefix: u8) -> Result<Vec<Saved>, StateError> {
+/// start; a file that is not a state file at all is an error the caller
+/// reports and then ignores; a damaged entry is left out alone, with a
+/// warning, and every other ban is kept.
+pub fn load(path: &Path, now: Timestamp, v6_prefix: u8) -> Result<Loaded, StateError> {
     let name = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::default()),
         Err(source) => return Err(StateError::Io { path: name, source }),
     };
     let corrupt = |why: String| StateError::Corrupt { path: name.clone(), why };
-    let file: StateFile = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+    let file: StateFileIn = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
     if file.version != VERSION {
         return Err(corrupt(format!("version {} (this portcloak reads {VERSION})", file.version)));
     }
-    let mut bans = Vec::with_capacity(file.bans.len());
-    for saved in file.bans {
-        let (addr, len) = match saved.source.split_once('/') {
-            Some((a, l)) => (a, l.parse::<u8>().ok()),
-            None => (saved.source.as_str(), None),
-        };
-        let ip: IpAddr =
-            addr.parse().map_err(|_| corrupt(format!("bad source `{}`", saved.source)))?;
-        let key = SourceKey::new(ip, len.unwrap_or(v6_prefix));
-        let reason = saved.reason.parse().map_err(corrupt)?;
-        let ban = Ban {
-            kind: saved.kind,
-            reason,
-            since: Timestamp::from_micros(saved.since),
-            until: Timestamp::from_micros(saved.until),
-            offences: saved.offences,
-        };
-        let keep = saved
-            .keep
-            .iter()
-            .map(|p| parse_pair(p).ok_or_else(|| corrupt(format!("bad kept pair `{p}`"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        if ban.is_active(now) {
-            bans.push(Saved { key, ban, keep });
+    let mut loaded = Loaded { bans: Vec::with_capacity(file.bans.len()), skipped: Vec::new() };
+    for (i, entry) in file.bans.into_iter().enumerate() {
+        match entry_of(entry, v6_prefix) {
+            Ok(saved) if saved.ban.is_active(now) => loaded.bans.push(saved),
+            Ok(_) => {}
+            Err(why) => loaded.skipped.push(format!("{name}: entry {i} left out: {why}")),
         }
     }
-    Ok(bans)
+    Ok(loaded)
+}
+
+/// The state file as read: entries stay raw until each is checked alone.
+#[derive(Debug, Deserialize)]
+struct StateFileIn {
+    version: u32,
+    bans: Vec<serde_json::Value>,
+}
+
+/// One saved entry, checked.
+fn entry_of(entry: serde_json::Value, v6_prefix: u8) -> Result<Saved, String> {
+    let saved: SavedBan = serde_json::from_value(entry).map_err(|e| e.to_string())?;
+    let (addr, len) = match saved.source.split_once('/') {
+        Some((a, l)) => {
+            (a, Some(l.parse::<u8>().map_err(|_| format!("bad prefix in `{}`", saved.source))?))
+        }
+        None => (saved.source.as_str(), None),
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| format!("bad source `{}`", saved.source))?;
+    let key = SourceKey::new(ip, len.unwrap_or(v6_prefix));
+    let reason = saved.reason.parse()?;
+    let ban = Ban {
+        kind: saved.kind,
+        reason,
+        since: Timestamp::from_micros(saved.since),
+        until: Timestamp::from_micros(saved.until),
+        offences: saved.offences,
+    };
+    let keep = saved
+        .keep
+        .iter()
+        .map(|p| parse_pair(p).ok_or_else(|| format!("bad kept pair `{p}`")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Saved { key, ban, keep })
 }
 
 #[cfg(test)]
@@ -214,7 +261,7 @@ mod tests {
         ];
         save(&path, now, &bans).unwrap();
         let later = now.saturating_add(Duration::from_secs(10));
-        let back = load(&path, later, 64).unwrap();
+        let back = load(&path, later, 64).unwrap().bans;
         assert_eq!(back, bans[..3].to_vec());
         assert_eq!(back[1].key.to_string(), "fd5c:a11:1::/64");
         let text = std::fs::read_to_string(&path).unwrap();
@@ -222,13 +269,68 @@ mod tests {
         // A file written before quarantines existed holds plain bans.
         let old = r#"{"version":1,"saved":0,"bans":[{"source":"198.18.1.2","reason":"manual","since":0,"until":99000000000000,"offences":1}]}"#;
         std::fs::write(&path, old).unwrap();
-        assert_eq!(load(&path, later, 64).unwrap()[0].ban.kind, BanKind::Ban);
+        assert_eq!(load(&path, later, 64).unwrap().bans[0].ban.kind, BanKind::Ban);
+    }
+
+    #[test]
+    fn a_bad_entry_is_left_out_alone() {
+        let d = dir("entry");
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("state.json");
+        let good = |ip: &str| {
+            format!(
+                r#"{{"source":"{ip}","reason":"manual","since":0,"until":99000000000000,"offences":1}}"#
+            )
+        };
+        let text = format!(
+            r#"{{"version":1,"saved":0,"bans":[{},{{"source":"not an address","reason":"manual","since":0,"until":1,"offences":1}},{{"source":"198.18.1.4","since":"x"}},{},{}]}}"#,
+            good("198.18.1.2"),
+            good("198.18.1.3"),
+            r#"{"source":"198.18.1.5","reason":"no such reason","since":0,"until":99000000000000,"offences":1}"#
+        );
+        std::fs::write(&p, text).unwrap();
+        let loaded = load(&p, Timestamp::from_secs(1), 64).unwrap();
+        let kept: Vec<String> = loaded.bans.iter().map(|s| s.key.to_string()).collect();
+        assert_eq!(kept, ["198.18.1.2", "198.18.1.3"]);
+        assert_eq!(loaded.skipped.len(), 3, "{:?}", loaded.skipped);
+        assert!(loaded.skipped[0].contains("entry 1") && loaded.skipped[0].contains("bad source"));
+    }
+
+    #[test]
+    fn the_temporary_file_never_follows_a_link_and_never_stays_behind() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("atomic");
+        let path = d.join("state.json");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> =
+            std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["state.json"], "no temporary file left");
+        // The old fixed temporary name, planted as a link, is never used.
+        let victim = d.join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        std::os::unix::fs::symlink(&victim, d.join("state.json.tmp")).unwrap();
+        write_atomic(&path, b"three").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        // A failed rename (the target is a directory) leaves no temporary file.
+        let blocked = d.join("blocked");
+        std::fs::create_dir_all(blocked.join("x")).unwrap();
+        assert!(write_atomic(&blocked, b"four").is_err());
+        let left: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp."))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]
     fn a_missing_file_is_empty_and_a_damaged_one_is_an_error() {
         let d = dir("bad");
-        assert!(load(&d.join("none.json"), Timestamp::ZERO, 64).unwrap().is_empty());
+        assert!(load(&d.join("none.json"), Timestamp::ZERO, 64).unwrap().bans.is_empty());
         std::fs::create_dir_all(&d).unwrap();
         for text in ["{", "[]", "{\"version\":9,\"saved\":0,\"bans\":[]}"] {
             let p = d.join("state.json");
