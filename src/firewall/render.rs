@@ -370,6 +370,14 @@ impl Plan {
                     s,
                     "    ct state new meta l4proto udp {a} . meta l4proto . th dport @{set}{n} counter meta mark set meta mark | {fast:#x} return comment \"fast{n}\""
                 );
+                // A segment of a connection conntrack lost (flushed, or
+                // after a restart) and picks up mid-stream: it belongs to
+                // a pair that proved itself, and the engine never saw the
+                // connection start.
+                let _ = writeln!(
+                    s,
+                    "    ct state new tcp flags & (syn | rst | ack) == ack {a} . meta l4proto . th dport @{set}{n} counter meta mark set meta mark | {fast:#x} return comment \"fast{n}\""
+                );
             }
             s.push_str("  }\n");
         }

@@ -80,6 +80,7 @@ fn the_kernel_proves_pairs_and_sources_and_marks_the_fast_path() {
     let places: Vec<usize> = order.iter().map(|n| at(n)).collect();
     assert!(places.windows(2).all(|w| w[0] < w[1]), "{s}");
     assert!(s.contains("ct state new meta l4proto udp ip saddr . meta l4proto . th dport @keep4 counter meta mark set"), "{s}");
+    assert!(s.contains("ct state new tcp flags & (syn | rst | ack) == ack ip saddr . meta l4proto . th dport @proven4 counter"), "mid-stream pickups of a proven pair pass: {s}");
     assert!(s.contains("meta mark & 0x30000000 != 0 meta mark set meta mark & 0xcfffffff"), "{s}");
     // Bans come after conntrack, and a flow this host opened passes.
     let bans = at("chain bans");
