@@ -341,6 +341,11 @@ impl PortProto {
             Self::Ip => "ip",
         }
     }
+
+    /// The protocol [`PortProto::name`] calls `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Tcp, Self::Udp, Self::Sctp, Self::Ip].into_iter().find(|p| p.name() == name)
+    }
 }
 
 /// A classified packet.

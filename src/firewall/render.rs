@@ -597,14 +597,7 @@ pub(super) fn kernel_counters(text: &str) -> KernelCounters {
         else {
             continue;
         };
-        let Some(packets) = line
-            .split("counter packets ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
-        };
+        let Some(packets) = counter_packets(line) else { continue };
         let slot = match comment {
             "fast4" | "fast6" => &mut c.fast_path,
             "quarantined4" | "quarantined6" => &mut c.quarantined,
@@ -631,10 +624,10 @@ pub(super) fn pairs_of(text: &str, key: SourceKey) -> Vec<Pair> {
                 return None;
             }
             let proto = match parts.next()? {
-                "tcp" | "6" => PortProto::Tcp,
-                "udp" | "17" => PortProto::Udp,
-                "sctp" | "132" => PortProto::Sctp,
-                _ => return None,
+                "6" => PortProto::Tcp,
+                "17" => PortProto::Udp,
+                "132" => PortProto::Sctp,
+                name => PortProto::from_name(name).filter(|p| *p != PortProto::Ip)?,
             };
             let port = parts.next()?.split_whitespace().next()?.parse().ok()?;
             Some((proto, port))
@@ -652,11 +645,10 @@ pub(super) fn sum_iptables_counters(text: &str) -> u64 {
 
 /// Sums `counter packets N` of the queue rules in an nft listing.
 pub(super) fn sum_nft_queue_counters(text: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.contains(" queue "))
-        .filter_map(|l| {
-            let rest = l.split("counter packets ").nth(1)?;
-            rest.split_whitespace().next()?.parse::<u64>().ok()
-        })
-        .sum()
+    text.lines().filter(|l| l.contains(" queue ")).filter_map(counter_packets).sum()
+}
+
+/// The `counter packets N` of one rule in an nft listing.
+fn counter_packets(line: &str) -> Option<u64> {
+    line.split("counter packets ").nth(1)?.split_whitespace().next()?.parse().ok()
 }

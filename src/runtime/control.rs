@@ -181,7 +181,12 @@ where
 fn refuse(stream: &UnixStream, why: &str) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-    let mut text = serde_json::json!({ "ok": false, "error": why }).to_string();
+    write_line(stream, &serde_json::json!({ "ok": false, "error": why }));
+}
+
+/// Writes `value` as one JSON line; a client that went away is no error.
+fn write_line(stream: &UnixStream, value: &Value) {
+    let mut text = value.to_string();
     text.push('\n');
     let _ = (&*stream).write_all(text.as_bytes());
 }
@@ -244,9 +249,7 @@ pub fn answer(stream: UnixStream, handle: impl FnOnce(Request) -> Result<Value, 
         }
         Err(e) => serde_json::json!({ "ok": false, "error": e }),
     };
-    let mut text = value.to_string();
-    text.push('\n');
-    let _ = (&stream).write_all(text.as_bytes());
+    write_line(&stream, &value);
 }
 
 #[cfg(test)]

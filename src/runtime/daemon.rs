@@ -604,15 +604,13 @@ fn housekeeping(shared: &Shared, backend: Backend, manage: bool) {
             last_summary = Instant::now();
             let now = Totals::read(&shared.workers);
             let kernel = if manage { firewall::kernel_counters() } else { None };
-            let bans = shared.engine.bans(wall_now());
-            let quarantines = bans.iter().filter(|(_, b)| b.kind == BanKind::Quarantine).count();
             log(&summary(
                 &previous,
                 &now,
                 span,
                 uninspected(backend, manage, &now),
                 kernel.map(|k| (previous_kernel, k)),
-                (bans.len() - quarantines, quarantines),
+                ban_counts(&shared.engine),
             ));
             if let Some(k) = kernel {
                 previous_kernel = k;
@@ -668,6 +666,13 @@ fn summary(
         bans,
         quarantines,
     )
+}
+
+/// Active bans and active quarantines.
+fn ban_counts(engine: &Engine) -> (usize, usize) {
+    let bans = engine.bans(wall_now());
+    let quarantines = bans.iter().filter(|(_, b)| b.kind == BanKind::Quarantine).count();
+    (bans.len() - quarantines, quarantines)
 }
 
 /// Resident and peak resident memory, in bytes.
@@ -792,8 +797,7 @@ fn status(shared: &Shared, info: &Info) -> Value {
         .map_or((None, None), |(m, s)| (Some(m), Some(s)));
     let stats = shared.engine.stats();
     let (rss, peak) = memory();
-    let bans = shared.engine.bans(wall_now());
-    let quarantines = bans.iter().filter(|(_, b)| b.kind == BanKind::Quarantine).count();
+    let (bans, quarantines) = ban_counts(&shared.engine);
     let kernel = if info.manage { firewall::kernel_counters() } else { None };
     json!({
         "pid": std::process::id(),
@@ -812,7 +816,7 @@ fn status(shared: &Shared, info: &Info) -> Value {
         "tables": stats.tables,
         "guards": stats.guards,
         "gate": stats.gate,
-        "bans": bans.len() - quarantines,
+        "bans": bans,
         "quarantines": quarantines,
         "kernel_counters": kernel,
         "memory": { "rss": rss, "peak": peak, "limit": shared.engine.config().daemon.memory_limit << 20 },

@@ -10,11 +10,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::classify::PortProto;
+use crate::firewall::Pair;
 use crate::time::Timestamp;
 use crate::track::{Ban, BanKind, SourceKey};
-
-/// A (protocol, port) pair a quarantined source keeps reaching.
-pub type Pair = (PortProto, u16);
 
 /// One ban or quarantine as saved: the pairs a quarantine keeps come with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,13 +33,7 @@ pub fn pair_name((proto, port): Pair) -> String {
 /// Reads what [`pair_name`] wrote.
 pub fn parse_pair(text: &str) -> Option<Pair> {
     let (proto, port) = text.split_once('/')?;
-    let proto = match proto {
-        "tcp" => PortProto::Tcp,
-        "udp" => PortProto::Udp,
-        "sctp" => PortProto::Sctp,
-        _ => return None,
-    };
-    Some((proto, port.parse().ok()?))
+    Some((PortProto::from_name(proto).filter(|p| *p != PortProto::Ip)?, port.parse().ok()?))
 }
 
 const VERSION: u32 = 1;

@@ -11,6 +11,8 @@ non-zero when any request that should succeed failed.
   client.py HOST loop SECONDS PORT  sequential requests for SECONDS seconds
   client.py HOST download PORT    fetch /big and compare every byte with services.big_body()
   client.py HOST dns N PORT       N UDP queries, each from a new socket (a new source port)
+  client.py HOST midway PORT      one request in two halves: prints "sent-half" after the first,
+                                  sends the second after a line on stdin
 """
 import socket
 import sys
@@ -22,12 +24,20 @@ from services import big_body
 TIMEOUT = 5.0
 
 
-def http(host, port):
+def http(host, port, between=None):
+    """One request on a new connection. With `between`, the request goes in
+    two halves and between() runs after the first."""
     with socket.create_connection((host, port), timeout=TIMEOUT) as s:
         s.settimeout(TIMEOUT)
         if port == 22:
             s.recv(256)
-        s.sendall(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n")
+        request = b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n"
+        if between:
+            half = request.index(b"Host:")
+            s.sendall(request[:half])
+            between()
+            request = request[half:]
+        s.sendall(request)
         data = b""
         while True:
             chunk = s.recv(4096)
@@ -36,6 +46,11 @@ def http(host, port):
             data += chunk
         if not data.startswith(b"HTTP/1.0 200"):
             raise OSError("bad answer %r" % data[:40])
+
+
+def wait_for_go():
+    print("sent-half", flush=True)
+    sys.stdin.readline()
 
 
 def download(host, port):
@@ -120,6 +135,9 @@ def main():
         while time.monotonic() < end:
             ok, bad = (ok + 1, bad) if attempt(http, host, port) else (ok, bad + 1)
             time.sleep(0.02)
+    elif mode == "midway":
+        (port,) = args
+        ok, bad = (1, 0) if attempt(http, host, port, wait_for_go) else (0, 1)
     elif mode == "dns":
         n, port = args
         for _ in range(n):

@@ -22,26 +22,6 @@ RESOLVER = "198.18.2.53"  # a DNS-like server the server namespace queries
 NOWHERE = "198.18.1.77"   # on the attacker's link, but no host answers for it
 
 
-# A client that sends half an HTTP request, waits for "go" on stdin (the
-# test flushes conntrack meanwhile), then sends the rest and reads the answer.
-MIDWAY = """
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)
-s.settimeout(5)
-s.sendall(b"GET / HTTP/1.0\\r\\n")
-print("sent-half", flush=True)
-sys.stdin.readline()
-s.sendall(b"Host: lab\\r\\n\\r\\n")
-data = b""
-while True:
-    chunk = s.recv(4096)
-    if not chunk:
-        break
-    data += chunk
-print("answered" if data.startswith(b"HTTP/1.0 200") else "bad %r" % data[:40])
-"""
-
-
 def forge(lab, *args):
     run(lab.ns(lab.attacker, "python3", os.path.join(HERE, "forge.py"), *args), timeout=30)
 
@@ -98,12 +78,12 @@ def body(lab, binary, workdir):
           % (queued, fast))
 
     log("conntrack flushed in the middle of a client's open connection")
-    midway = lab.spawn(lab.client, "python3", "-c", MIDWAY, SERVER4_C, "80", stdin=subprocess.PIPE,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    midway = lab.spawn(lab.client, "python3", os.path.join(HERE, "client.py"), SERVER4_C, "midway", "80",
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     check(midway.stdout.readline().strip() == "sent-half", "the client sent half its request")
     run(lab.ns(lab.server, "conntrack", "-F"), check=False)
     out, err = midway.communicate("go\n", timeout=30)
-    check(midway.returncode == 0 and "answered" in out, "the rest of the request, picked up mid-stream, "
+    check(midway.returncode == 0 and "ok=1 " in out, "the rest of the request, picked up mid-stream, "
           "is answered: %s %s" % (out.strip(), err.strip()[-200:]))
     check(CLIENT4 not in entries(d), "and the client is not banned")
 
