@@ -500,10 +500,12 @@ fn check(file: &std::path::Path) -> anyhow::Result<Status> {
     )?;
     writeln!(
         out,
-        "  bans       {} doubling to {}; at most {} new per second; handshake grace {}",
+        "  bans       {} doubling to {}; at most {} new per second on evidence, {} on one packet ({} per /24 or /48 per ban); handshake grace {}",
         config.ban.duration,
         config.ban.max_duration,
         config.ban.max_new_per_second,
+        config.ban.single_packet_per_second,
+        config.ban.single_packet_per_prefix,
         config.ban.handshake_grace
     )?;
     writeln!(

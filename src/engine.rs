@@ -488,6 +488,14 @@ impl Engine {
         self.policy.set_local(addrs);
     }
 
+    /// Wall time minus the time passed in, in microseconds: how far the
+    /// caller's clock is from the dates SPA packets carry. Zero (the
+    /// default) when the caller passes wall time, as replay does; the
+    /// daemon, on a monotonic clock, refreshes it every second.
+    pub fn set_wall_offset(&self, micros: i64) {
+        self.gate.set_wall_offset(micros);
+    }
+
     /// Bans `ip` by hand for `length`.
     pub fn ban(&self, now: Timestamp, ip: IpAddr, length: Duration) -> Result<Ban, Refused> {
         if !self.policy.bannable(ip) {

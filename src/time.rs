@@ -1,10 +1,12 @@
 //! Time as the engine sees it: a count of microseconds passed in by the caller.
 //!
 //! The engine never reads a clock. Replay passes the capture's timestamps;
-//! the daemon passes `CLOCK_MONOTONIC`. Both are plain microsecond counts, so
+//! the daemon passes `CLOCK_MONOTONIC`, anchored at the wall clock when it
+//! starts (`runtime::clock`). Both are plain microsecond counts, so
 //! the same rules give the same answers offline and inline.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
@@ -28,8 +30,7 @@ impl Timestamp {
     }
 
     /// A wall-clock time, as microseconds since the Unix epoch (zero
-    /// before it). The daemon uses wall time so that ban ends written to
-    /// its state file mean the same after a restart.
+    /// before it).
     pub fn from_system(t: std::time::SystemTime) -> Self {
         let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Self(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
@@ -51,6 +52,12 @@ impl Timestamp {
         Self(self.0.saturating_add(micros))
     }
 
+    /// This timestamp moved by `micros` (either way), saturating at both
+    /// ends: how the daemon turns engine time into wall time and back.
+    pub const fn shifted(self, micros: i64) -> Self {
+        Self(self.0.saturating_add_signed(micros))
+    }
+
     /// Time from `earlier` to `self`, or zero when `earlier` is later.
     pub fn saturating_since(self, earlier: Self) -> Duration {
         Duration::from_micros(self.0.saturating_sub(earlier.0))
@@ -67,6 +74,58 @@ impl Serialize for Timestamp {
     /// Seconds, as a float with microsecond precision.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(self.0 as f64 / 1e6)
+    }
+}
+
+/// A rate limit over every thread, lock-free: `per_second` events a
+/// second on average, up to `burst` at once, on the caller's clock. Tokens
+/// come back one at a time, not all at the start of a second, so whoever
+/// sends most often gets most of them: a sender cannot spend a second's
+/// whole allowance in its first microsecond and starve everyone else.
+/// Time that goes back takes nothing back: events stamped before the
+/// newest one seen are judged against it.
+///
+/// (The generic cell rate algorithm: one theoretical arrival time, moved
+/// one interval later per event allowed.)
+#[derive(Debug)]
+pub struct Rate {
+    /// When the bucket is next full again, in microseconds.
+    tat: AtomicU64,
+    interval: u64,
+    tolerance: u64,
+}
+
+impl Rate {
+    /// `per_second` events a second (above 0), up to `burst` at once.
+    pub fn new(per_second: f64, burst: u32) -> Self {
+        let interval = if per_second > 0.0 { (1e6 / per_second).max(1.0) as u64 } else { u64::MAX };
+        let tolerance = interval.saturating_mul(u64::from(burst.max(1) - 1));
+        Self { tat: AtomicU64::new(0), interval, tolerance }
+    }
+
+    /// True when one more event may happen at `now`; spends it.
+    pub fn allow(&self, now: Timestamp) -> bool {
+        let now = now.micros();
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            let start = tat.max(now);
+            if start - now > self.tolerance {
+                return false;
+            }
+            let next = start.saturating_add(self.interval);
+            match self.tat.compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(seen) => tat = seen,
+            }
+        }
+    }
+
+    /// Whether `tat` (a theoretical arrival time kept elsewhere, e.g. per
+    /// network) allows one more event at `now`, and its next value if so.
+    pub fn next_tat(&self, tat: u64, now: Timestamp) -> Option<u64> {
+        let now = now.micros();
+        let start = tat.max(now);
+        (start - now <= self.tolerance).then(|| start.saturating_add(self.interval))
     }
 }
 
@@ -120,6 +179,21 @@ mod tests {
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("5 parsecs"), None);
         assert_eq!(parse_duration("99999999999999999999h"), None);
+    }
+
+    #[test]
+    fn rates_refill_one_token_at_a_time_and_never_go_back() {
+        let l = Rate::new(2.0, 2);
+        let t = Timestamp::from_micros;
+        assert!(l.allow(t(5_000_000)) && l.allow(t(5_000_000)) && !l.allow(t(5_000_000)));
+        assert!(!l.allow(t(5_400_000)), "no token back before 500 ms");
+        assert!(l.allow(t(5_500_000)) && !l.allow(t(5_500_000)), "one token after 500 ms");
+        assert!(!l.allow(t(1_000_000)), "an older time gets nothing");
+        assert!(l.allow(t(7_000_000)) && l.allow(t(7_000_000)) && !l.allow(t(7_000_000)));
+        let once = Rate::new(0.5, 1);
+        assert!(once.allow(t(0)) && !once.allow(t(1_999_999)) && once.allow(t(2_000_000)));
+        assert_eq!(once.next_tat(0, t(10)), Some(2_000_010));
+        assert_eq!(once.next_tat(2_000_010, t(10)), None);
     }
 
     #[test]

@@ -130,11 +130,14 @@ pub struct Spa {
     pub max_age: Dur,
     /// Nonces remembered, to reject replays.
     pub nonces: usize,
-    /// SPA packets a source may have checked per second; more are dropped
-    /// unchecked.
+    /// Valid SPA packets per second a source may use; more are dropped.
+    /// Forged ones never spend it: the HMAC is checked first.
     pub rate: f64,
-    /// SPA packets a source may send at once.
+    /// Valid SPA packets a source may use at once.
     pub burst: u32,
+    /// HMAC checks per second over all sources: the bound on what forged
+    /// packets cost. Over it, SPA packets are dropped unchecked.
+    pub checks_per_second: u32,
 }
 
 impl Default for Spa {
@@ -146,6 +149,7 @@ impl Default for Spa {
             nonces: 65_536,
             rate: 1.0,
             burst: 5,
+            checks_per_second: 20_000,
         }
     }
 }

@@ -144,8 +144,16 @@ pub struct BanRules {
     /// A source that completed a TCP handshake this recently is not banned
     /// on a single-packet signature.
     pub handshake_grace: Dur,
-    /// New bans per second, over all sources.
+    /// New bans per second on evidence that takes many packets (closed-port
+    /// and slow-scan thresholds), over all sources.
     pub max_new_per_second: u32,
+    /// New bans per second on one forgeable packet (a signature or a
+    /// stealth probe from an unproven source), over all sources: a pool of
+    /// its own, so forged packets cannot spend the evidence bans'.
+    pub single_packet_per_second: u32,
+    /// Single-packet bans each /24 (IPv4) or /48 (IPv6) may take per
+    /// `duration`: what a spoofer can do to one network.
+    pub single_packet_per_prefix: u32,
 }
 
 /// `[policy]`
@@ -354,6 +362,8 @@ impl Default for BanRules {
             remember: Dur::secs(86_400),
             handshake_grace: Dur::secs(600),
             max_new_per_second: 20,
+            single_packet_per_second: 10,
+            single_packet_per_prefix: 8,
         }
     }
 }
@@ -495,8 +505,14 @@ impl Config {
         if b.max_duration.get() < b.duration.get() {
             return fail("ban", "max_duration", "must not be shorter than ban.duration".to_owned());
         }
-        if b.max_new_per_second == 0 {
-            return fail("ban", "max_new_per_second", "must be at least 1".to_owned());
+        for (name, n) in [
+            ("max_new_per_second", b.max_new_per_second),
+            ("single_packet_per_second", b.single_packet_per_second),
+            ("single_packet_per_prefix", b.single_packet_per_prefix),
+        ] {
+            if n == 0 {
+                return fail("ban", name, "must be at least 1".to_owned());
+            }
         }
         let i = &self.icmp;
         if !(i.echo_rate.is_finite() && i.echo_rate >= 0.0) {
@@ -629,6 +645,9 @@ impl Config {
             }
             if !(s.rate.is_finite() && s.rate > 0.0) || s.burst == 0 {
                 return fail("spa", "rate", "and spa.burst must be above 0");
+            }
+            if s.checks_per_second == 0 {
+                return fail("spa", "checks_per_second", "must be above 0");
             }
         }
         Ok(())

@@ -113,12 +113,26 @@ fn closed_port_threshold_bans_and_the_ban_expires() {
     );
 }
 
+/// Six SYNs to closed ports from `src` at `t`: a closed-port ban's evidence.
+fn closed_scan(e: &Engine, t: Timestamp, src: IpAddr) -> Option<Ban> {
+    (1000..1006).filter_map(|port| run(e, t, Direction::Inbound, syn(src, 40_000, port)).ban).next()
+}
+
 #[test]
-fn repeat_offences_double_up_to_the_cap() {
+fn repeat_offences_double_up_to_the_cap_but_forgeable_bans_never_do() {
     let e = Engine::new(config());
-    let scanner = host(9);
+    let mut now = at(0);
+    let mut lengths = Vec::new();
+    for _ in 0..7 {
+        let ban = closed_scan(&e, now, host(9)).expect("banned");
+        lengths.push(ban.until.saturating_since(ban.since).as_secs() / 3600);
+        now = ban.until;
+    }
+    assert_eq!(lengths, vec![1, 2, 4, 8, 16, 24, 24]);
+    // One nmap SYN, sent again "from" the same address after each ban:
+    // anyone can forge it, so the ban stays at ban.duration.
     let nmap = |t| {
-        let bytes = Craft::tcp(scanner, server(), 40_000, 1, F::SYN)
+        let bytes = Craft::tcp(host(8), server(), 40_000, 1, F::SYN)
             .window(1024)
             .options(&[2, 4, 5, 180])
             .df(false)
@@ -126,13 +140,14 @@ fn repeat_offences_double_up_to_the_cap() {
         run(&e, t, Direction::Inbound, bytes)
     };
     let mut now = at(0);
-    let mut lengths = Vec::new();
-    for _ in 0..7 {
+    for offence in 1..=4 {
         let ban = nmap(now).ban.expect("banned");
-        lengths.push(ban.until.saturating_since(ban.since).as_secs() / 3600);
+        assert_eq!(
+            (ban.offences, ban.until.saturating_since(ban.since).as_secs()),
+            (offence, 3600)
+        );
         now = ban.until;
     }
-    assert_eq!(lengths, vec![1, 2, 4, 8, 16, 24, 24]);
 }
 
 #[test]
@@ -379,22 +394,97 @@ fn other_protocols_count_like_closed_ports() {
 }
 
 #[test]
-fn new_bans_per_second_are_capped() {
+fn single_packet_bans_have_a_pool_of_their_own_bounded_per_network() {
     let mut c = config();
-    c.ban.max_new_per_second = 5;
+    c.ban.single_packet_per_second = 5;
+    c.ban.single_packet_per_prefix = 3;
     let e = Engine::new(c);
+    // NULL probes from 100 networks at once: the pool's burst bans 5.
+    let null =
+        |src: IpAddr, t| run(&e, t, Direction::Inbound, Craft::tcp(src, server(), 1, 1, 0).build());
     let mut bans = 0;
     for i in 0..100u32 {
-        let src = IpAddr::from((0xc612_0000u32 | i).to_be_bytes());
-        let o = run(&e, at(10), Direction::Inbound, Craft::tcp(src, server(), 1, 1, 0).build());
+        let o = null(IpAddr::from((0xc612_0000u32 | (i << 8) | 1).to_be_bytes()), at(10));
         assert_eq!(o.verdict, Verdict::Drop);
         bans += usize::from(o.ban.is_some());
     }
     assert_eq!(bans, 5);
     assert_eq!(e.stats().guards.rate_capped, 95);
-    // The next second allows more.
-    let o = run(&e, at(1010), Direction::Inbound, Craft::tcp(host(99), server(), 1, 1, 0).build());
-    assert!(o.ban.is_some());
+    // Tokens come back one at a time: one every 200 ms.
+    assert!(null(host(99), at(110)).ban.is_none());
+    assert!(null(host(99), at(210)).ban.is_some());
+    // Evidence of many packets does not draw on that pool.
+    assert!(closed_scan(&e, at(210), host(98)).is_some());
+    // One /24 gets 3 single-packet bans per ban length, however slowly
+    // they come.
+    let net = |i: u8| IpAddr::from([198, 19, 7, i]);
+    let got: Vec<bool> =
+        (1..=6u8).map(|i| null(net(i), at(u64::from(i) * 10_000)).ban.is_some()).collect();
+    assert_eq!(got, [true, true, true, false, false, false]);
+    // A ban length later, the network has its allowance again.
+    assert!(null(net(7), at(10_000 + 3_600_000)).ban.is_some());
+}
+
+#[test]
+fn forged_signatures_at_any_rate_cannot_stop_a_real_scans_ban() {
+    // A connect scan of ports 1-1000 (plain SYNs, about 1000 a second)
+    // under 500 forged nmap SYNs a second from random sources, sent at
+    // the start of each second and spread over it. Without the flood it is
+    // banned after six closed ports and reaches what it reached before.
+    let reach = |flood: bool| {
+        let mut c = config();
+        c.services.tcp = PortList::from_ports([22, 80, 443]);
+        let e = Engine::new(c);
+        let scanner = IpAddr::from([198, 18, 99, 7]);
+        let mut rng = 0x1234_5678u32;
+        let mut banned = None;
+        let mut reached = Vec::new();
+        for port in 1..=1000u16 {
+            let t = at(u64::from(port));
+            if flood && port % 2 == 0 {
+                // 500 a second: a burst of 250 at each second's start.
+                let burst = if port % 1000 == 2 { 250 } else { 1 };
+                for _ in 0..burst {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 17;
+                    rng ^= rng << 5;
+                    let src = IpAddr::from(rng.to_be_bytes());
+                    let forged = Craft::tcp(src, server(), 40_000, 7, F::SYN)
+                        .window(1024)
+                        .options(&[2, 4, 5, 180])
+                        .df(false)
+                        .build();
+                    run(&e, t, Direction::Inbound, forged);
+                }
+            }
+            let o = run(&e, t, Direction::Inbound, syn(scanner, 40_000, port));
+            if o.verdict == Verdict::Accept {
+                reached.push(port);
+            }
+            banned = banned.or(o.ban);
+        }
+        (banned.map(|b| b.reason), reached)
+    };
+    let quiet = reach(false);
+    assert_eq!(quiet.0, Some(BanReason::ClosedPorts(6)));
+    assert_eq!(reach(true), quiet, "the flood changes nothing");
+}
+
+#[test]
+fn evidence_bans_displace_forged_ones_from_a_full_table() {
+    let mut c = config();
+    c.tracking.bans = 4;
+    c.tracking.shards = 1;
+    let e = Engine::new(c);
+    for i in 1..=4u8 {
+        let null = Craft::tcp(host(i), server(), 1, 1, 0).build();
+        assert!(run(&e, at(0), Direction::Inbound, null).ban.is_some());
+    }
+    let null = Craft::tcp(host(5), server(), 1, 1, 0).build();
+    assert!(run(&e, at(1), Direction::Inbound, null).ban.is_none(), "full: no room");
+    assert!(closed_scan(&e, at(2), host(20)).is_some(), "a real scan takes a forged ban's place");
+    let s = e.stats().tables;
+    assert_eq!((s.bans_refused_full, s.bans_displaced), (1, 1));
 }
 
 #[test]

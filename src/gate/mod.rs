@@ -10,9 +10,10 @@
 
 pub mod spa;
 
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use lru::LruCache;
@@ -21,7 +22,7 @@ use serde::Serialize;
 use crate::classify::ProbeKind;
 use crate::config::{Config, GateProto, Hidden, KnockStep};
 use crate::policy::Reason;
-use crate::time::Timestamp;
+use crate::time::{Rate, Timestamp};
 use crate::track::GateState;
 use crate::wire::{PacketView, Transport};
 
@@ -118,8 +119,11 @@ pub struct GateCounters {
     pub spa_replay: u64,
     /// See [`Rejection::NotHidden`].
     pub spa_not_hidden: u64,
-    /// SPA packets over their source's rate, dropped unchecked.
+    /// Valid SPA packets over their source's rate (`spa.rate`), dropped.
     pub spa_rate_limited: u64,
+    /// SPA packets over the global budget of checks
+    /// (`spa.checks_per_second`), dropped unchecked.
+    pub spa_over_budget: u64,
     /// New connections to hidden ports let through.
     pub hidden_opened: u64,
     /// New connections to hidden ports dropped.
@@ -134,6 +138,7 @@ struct Counters {
     /// By [`Rejection`].
     rejected: [AtomicU64; 6],
     limited: AtomicU64,
+    over_budget: AtomicU64,
     opened: AtomicU64,
     dropped: AtomicU64,
 }
@@ -158,6 +163,7 @@ impl Counters {
             spa_replay: by(Rejection::Replay),
             spa_not_hidden: by(Rejection::NotHidden),
             spa_rate_limited: load(Some(&self.limited)),
+            spa_over_budget: load(Some(&self.over_budget)),
             hidden_opened: load(Some(&self.opened)),
             hidden_dropped: load(Some(&self.dropped)),
         }
@@ -180,6 +186,8 @@ struct SpaGate {
     max_age: u64,
     rate: f64,
     burst: u32,
+    /// HMAC checks over all sources.
+    budget: Rate,
     nonces: Mutex<Nonces>,
 }
 
@@ -191,6 +199,10 @@ pub struct Gate {
     within: Duration,
     spa: Option<SpaGate>,
     counters: Counters,
+    /// Wall time minus engine time, for the dates in SPA packets.
+    wall_offset: AtomicI64,
+    /// Names each authorized address exactly, with keys no sender knows.
+    hosts: RandomState,
 }
 
 impl Gate {
@@ -204,6 +216,7 @@ impl Gate {
             max_age: s.max_age.get().as_secs(),
             rate: s.rate,
             burst: s.burst,
+            budget: Rate::new(f64::from(s.checks_per_second), s.checks_per_second),
             nonces: Mutex::new(Nonces {
                 seen: LruCache::new(
                     std::num::NonZeroUsize::new(s.nonces).unwrap_or(std::num::NonZeroUsize::MIN),
@@ -217,7 +230,19 @@ impl Gate {
             within: config.knock.within.get(),
             spa,
             counters: Counters::default(),
+            wall_offset: AtomicI64::new(0),
+            hosts: RandomState::new(),
         }
+    }
+
+    /// See [`crate::Engine::set_wall_offset`].
+    pub fn set_wall_offset(&self, micros: i64) {
+        self.wall_offset.store(micros, Relaxed);
+    }
+
+    /// The one address an authorization names, as the state stores it.
+    fn host(&self, ip: IpAddr) -> u64 {
+        self.hosts.hash_one(ip)
     }
 
     /// The hidden ports, by index.
@@ -267,7 +292,8 @@ impl Gate {
         }
         if !self.knock.is_empty() && !in_flow {
             let hit = KnockStep { proto, port };
-            if let Some(decision) = self.knock(now, hit, opens, state) {
+            let host = self.host(view.ip.src);
+            if let Some(decision) = self.knock(now, hit, opens, host, state) {
                 return decision;
             }
         }
@@ -277,7 +303,7 @@ impl Gate {
         if !opens {
             return (Gated::Pass, None);
         }
-        if state.authorized(index, now) {
+        if state.authorized(index, self.host(view.ip.src), now) {
             bump(Some(&self.counters.opened));
             (Gated::Open, None)
         } else {
@@ -297,6 +323,7 @@ impl Gate {
         now: Timestamp,
         hit: KnockStep,
         opens: bool,
+        host: u64,
         state: &mut GateState,
     ) -> Option<(Gated, Option<GateEvent>)> {
         let step = usize::from(state.knock_step);
@@ -313,7 +340,7 @@ impl Gate {
                 bump(self.counters.authorized.get(Via::Knock as usize));
                 let mask = mask_of(self.hidden.len());
                 let until = now.saturating_add(self.longest_open());
-                state.authorize(mask, now, until);
+                state.authorize(host, mask, now, until);
                 GateEvent::Authorized { via: Via::Knock, mask, until }
             });
             return Some((Gated::Drop(Reason::Knock), event));
@@ -339,8 +366,11 @@ impl Gate {
         spa: &SpaGate,
         state: &mut GateState,
     ) -> Option<GateEvent> {
-        if !state.take_spa(now, spa.rate, spa.burst) {
-            bump(Some(&self.counters.limited));
+        // Forged packets cost at most the global budget of checks, and
+        // spend nothing of the source's own allowance: a flood of junk
+        // "from" a client cannot stop its real packets.
+        if !spa.budget.allow(now) {
+            bump(Some(&self.counters.over_budget));
             return None;
         }
         let reject = |r: Rejection| {
@@ -352,12 +382,16 @@ impl Gate {
             Err(spa::OpenError::Malformed) => return reject(Rejection::Malformed),
             Err(spa::OpenError::BadHmac) => return reject(Rejection::BadHmac),
         };
-        let now_s = now.micros() / 1_000_000;
+        let now_s = now.shifted(self.wall_offset.load(Relaxed)).micros() / 1_000_000;
         if req.timestamp.abs_diff(now_s) > spa.max_age {
             return reject(Rejection::Stale);
         }
         if req.ip != src {
             return reject(Rejection::WrongSource);
+        }
+        if !state.take_spa(now, spa.rate, spa.burst) {
+            bump(Some(&self.counters.limited));
+            return None;
         }
         let proto = match req.protocol {
             6 => GateProto::Tcp,
@@ -380,7 +414,7 @@ impl Gate {
         bump(self.counters.authorized.get(Via::Spa as usize));
         let open_for = self.hidden.get(index).map(|h| h.open_for.get()).unwrap_or_default();
         let (mask, until) = (1u16 << index, now.saturating_add(open_for));
-        state.authorize(mask, now, until);
+        state.authorize(self.host(src), mask, now, until);
         Some(GateEvent::Authorized { via: Via::Spa, mask, until })
     }
 }

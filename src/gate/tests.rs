@@ -16,6 +16,11 @@ fn server() -> IpAddr {
     IpAddr::from([198, 18, 1, 1])
 }
 
+/// The server's address in the family of `src`.
+fn server_for(src: IpAddr) -> IpAddr {
+    if src.is_ipv6() { "fd5c:a11:1::1".parse().unwrap() } else { server() }
+}
+
 fn client() -> IpAddr {
     IpAddr::from([198, 18, 2, 2])
 }
@@ -48,14 +53,14 @@ key_file = "/dev/null"
 }
 
 fn syn(src: IpAddr, port: u16) -> Vec<u8> {
-    Craft::tcp(src, server(), 50_000, port, F::SYN)
+    Craft::tcp(src, server_for(src), 50_000, port, F::SYN)
         .window(64_240)
         .options(&[2, 4, 5, 180, 4, 2, 1, 3, 3, 7])
         .build()
 }
 
 fn udp(src: IpAddr, port: u16, payload: &[u8]) -> Vec<u8> {
-    Craft::udp(src, server(), 50_001, port).payload(payload).build()
+    Craft::udp(src, server_for(src), 50_001, port).payload(payload).build()
 }
 
 fn send(e: &Engine, now: Timestamp, mut p: Vec<u8>) -> crate::engine::Outcome {
@@ -122,14 +127,80 @@ fn replays_wrong_keys_stale_truncated_and_random_packets_open_nothing() {
 }
 
 #[test]
-fn a_flood_of_spa_packets_is_checked_at_the_sources_rate_only() {
+fn forged_spa_junk_from_the_client_cannot_stop_its_real_packets() {
+    // 1000 forged 80-byte packets a second "from" the client, and one real
+    // SPA packet every 3 s (the client's own rate is 1/s, burst 5): 40 of
+    // 40 authorize, and the junk spends only the global budget of checks.
     let e = engine();
+    let ms = |n: u64| Timestamp::from_micros(at(0).micros() + n * 1000);
+    let mut authorized = 0;
+    for i in 0..40u64 {
+        for j in 0..3000u64 {
+            let t = ms(3000 * i + j);
+            send(&e, t, udp(client(), 62_201, &[(j % 251) as u8; 80]));
+            if j == 1500 {
+                let nonce = u8::try_from(i + 1).unwrap();
+                let o = send(&e, t, spa_packet(client(), now_s(t), nonce, &KEY));
+                authorized += usize::from(matches!(o.gate, Some(GateEvent::Authorized { .. })));
+            }
+        }
+    }
+    assert_eq!(authorized, 40);
+    let c = e.stats().gate;
+    assert_eq!((c.spa_malformed, c.spa_rate_limited, c.spa_over_budget), (120_000, 0, 0));
+}
+
+#[test]
+fn spa_checks_are_bounded_by_a_global_budget_and_valid_packets_by_the_sources_rate() {
+    let mut config = engine().config().clone();
+    config.spa.checks_per_second = 50;
+    let e = Engine::new(config).with_spa_key(KEY.to_vec());
     for i in 0..100 {
         send(&e, at(0), udp(attacker(), 62_201, &[i; 80]));
     }
     let c = e.stats().gate;
-    assert_eq!(c.spa_malformed, 5, "the burst");
-    assert_eq!(c.spa_rate_limited, 95);
+    assert_eq!((c.spa_malformed, c.spa_over_budget), (50, 50), "the budget's burst");
+    // Valid packets: the source's burst (5), then its rate.
+    let e = engine();
+    let t = now_s(at(0));
+    let valid = (1..=8u8)
+        .filter(|n| {
+            let o = send(&e, at(1), spa_packet(client(), t, *n, &KEY));
+            matches!(o.gate, Some(GateEvent::Authorized { .. }))
+        })
+        .count();
+    assert_eq!((valid, e.stats().gate.spa_rate_limited), (5, 3));
+}
+
+#[test]
+fn an_authorization_covers_exactly_the_address_it_names() {
+    let mut config = engine().config().clone();
+    config.tracking.ipv6_prefix = 64;
+    let e = Engine::new(config).with_spa_key(KEY.to_vec());
+    let me: IpAddr = "fd5c:a11:5::10".parse().unwrap();
+    let neighbour: IpAddr = "fd5c:a11:5::11".parse().unwrap();
+    let o = send(&e, at(0), spa_packet(me, now_s(at(0)), 1, &KEY));
+    assert!(matches!(o.gate, Some(GateEvent::Authorized { .. })));
+    assert_eq!(send(&e, at(1), syn(me, 22)).verdict, Verdict::Accept);
+    assert_eq!(send(&e, at(2), syn(neighbour, 22)).verdict, Verdict::Drop, "same /64, not named");
+    // A second address of the /64 gets its own grant; the first keeps its.
+    let o = send(&e, at(3), spa_packet(neighbour, now_s(at(3)), 2, &KEY));
+    assert!(matches!(o.gate, Some(GateEvent::Authorized { .. })));
+    assert_eq!(send(&e, at(4), syn(neighbour, 22)).verdict, Verdict::Accept);
+    assert_eq!(send(&e, at(5), syn(me, 22)).verdict, Verdict::Accept);
+}
+
+#[test]
+fn spa_dates_are_judged_by_the_wall_clock_offset() {
+    // The caller's clock is monotonic and the wall clock was stepped an
+    // hour back: a packet stamped with the wall time is fresh.
+    let e = engine();
+    e.set_wall_offset(-3_600_000_000);
+    let wall = now_s(at(0)) - 3600;
+    let o = send(&e, at(0), spa_packet(client(), wall, 1, &KEY));
+    assert!(matches!(o.gate, Some(GateEvent::Authorized { .. })));
+    let o = send(&e, at(10), spa_packet(client(), now_s(at(10)), 2, &KEY));
+    assert_eq!(o.gate, Some(GateEvent::Rejected(Rejection::Stale)));
 }
 
 #[test]

@@ -22,24 +22,31 @@
 //! - this host's own addresses, the unspecified, multicast and broadcast
 //!   addresses and IPv6 link-local ones are never banned
 //!   ([`Policy::bannable`]).
-//! - new bans per second are capped (`ban.max_new_per_second`), so a spoofed
-//!   flood cannot fill the ban table or push thousands of addresses into the
-//!   kernel set. Probes over the cap are still dropped; only the ban is
-//!   skipped, and counted.
+//! - new bans are capped (`BanGuard`), in two pools: evidence of many
+//!   packets has its own allowance, and single-packet bans share another,
+//!   bounded per /24 or /48, last `ban.duration` and never double. So a
+//!   spoofed flood cannot fill the ban table, push thousands of addresses
+//!   into the kernel set, or spend the allowance a real scan's ban needs.
+//!   Probes over the cap are still dropped; only the ban is skipped, and
+//!   counted, and the next probe from the same source tries again. When
+//!   the ban table is full, an evidence ban displaces the single-packet ban
+//!   that ends first.
 
 mod ports;
 
 use std::net::IpAddr;
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
+use lru::LruCache;
 use serde::Serialize;
 
 pub use self::ports::PortMap;
 use crate::classify::{Fingerprint, PortProto, ProbeKind, Signature};
-use crate::config::{Action, ClosedPorts, Config, Toggle};
-use crate::time::Timestamp;
+use crate::config::{Action, BanRules, ClosedPorts, Config, Toggle};
+use crate::time::{Rate, Timestamp};
 use crate::track::{Ban, BanKind, BanReason, Scores, Shard, SourceKey, SourceState};
 use crate::wire;
 
@@ -207,27 +214,80 @@ pub struct GuardCounters {
     pub table_full: u64,
 }
 
-/// Caps new bans per second across all workers, lock-free.
+/// How many networks' single-packet allowances are remembered, at least
+/// and at most: enough for every network the global pool can reach within
+/// one ban length, so the oldest is forgotten only once its allowance is
+/// full again.
+const PREFIXES_MIN: usize = 1024;
+const PREFIXES_MAX: usize = 1 << 20;
+const PREFIX_SHARDS: usize = 16;
+
+/// The ban cap, in two pools that cannot spend each other's allowance.
+///
+/// - Evidence that takes many packets (closed-port and slow-scan
+///   thresholds) has `ban.max_new_per_second`.
+/// - Single-packet bans (a signature or a stealth probe, forgeable with a
+///   spoofed source) share `ban.single_packet_per_second`, and each /24 or
+///   /48 may take at most `ban.single_packet_per_prefix` of them per ban
+///   length, so no spoofer can ban many chosen addresses of one network.
+///
+/// Tokens come back one at a time ([`Rate`]), so a flood that sends its
+/// packets at the start of each second does not win the whole second.
 #[derive(Debug)]
-struct BanLimiter {
-    second: AtomicU64,
-    count: AtomicU32,
-    cap: u32,
+struct BanGuard {
+    evidence: Rate,
+    single: Rate,
+    /// Per network: the theoretical arrival time of its next ban (see
+    /// [`Rate::next_tat`]), sharded by network.
+    prefixes: Vec<Mutex<LruCache<u64, u64>>>,
+    per_prefix: Rate,
 }
 
-impl BanLimiter {
-    fn allow(&self, now: Timestamp) -> bool {
-        let s = now.micros() / 1_000_000;
-        let current = self.second.load(Ordering::Relaxed);
-        if s > current
-            && self
-                .second
-                .compare_exchange(current, s, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.count.store(0, Ordering::Relaxed);
+impl BanGuard {
+    fn new(b: &BanRules) -> Self {
+        let length = b.duration.get().as_secs_f64().max(1.0);
+        let reach = f64::from(b.single_packet_per_second) * length;
+        let cap = (reach as usize).clamp(PREFIXES_MIN, PREFIXES_MAX) / PREFIX_SHARDS;
+        let cap = NonZeroUsize::new(cap).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            evidence: Rate::new(f64::from(b.max_new_per_second), b.max_new_per_second),
+            single: Rate::new(f64::from(b.single_packet_per_second), b.single_packet_per_second),
+            prefixes: (0..PREFIX_SHARDS).map(|_| Mutex::new(LruCache::new(cap))).collect(),
+            per_prefix: Rate::new(
+                f64::from(b.single_packet_per_prefix) / length,
+                b.single_packet_per_prefix,
+            ),
         }
-        self.count.fetch_add(1, Ordering::Relaxed) < self.cap
+    }
+
+    /// Spends an allowance for a ban of `reason` on `ip` at `now`.
+    fn allow(&self, ip: IpAddr, reason: BanReason, now: Timestamp) -> bool {
+        if !reason.single_packet() {
+            return self.evidence.allow(now);
+        }
+        let prefix = network(ip);
+        let shard = (prefix as usize) % PREFIX_SHARDS;
+        let Some(shard) = self.prefixes.get(shard) else { return false };
+        let mut map = shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A network seen for the first time is only remembered once the
+        // global pool allowed its ban: a flood of new networks then cannot
+        // push out the ones it spent.
+        let tat = map.peek(&prefix).copied().unwrap_or(0);
+        let Some(next) = self.per_prefix.next_tat(tat, now) else { return false };
+        if !self.single.allow(now) {
+            return false;
+        }
+        map.put(prefix, next);
+        true
+    }
+}
+
+/// The /24 of an IPv4 address or the /48 of an IPv6 one, as a number
+/// (IPv4 networks with a tag bit, so the two never meet).
+fn network(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(a) => (1 << 63) | u64::from(u32::from(a) >> 8),
+        IpAddr::V6(a) => (u128::from(a) >> 80) as u64,
     }
 }
 
@@ -236,7 +296,7 @@ impl BanLimiter {
 pub struct Policy {
     config: Config,
     ports: PortMap,
-    limiter: BanLimiter,
+    limiter: BanGuard,
     /// This host's own addresses.
     local: LocalAddrs,
     guarded: AtomicU64,
@@ -249,11 +309,7 @@ impl Policy {
     /// A policy enforcing `config`.
     pub fn new(config: Config) -> Self {
         let ports = PortMap::new(&config.services);
-        let limiter = BanLimiter {
-            second: AtomicU64::new(0),
-            count: AtomicU32::new(0),
-            cap: config.ban.max_new_per_second,
-        };
+        let limiter = BanGuard::new(&config.ban);
         Self {
             config,
             ports,
@@ -525,18 +581,19 @@ impl Policy {
             self.unbannable.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        if !self.limiter.allow(now) {
+        if !self.limiter.allow(ip, reason, now) {
             self.capped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let offences = shard.offences(&key).saturating_add(1);
-        let ban = Ban {
-            kind,
-            reason,
-            since: now,
-            until: now.saturating_add(self.ban_length(offences)),
-            offences,
+        // A forgeable ban never doubles: a spoofer that re-sends one packet
+        // "from" a chosen address cannot make its ban longer.
+        let length = if reason.single_packet() {
+            self.config.ban.duration.get()
+        } else {
+            self.ban_length(offences)
         };
+        let ban = Ban { kind, reason, since: now, until: now.saturating_add(length), offences };
         if shard.insert_ban(key, ban, now) {
             Some(ban)
         } else {

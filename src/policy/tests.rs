@@ -9,16 +9,6 @@ fn ban_lengths_double_and_cap() {
 }
 
 #[test]
-fn limiter_resets_each_second() {
-    let l = BanLimiter { second: AtomicU64::new(0), count: AtomicU32::new(0), cap: 2 };
-    let t = |s| Timestamp::from_secs(s);
-    assert!(l.allow(t(5)) && l.allow(t(5)) && !l.allow(t(5)));
-    assert!(l.allow(t(6)), "a new second resets the count");
-    assert!(l.allow(t(5)), "an older time counts against the current second");
-    assert!(!l.allow(t(5)) && !l.allow(t(6)), "and never resets it");
-}
-
-#[test]
 fn every_reason_is_listed_at_its_index() {
     for (i, r) in Reason::ALL.iter().enumerate() {
         assert_eq!(*r as usize, i, "{r:?}");

@@ -14,12 +14,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
 use serde_json::{Value, json};
 
+use super::clock::Clock;
 use super::control::{self, Request};
 use super::queue::{self, KernelQueue};
 use super::state::Saved;
@@ -30,7 +31,7 @@ use crate::engine::Engine;
 use crate::event::Event;
 use crate::firewall::{self, Backend, BanOp, Entry, KernelCounters, Pair, Plan};
 use crate::policy::Reason;
-use crate::time::{Timestamp, format_duration};
+use crate::time::{Rate, Timestamp, format_duration};
 use crate::track::{BanKind, SourceKey};
 
 /// Ban changes are applied to the kernel at most this long after they happen.
@@ -71,11 +72,6 @@ pub fn plan(config: &Config, backend: Backend, workers: u16) -> Plan {
     plan
 }
 
-/// The wall clock, in the engine's units.
-fn wall_now() -> Timestamp {
-    Timestamp::from_system(SystemTime::now())
-}
-
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(options: Options) -> anyhow::Result<()> {
     let Options { config, firewall: manage } = options;
@@ -88,8 +84,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     let d = config.daemon.clone();
     let listener = control::bind(&d.socket)?;
-    let now = wall_now();
-    let restored = match state::load(&d.state_file, now, config.tracking.ipv6_prefix) {
+    let clock = Clock::start();
+    let now = clock.now();
+    let restored = match state::load(&d.state_file, now, 0, config.tracking.ipv6_prefix) {
         Ok(loaded) => {
             for why in &loaded.skipped {
                 log(&format!("warning: {why}"));
@@ -140,6 +137,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let events_on = !d.events.as_os_str().is_empty();
     let shared = Arc::new(Shared {
         engine: Arc::clone(&engine),
+        clock,
         stop: AtomicBool::new(false),
         kernel: kernel_tx.clone(),
         events: events_on.then(|| events_tx.clone()),
@@ -147,7 +145,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         fail_open: d.fail_mode == FailMode::Open,
         shed_backlog: d.shed_backlog,
         shed_age: d.shed_age.get(),
-        gate_log: worker::LogLimiter::new(10),
+        gate_log: Rate::new(10.0, 10),
         proven_mark: plan.proven_mark(),
     });
 
@@ -248,7 +246,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         let _ = w.join();
     }
     let _ = std::fs::remove_file(&d.socket);
-    let saved = engine.bans(wall_now()).len();
+    let saved = engine.bans(clock.now()).len();
     log(&format!("stopped; {saved} ban(s) kept in {}", d.state_file.display()));
     Ok(())
 }
@@ -396,11 +394,11 @@ impl Keeper<'_> {
             }
             self.apply(&batch, events);
         }
-        self.save(wall_now());
+        self.save();
     }
 
     fn apply(&mut self, batch: &[KernelMsg], events: Option<&Sender<Event>>) {
-        let now = wall_now();
+        let now = self.shared.clock.now();
         let mut ops = Vec::with_capacity(batch.len());
         for msg in batch {
             match *msg {
@@ -462,7 +460,7 @@ impl Keeper<'_> {
     /// least [`SAVE_EVERY`] old.
     fn flush(&mut self) {
         if self.dirty && self.saved_at.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
-            self.save(wall_now());
+            self.save();
         }
     }
 
@@ -482,7 +480,8 @@ impl Keeper<'_> {
 
     /// Saves the state file, and forgets the kept pairs of quarantines
     /// that have ended.
-    fn save(&mut self, now: Timestamp) {
+    fn save(&mut self) {
+        let now = self.shared.clock.now();
         let bans = self.shared.engine.bans(now);
         self.kept.retain(|key, _| bans.binary_search_by(|(k, _)| k.cmp(key)).is_ok());
         let saved: Vec<Saved> = bans
@@ -494,7 +493,7 @@ impl Keeper<'_> {
             })
             .collect();
         self.saved_at = Some(Instant::now());
-        match state::save(self.path, now, &saved) {
+        match state::save(self.path, now, self.shared.clock.wall_offset(), &saved) {
             Ok(()) => self.dirty = false,
             Err(e) => log(&format!("error: cannot save {}: {e}", self.path.display())),
         }
@@ -589,7 +588,8 @@ fn housekeeping(shared: &Shared, backend: Backend, manage: bool) {
         }
         if last_sweep.elapsed() >= Duration::from_secs(1) {
             last_sweep = Instant::now();
-            let sweep = shared.engine.sweep(wall_now());
+            let sweep = shared.engine.sweep(shared.clock.now());
+            shared.engine.set_wall_offset(shared.clock.wall_offset());
             for (key, _) in &sweep.lifted {
                 log(&format!("unban {key} reason \"expired\""));
             }
@@ -610,7 +610,7 @@ fn housekeeping(shared: &Shared, backend: Backend, manage: bool) {
                 span,
                 uninspected(backend, manage, &now),
                 kernel.map(|k| (previous_kernel, k)),
-                ban_counts(&shared.engine),
+                ban_counts(shared),
             ));
             if let Some(k) = kernel {
                 previous_kernel = k;
@@ -669,8 +669,8 @@ fn summary(
 }
 
 /// Active bans and active quarantines.
-fn ban_counts(engine: &Engine) -> (usize, usize) {
-    let bans = engine.bans(wall_now());
+fn ban_counts(shared: &Shared) -> (usize, usize) {
+    let bans = shared.engine.bans(shared.clock.now());
     let quarantines = bans.iter().filter(|(_, b)| b.kind == BanKind::Quarantine).count();
     (bans.len() - quarantines, quarantines)
 }
@@ -712,10 +712,10 @@ fn handle(
 ) -> Result<Value, String> {
     let engine = &shared.engine;
     let config = engine.config();
-    let now = wall_now();
+    let now = shared.clock.now();
     match req {
         Request::Status => Ok(status(shared, info)),
-        Request::Bans => Ok(json!({ "bans": bans_json(engine, now) })),
+        Request::Bans => Ok(json!({ "bans": bans_json(shared, now) })),
         Request::Ban { ip, seconds } => {
             let length = seconds.map_or(config.ban.duration.get(), Duration::from_secs);
             if length.is_zero() {
@@ -743,8 +743,12 @@ fn handle(
     }
 }
 
-fn bans_json(engine: &Engine, now: Timestamp) -> Vec<Value> {
-    engine
+/// Active bans, with their start and end as Unix seconds of the wall
+/// clock now.
+fn bans_json(shared: &Shared, now: Timestamp) -> Vec<Value> {
+    let offset = shared.clock.wall_offset();
+    shared
+        .engine
         .bans(now)
         .into_iter()
         .map(|(k, b)| {
@@ -752,8 +756,8 @@ fn bans_json(engine: &Engine, now: Timestamp) -> Vec<Value> {
                 "source": k.to_string(),
                 "kind": b.kind.name(),
                 "reason": b.reason.to_string(),
-                "since": b.since.micros() / 1_000_000,
-                "until": b.until.micros() / 1_000_000,
+                "since": b.since.shifted(offset).micros() / 1_000_000,
+                "until": b.until.shifted(offset).micros() / 1_000_000,
                 "remaining": b.until.saturating_since(now).as_secs(),
                 "offences": b.offences,
             })
@@ -797,7 +801,7 @@ fn status(shared: &Shared, info: &Info) -> Value {
         .map_or((None, None), |(m, s)| (Some(m), Some(s)));
     let stats = shared.engine.stats();
     let (rss, peak) = memory();
-    let (bans, quarantines) = ban_counts(&shared.engine);
+    let (bans, quarantines) = ban_counts(shared);
     let kernel = if info.manage { firewall::kernel_counters() } else { None };
     json!({
         "pid": std::process::id(),

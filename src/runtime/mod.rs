@@ -3,13 +3,14 @@
 //!
 //! - [`replay`]: offline captures, with their own timestamps.
 //! - [`knock`]: the client of hidden services (`portcloak knock`, `keygen`).
-//! - [`daemon`]: `portcloak run`, inline on NFQUEUE, with wall-clock time;
-//!   its parts are [`queue`] (the sockets), [`worker`] (one per queue),
+//! - [`daemon`]: `portcloak run`, inline on NFQUEUE, on the monotonic
+//!   [`clock`]; its parts are [`queue`] (the sockets), [`worker`] (one per queue),
 //!   [`state`] (bans across restarts), [`sysctl`] (a persona's kernel
 //!   settings), [`listen`] (the host's open ports)
 //!   and [`control`] (the Unix socket behind `status`, `bans`, `ban`,
 //!   `unban`).
 
+pub mod clock;
 pub mod control;
 pub mod daemon;
 pub mod knock;

@@ -85,11 +85,13 @@ struct SavedBan {
 }
 
 /// Writes `bans` to `path` through a temporary file and a rename,
-/// creating the directory (mode 0700) when needed.
-pub fn save(path: &Path, now: Timestamp, bans: &[Saved]) -> std::io::Result<()> {
+/// creating the directory (mode 0700) when needed. The file holds wall
+/// time: engine times are moved by `offset` (wall minus engine, in
+/// microseconds; see `runtime::clock`).
+pub fn save(path: &Path, now: Timestamp, offset: i64, bans: &[Saved]) -> std::io::Result<()> {
     let file = StateFile {
         version: VERSION,
-        saved: now.micros() / 1_000_000,
+        saved: now.shifted(offset).micros() / 1_000_000,
         bans: bans
             .iter()
             .map(|Saved { key: k, ban: b, keep }| SavedBan {
@@ -97,8 +99,8 @@ pub fn save(path: &Path, now: Timestamp, bans: &[Saved]) -> std::io::Result<()> 
                 kind: b.kind,
                 keep: keep.iter().map(|p| pair_name(*p)).collect(),
                 reason: b.reason.to_string(),
-                since: b.since.micros(),
-                until: b.until.micros(),
+                since: b.since.shifted(offset).micros(),
+                until: b.until.shifted(offset).micros(),
                 offences: b.offences,
             })
             .collect(),
@@ -154,11 +156,12 @@ pub struct Loaded {
     pub skipped: Vec<String>,
 }
 
-/// Reads the bans still running at `now`. A missing file is an empty
+/// Reads the bans still running at engine time `now`, moving the file's
+/// wall times by `-offset` (wall minus engine). A missing file is an empty
 /// start; a file that is not a state file at all is an error the caller
 /// reports and then ignores; a damaged entry is left out alone, with a
 /// warning, and every other ban is kept.
-pub fn load(path: &Path, now: Timestamp, v6_prefix: u8) -> Result<Loaded, StateError> {
+pub fn load(path: &Path, now: Timestamp, offset: i64, v6_prefix: u8) -> Result<Loaded, StateError> {
     let name = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -172,7 +175,7 @@ pub fn load(path: &Path, now: Timestamp, v6_prefix: u8) -> Result<Loaded, StateE
     }
     let mut loaded = Loaded { bans: Vec::with_capacity(file.bans.len()), skipped: Vec::new() };
     for (i, entry) in file.bans.into_iter().enumerate() {
-        match entry_of(entry, v6_prefix) {
+        match entry_of(entry, v6_prefix, offset) {
             Ok(saved) if saved.ban.is_active(now) => loaded.bans.push(saved),
             Ok(_) => {}
             Err(why) => loaded.skipped.push(format!("{name}: entry {i} left out: {why}")),
@@ -189,7 +192,7 @@ struct StateFileIn {
 }
 
 /// One saved entry, checked.
-fn entry_of(entry: serde_json::Value, v6_prefix: u8) -> Result<Saved, String> {
+fn entry_of(entry: serde_json::Value, v6_prefix: u8, offset: i64) -> Result<Saved, String> {
     let saved: SavedBan = serde_json::from_value(entry).map_err(|e| e.to_string())?;
     let (addr, len) = match saved.source.split_once('/') {
         Some((a, l)) => {
@@ -203,8 +206,8 @@ fn entry_of(entry: serde_json::Value, v6_prefix: u8) -> Result<Saved, String> {
     let ban = Ban {
         kind: saved.kind,
         reason,
-        since: Timestamp::from_micros(saved.since),
-        until: Timestamp::from_micros(saved.until),
+        since: Timestamp::from_micros(saved.since).shifted(offset.saturating_neg()),
+        until: Timestamp::from_micros(saved.until).shifted(offset.saturating_neg()),
         offences: saved.offences,
     };
     let keep = saved
@@ -251,9 +254,9 @@ mod tests {
             saved(client, quarantine, vec![(PortProto::Tcp, 80), (PortProto::Udp, 53)]),
             saved(short, ban(5, BanReason::Manual), vec![]),
         ];
-        save(&path, now, &bans).unwrap();
+        save(&path, now, 0, &bans).unwrap();
         let later = now.saturating_add(Duration::from_secs(10));
-        let back = load(&path, later, 64).unwrap().bans;
+        let back = load(&path, later, 0, 64).unwrap().bans;
         assert_eq!(back, bans[..3].to_vec());
         assert_eq!(back[1].key.to_string(), "fd5c:a11:1::/64");
         let text = std::fs::read_to_string(&path).unwrap();
@@ -261,7 +264,34 @@ mod tests {
         // A file written before quarantines existed holds plain bans.
         let old = r#"{"version":1,"saved":0,"bans":[{"source":"198.18.1.2","reason":"manual","since":0,"until":99000000000000,"offences":1}]}"#;
         std::fs::write(&path, old).unwrap();
-        assert_eq!(load(&path, later, 64).unwrap().bans[0].ban.kind, BanKind::Ban);
+        assert_eq!(load(&path, later, 0, 64).unwrap().bans[0].ban.kind, BanKind::Ban);
+    }
+
+    #[test]
+    fn the_file_holds_wall_time_whatever_the_engine_clock_reads() {
+        // The wall clock was stepped back an hour after the daemon started:
+        // wall = engine - 1 h. The file says when, by the wall, a ban ends;
+        // a daemon started afterwards (a new anchor, offset 0) reads the
+        // same remaining time.
+        let path = dir("offset").join("state.json");
+        let now = Timestamp::from_secs(2_000_000);
+        let ban = Ban {
+            kind: BanKind::Ban,
+            reason: BanReason::Manual,
+            since: now,
+            until: now.saturating_add(Duration::from_secs(600)),
+            offences: 1,
+        };
+        let key = SourceKey::new("198.18.1.2".parse().unwrap(), 64);
+        let hour = 3_600_000_000;
+        save(&path, now, -hour, &[Saved { key, ban, keep: vec![] }]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(&format!("\"until\": {}", ban.until.micros() - 3_600_000_000)));
+        let restart = now.shifted(-hour);
+        let back = load(&path, restart, 0, 64).unwrap().bans;
+        assert_eq!(back[0].ban.until.saturating_since(restart), Duration::from_secs(600));
+        let same = load(&path, now, -hour, 64).unwrap().bans;
+        assert_eq!(same[0].ban, ban, "read back with the offset it was written with");
     }
 
     #[test]
@@ -281,7 +311,7 @@ mod tests {
             r#"{"source":"198.18.1.5","reason":"no such reason","since":0,"until":99000000000000,"offences":1}"#
         );
         std::fs::write(&p, text).unwrap();
-        let loaded = load(&p, Timestamp::from_secs(1), 64).unwrap();
+        let loaded = load(&p, Timestamp::from_secs(1), 0, 64).unwrap();
         let kept: Vec<String> = loaded.bans.iter().map(|s| s.key.to_string()).collect();
         assert_eq!(kept, ["198.18.1.2", "198.18.1.3"]);
         assert_eq!(loaded.skipped.len(), 3, "{:?}", loaded.skipped);
@@ -322,13 +352,13 @@ mod tests {
     #[test]
     fn a_missing_file_is_empty_and_a_damaged_one_is_an_error() {
         let d = dir("bad");
-        assert!(load(&d.join("none.json"), Timestamp::ZERO, 64).unwrap().bans.is_empty());
+        assert!(load(&d.join("none.json"), Timestamp::ZERO, 0, 64).unwrap().bans.is_empty());
         std::fs::create_dir_all(&d).unwrap();
         for text in ["{", "[]", "{\"version\":9,\"saved\":0,\"bans\":[]}"] {
             let p = d.join("state.json");
             std::fs::write(&p, text).unwrap();
             assert!(
-                matches!(load(&p, Timestamp::ZERO, 64), Err(StateError::Corrupt { .. })),
+                matches!(load(&p, Timestamp::ZERO, 0, 64), Err(StateError::Corrupt { .. })),
                 "{text}"
             );
         }

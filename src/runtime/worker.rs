@@ -21,7 +21,7 @@ use crate::engine::{ChecksumCheck, Direction, Engine, Meta};
 use crate::event::Event;
 use crate::gate::{GateEvent, Via};
 use crate::policy::{Reason, Verdict};
-use crate::time::Timestamp;
+use crate::time::{Rate, Timestamp};
 use crate::track::{Ban, SourceKey};
 
 /// Netfilter hook numbers on which portcloak's rules queue outbound packets.
@@ -71,6 +71,8 @@ pub struct WorkerStats {
 pub struct Shared {
     /// The engine.
     pub engine: Arc<Engine>,
+    /// The engine's time.
+    pub clock: super::clock::Clock,
     /// Set to stop.
     pub stop: AtomicBool,
     /// Bans to the kernel.
@@ -85,36 +87,12 @@ pub struct Shared {
     pub shed_backlog: u32,
     /// Shed packets older than this (when the kernel stamped them).
     pub shed_age: std::time::Duration,
-    /// Caps the log lines of refused SPA packets.
-    pub gate_log: LogLimiter,
+    /// Caps the log lines of refused SPA packets, ten a second over all
+    /// workers; the rest are only counted (the gate's counters have every
+    /// one).
+    pub gate_log: Rate,
     /// The mark bit the kernel sets on a proven source's queued packets.
     pub proven_mark: u32,
-}
-
-/// At most `per_second` log lines a second over all workers; the rest are
-/// only counted (the gate's counters have every one).
-#[derive(Debug)]
-pub struct LogLimiter {
-    second: AtomicU64,
-    count: AtomicU32,
-    per_second: u32,
-}
-
-impl LogLimiter {
-    /// Allows `per_second` lines a second.
-    pub const fn new(per_second: u32) -> Self {
-        Self { second: AtomicU64::new(0), count: AtomicU32::new(0), per_second }
-    }
-
-    /// True when a line may be written at `now`.
-    pub fn allow(&self, now: Timestamp) -> bool {
-        let s = now.micros() / 1_000_000;
-        let current = self.second.load(Relaxed);
-        if s > current && self.second.compare_exchange(current, s, Relaxed, Relaxed).is_ok() {
-            self.count.store(0, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed) < self.per_second
-    }
 }
 
 /// Runs worker `index` on `queue` until `shared.stop` is set.
@@ -158,7 +136,7 @@ pub fn run(
             stats.shed.fetch_add(1, Relaxed);
             if shared.fail_open { NfVerdict::Accept } else { NfVerdict::Drop }
         } else {
-            inspect(shared, stats, &mut msg, &mut buf, &mut sender, Timestamp::from_system(wall))
+            inspect(shared, stats, &mut msg, &mut buf, &mut sender, shared.clock.now())
         };
         msg.set_verdict(verdict);
         if queue.queue.verdict(msg).is_err() {

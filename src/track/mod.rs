@@ -56,6 +56,14 @@ pub enum BanReason {
     Manual,
 }
 
+impl BanReason {
+    /// True for a ban that one packet called for (a signature or a stealth
+    /// probe): anyone can forge it with a spoofed source.
+    pub const fn single_packet(self) -> bool {
+        matches!(self, Self::Signature(_) | Self::Probe(_))
+    }
+}
+
 impl std::fmt::Display for BanReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -200,6 +208,9 @@ pub struct TableStats {
     pub ban_records: usize,
     /// Bans refused because the ban table was full of active bans.
     pub bans_refused_full: u64,
+    /// Active single-packet bans a ban on evidence displaced from a full
+    /// table (the kernel set keeps each until its timeout).
+    pub bans_displaced: u64,
 }
 
 /// Sizes of the tables.
@@ -225,6 +236,7 @@ pub struct Shard {
     source_evictions: u64,
     flow_evictions: u64,
     bans_refused_full: u64,
+    bans_displaced: u64,
 }
 
 impl Shard {
@@ -238,6 +250,7 @@ impl Shard {
             source_evictions: 0,
             flow_evictions: 0,
             bans_refused_full: 0,
+            bans_displaced: 0,
         }
     }
 
@@ -271,13 +284,27 @@ impl Shard {
         self.bans.get(key).map_or(0, |r| r.ban.offences)
     }
 
-    /// Records a ban. Returns false, and counts it, when the shard's ban
-    /// table is full of active bans; an active ban is never displaced.
+    /// Records a ban. When the shard's ban table is full, a ban that ended
+    /// makes room; failing that, a ban on evidence (not a forgeable single
+    /// packet) displaces the active single-packet ban that ends first, so
+    /// forged packets cannot fill the table against a real scan. Returns
+    /// false, and counts it, when there is no room.
     pub fn insert_ban(&mut self, key: SourceKey, ban: Ban, now: Timestamp) -> bool {
         if !self.bans.contains_key(&key) && self.bans.len() >= self.ban_capacity {
             let lifted = self.bans.iter().find(|(_, r)| !r.ban.is_active(now)).map(|(k, _)| *k);
-            match lifted {
+            let displaced = || {
+                self.bans
+                    .iter()
+                    .filter(|(_, r)| r.ban.reason.single_packet())
+                    .min_by_key(|(_, r)| r.ban.until)
+                    .map(|(k, _)| *k)
+            };
+            let room = lifted.or_else(|| (!ban.reason.single_packet()).then(displaced).flatten());
+            match room {
                 Some(old) => {
+                    if lifted.is_none() {
+                        self.bans_displaced += 1;
+                    }
                     self.bans.remove(&old);
                 }
                 None => {
@@ -381,6 +408,7 @@ impl Table {
             s.flow_evictions += g.flow_evictions;
             s.ban_records += g.bans.len();
             s.bans_refused_full += g.bans_refused_full;
+            s.bans_displaced += g.bans_displaced;
         }
         s
     }

@@ -236,18 +236,32 @@ impl Bucket {
     }
 }
 
-/// A source's progress through the gate: its knock sequence so far, what
-/// it is authorized to reach until when, and its allowance of SPA checks.
+/// Addresses of one tracked source (an IPv6 /64 holds many) that may
+/// hold an authorization at once; a newer one replaces the grant that
+/// ends first.
+const GRANTS: usize = 2;
+
+/// Hidden ports one address may open, until when.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Grant {
+    /// The address, as the gate names it (a keyed hash: the packet's exact
+    /// source address, never its network).
+    host: u64,
+    /// Hidden ports, as bits by `[[hidden]]` index.
+    mask: u16,
+    until: Timestamp,
+}
+
+/// A source's progress through the gate: its knock sequence so far, which
+/// of its addresses are authorized to reach what until when, and its
+/// allowance of valid SPA packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GateState {
     /// Knock steps completed in order.
     pub knock_step: u8,
     /// When the first step arrived.
     pub knock_start: Timestamp,
-    /// Hidden ports it may open, as bits by `[[hidden]]` index.
-    pub auth_mask: u16,
-    /// Until when.
-    pub auth_until: Timestamp,
+    grants: [Grant; GRANTS],
     spa: Bucket,
 }
 
@@ -256,30 +270,51 @@ impl GateState {
         Self {
             knock_step: 0,
             knock_start: Timestamp::ZERO,
-            auth_mask: 0,
-            auth_until: Timestamp::ZERO,
+            grants: [Grant::default(); GRANTS],
             spa: Bucket::full(now),
         }
     }
 
-    /// Takes one SPA check; false when the source is over its rate.
+    /// Takes one valid SPA packet; false when the source is over its rate.
     pub fn take_spa(&mut self, now: Timestamp, per_second: f64, burst: u32) -> bool {
         self.spa.take(now, per_second, burst)
     }
 
-    /// True when the hidden port with index `index` is open to it at `now`.
-    pub fn authorized(&self, index: usize, now: Timestamp) -> bool {
-        now < self.auth_until && index < 16 && self.auth_mask & (1 << index) != 0
+    /// True when address `host` may open the hidden port with index
+    /// `index` at `now`.
+    pub fn authorized(&self, index: usize, host: u64, now: Timestamp) -> bool {
+        index < 16
+            && self
+                .grants
+                .iter()
+                .any(|g| g.host == host && now < g.until && g.mask & (1 << index) != 0)
     }
 
-    /// Opens the hidden ports in `mask` until `until`. Ports still open from
-    /// an earlier grant stay open with them, until the later end.
-    pub fn authorize(&mut self, mask: u16, now: Timestamp, until: Timestamp) {
-        if now >= self.auth_until {
-            self.auth_mask = 0;
+    /// True when any address of the source holds a grant at `now`.
+    pub fn any_authorized(&self, now: Timestamp) -> bool {
+        self.grants.iter().any(|g| now < g.until && g.mask != 0)
+    }
+
+    /// Opens the hidden ports in `mask` to address `host` until `until`.
+    /// Ports still open to it from an earlier grant stay open with them,
+    /// until the later end.
+    pub fn authorize(&mut self, host: u64, mask: u16, now: Timestamp, until: Timestamp) {
+        let live = |g: &Grant| now < g.until;
+        let slot = self
+            .grants
+            .iter()
+            .position(|g| live(g) && g.host == host)
+            .or_else(|| self.grants.iter().position(|g| !live(g)))
+            .or_else(|| {
+                self.grants.iter().enumerate().min_by_key(|(_, g)| g.until).map(|(i, _)| i)
+            });
+        if let Some(g) = slot.and_then(|i| self.grants.get_mut(i)) {
+            if !live(g) || g.host != host {
+                *g = Grant { host, mask: 0, until: Timestamp::ZERO };
+            }
+            g.mask |= mask;
+            g.until = g.until.max(until);
         }
-        self.auth_mask |= mask;
-        self.auth_until = self.auth_until.max(until);
     }
 }
 
@@ -353,7 +388,7 @@ mod tests {
 
     #[test]
     fn state_has_a_fixed_small_size() {
-        assert_eq!(std::mem::size_of::<SourceState>(), 312, "the README states this size");
+        assert_eq!(std::mem::size_of::<SourceState>(), 352, "the README states this size");
     }
 
     #[test]
