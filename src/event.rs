@@ -131,4 +131,17 @@ impl Event {
     pub fn unban(now: Timestamp, source: SourceKey) -> Self {
         Self::Unban { ts: now, source }
     }
+
+    /// The same event with its time moved by `micros`: the daemon writes
+    /// wall time, its engine runs on a monotonic clock.
+    #[must_use]
+    pub fn shifted(mut self, micros: i64) -> Self {
+        let (Self::Drop { ts, .. }
+        | Self::Ban { ts, .. }
+        | Self::Quarantine { ts, .. }
+        | Self::Unban { ts, .. }
+        | Self::Rewrite { ts, .. }) = &mut self;
+        *ts = ts.shifted(micros);
+        self
+    }
 }

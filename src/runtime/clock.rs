@@ -68,4 +68,43 @@ mod tests {
         assert_eq!(c.offset_at(back, later), -3_600_000_000, "a step back of an hour");
         assert_eq!(c.at(c.start - Duration::from_secs(5)), c.anchor, "never before the start");
     }
+
+    /// The engine's bans over ten minutes of probes, one every `gap`, with
+    /// the wall clock stepped by `step` seconds after the first minute:
+    /// what the daemon does each second (time from the clock, the offset
+    /// refreshed from the wall).
+    fn bans_with_a_wall_step(step: i64) -> (usize, Vec<u64>) {
+        use crate::engine::{Direction, Engine};
+        use crate::wire::craft::Craft;
+        let c = Clock::start();
+        let e = Engine::new(crate::Config::default());
+        let mut lengths = Vec::new();
+        for i in 0..3000u32 {
+            let mono = c.start + Duration::from_millis(200 * u64::from(i));
+            let stepped =
+                if i >= 300 { Duration::from_secs(step.unsigned_abs()) } else { Duration::ZERO };
+            let wall = SystemTime::UNIX_EPOCH + Duration::from_micros(c.at(mono).micros());
+            let wall = if step < 0 { wall - stepped } else { wall + stepped };
+            e.set_wall_offset(c.offset_at(wall, mono));
+            // Spread over the 512 /24s of 198.18.0.0/15, 6 in each: within
+            // every network's own single-packet allowance.
+            let src = 0xc612_0000u32 + ((i % 512) << 8) + i / 512 + 1;
+            let src = std::net::IpAddr::from(src.to_be_bytes());
+            let mut null = Craft::tcp(src, [198, 18, 255, 1].into(), 1, 1, 0).build();
+            if let Some(b) = e.handle(c.at(mono), Direction::Inbound, &mut null).ban {
+                lengths.push(b.until.saturating_since(b.since).as_secs());
+            }
+        }
+        (lengths.len(), lengths)
+    }
+
+    #[test]
+    fn a_wall_step_either_way_changes_no_ban_decision() {
+        // 3000 ban-worthy probes in 10 minutes, 5 a second: under the
+        // single-packet pool (10 a second), so every one bans.
+        let steady = bans_with_a_wall_step(0);
+        assert_eq!(steady.0, 3000);
+        assert_eq!(bans_with_a_wall_step(-3600), steady, "an hour back");
+        assert_eq!(bans_with_a_wall_step(3600), steady, "an hour ahead");
+    }
 }

@@ -180,7 +180,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         Some(
             std::thread::Builder::new()
                 .name("events".into())
-                .spawn(move || write_events(&path, &events_rx))?,
+                .spawn(move || write_events(&path, &events_rx, clock))?,
         )
     } else {
         None
@@ -500,7 +500,8 @@ impl Keeper<'_> {
     }
 }
 
-fn write_events(path: &Path, rx: &Receiver<Event>) {
+/// Appends events to `path`, one JSON line each, in wall time.
+fn write_events(path: &Path, rx: &Receiver<Event>, clock: Clock) {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
     let mut out = match file {
         Ok(f) => std::io::BufWriter::new(f),
@@ -512,6 +513,7 @@ fn write_events(path: &Path, rx: &Receiver<Event>) {
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(event) => {
+                let event = event.shifted(clock.wall_offset());
                 if serde_json::to_writer(&mut out, &event).is_ok() {
                     let _ = out.write_all(b"\n");
                 }
