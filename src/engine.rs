@@ -357,6 +357,9 @@ impl Engine {
                 state.peer.echo_df = view.ip.df;
             }
         }
+        let horizon = self.config().scan.slow_window.get();
+        let evidence = state.evidence(now, horizon);
+        shard.protect(key, evidence, now, horizon);
         let opens = matches!(probe.kind, ProbeKind::TcpSyn | ProbeKind::Udp | ProbeKind::Sctp);
         if decision.verdict == Verdict::Accept && opens {
             open_flow(&mut shard, flow_key, view, now);

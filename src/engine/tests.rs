@@ -797,3 +797,71 @@ fn threads_sharing_one_engine_agree() {
     assert_eq!(bans.len(), 10, "{bans:?}");
     assert!(bans.iter().all(|(k, _)| k.to_string().starts_with("198.18.3.")));
 }
+
+#[test]
+fn a_spoofed_flood_cannot_erase_a_slow_scans_evidence() {
+    // 5 closed ports every 61 s (under the short window's threshold), and
+    // 140 000 spoofed SYNs from new sources between the batches: 35 times
+    // what the source table holds.
+    let mut c = config();
+    c.tracking.sources = 4096;
+    c.tracking.shards = 4;
+    let e = Engine::new(c);
+    let scanner = IpAddr::from([198, 18, 77, 7]);
+    let mut rng = 0x9e37_79b9u32;
+    let mut banned = None;
+    for batch in 0..8u16 {
+        let t = at(u64::from(batch) * 61_000);
+        for i in 0..5u16 {
+            let port = 1000 + batch * 5 + i;
+            let o = run(&e, t, Direction::Inbound, syn(scanner, 40_000, port));
+            if let Some(b) = o.ban {
+                banned = banned.or(Some((b.reason, batch * 5 + i + 1)));
+            }
+        }
+        for _ in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 17;
+            rng ^= rng << 5;
+            let src = IpAddr::from((0x0a00_0000 | (rng >> 8)).to_be_bytes());
+            run(&e, t, Direction::Inbound, syn(src, 40_000, (rng & 0x3ff) as u16 + 2000));
+        }
+    }
+    assert_eq!(
+        banned,
+        Some((BanReason::SlowScan(20), 20)),
+        "banned after 20 ports, as with no flood"
+    );
+    let s = e.stats().tables;
+    assert!(s.source_evictions > 100_000 && s.protected >= 1, "{s:?}");
+}
+
+#[test]
+fn only_sources_with_as_much_evidence_push_a_protected_one_out() {
+    let mut c = config();
+    c.tracking.sources = 4;
+    c.tracking.shards = 1;
+    let e = Engine::new(c);
+    // Two protected slots: a source with 4 closed ports, one with 2.
+    for port in 1000..1004 {
+        run(&e, at(0), Direction::Inbound, syn(host(1), 40_000, port));
+    }
+    for port in 1000..1002 {
+        run(&e, at(0), Direction::Inbound, syn(host(2), 40_000, port));
+    }
+    // A third with 3 pushes out the one with 2, not the one with 4.
+    for port in 1000..1003 {
+        run(&e, at(1), Direction::Inbound, syn(host(3), 40_000, port));
+    }
+    let s = e.stats().tables;
+    assert_eq!((s.protected, s.promotions, s.promotions_refused), (2, 3, 0), "{s:?}");
+    // A fourth with 2 finds no protected source with as little: refused.
+    for port in 1000..1002 {
+        run(&e, at(2), Direction::Inbound, syn(host(4), 40_000, port));
+    }
+    assert_eq!(e.stats().tables.promotions_refused, 1);
+    // host(1) kept its count: two more ports ban it (6 within the window).
+    run(&e, at(3), Direction::Inbound, syn(host(1), 40_000, 1004));
+    let o = run(&e, at(3), Direction::Inbound, syn(host(1), 40_000, 1005));
+    assert_eq!(o.ban.map(|b| b.reason), Some(BanReason::ClosedPorts(6)));
+}

@@ -6,7 +6,12 @@
 //! therefore shared by all workers and split into shards by source, each
 //! behind its own mutex; a packet takes exactly one shard lock. A shard holds:
 //!
-//! - `sources`: an LRU of [`SourceState`], bounded; evictions are counted.
+//! - `sources`: a segmented LRU of [`SourceState`], bounded; evictions are
+//!   counted. New sources start in probation; a source with evidence
+//!   (closed-port touches, a knock under way, a grant, a handshake) moves to
+//!   the protected segment, which only sources with as much evidence can
+//!   push it out of. A flood of one-packet sources churns probation alone,
+//!   so it cannot erase a slow scan's evidence or a client's grant.
 //! - `bans`: active bans and the offence history of banned sources. Bans
 //!   are rate-capped by policy and never evicted while active, so a flood of
 //!   spoofed sources that churns `sources` cannot unban anyone.
@@ -198,6 +203,13 @@ pub struct TableStats {
     pub source_capacity: usize,
     /// Sources evicted to make room.
     pub source_evictions: u64,
+    /// Of `sources`, those in the protected segment (they hold evidence).
+    pub protected: usize,
+    /// Sources moved from probation to the protected segment.
+    pub promotions: u64,
+    /// Sources with evidence kept in probation: the protected segment was
+    /// full of sources with more.
+    pub promotions_refused: u64,
     /// Flows tracked now.
     pub flows: usize,
     /// Flow capacity.
@@ -229,7 +241,11 @@ pub struct TableLimits {
 /// One shard: the state of every source that hashes to it.
 #[derive(Debug)]
 pub struct Shard {
-    sources: LruCache<SourceKey, SourceState>,
+    /// First-seen sources, and sources with too little evidence to protect.
+    probation: LruCache<SourceKey, SourceState>,
+    /// Sources with evidence (see [`SourceState::evidence`]): a flood of
+    /// new one-packet sources churns `probation` only.
+    protected: LruCache<SourceKey, SourceState>,
     flows: LruCache<FlowKey, Flow>,
     bans: HashMap<SourceKey, BanRecord, DefaultHasher>,
     ban_capacity: usize,
@@ -237,13 +253,23 @@ pub struct Shard {
     flow_evictions: u64,
     bans_refused_full: u64,
     bans_displaced: u64,
+    promotions: u64,
+    promotions_refused: u64,
 }
+
+/// Evidence that moves a source from probation to the protected segment.
+pub const PROTECT_AT: u32 = 2;
+
+/// Protected entries a promotion looks at, from the least recently used,
+/// for one with no more evidence than the newcomer.
+const PROTECT_TRIES: usize = 4;
 
 impl Shard {
     fn new(sources: usize, flows: usize, bans: usize) -> Self {
         let nz = |n: usize| NonZeroUsize::new(n.max(1)).unwrap_or(NonZeroUsize::MIN);
         Self {
-            sources: LruCache::new(nz(sources)),
+            probation: LruCache::new(nz(sources - sources / 2)),
+            protected: LruCache::new(nz(sources / 2)),
             flows: LruCache::new(nz(flows)),
             bans: HashMap::with_hasher(DefaultHasher::default()),
             ban_capacity: bans.max(1),
@@ -251,15 +277,20 @@ impl Shard {
             flow_evictions: 0,
             bans_refused_full: 0,
             bans_displaced: 0,
+            promotions: 0,
+            promotions_refused: 0,
         }
     }
 
-    /// The state of `key`, created at `now` if it is not tracked. One hash
-    /// lookup either way; an eviction to make room is counted.
+    /// The state of `key`, created at `now` in probation if it is not
+    /// tracked; an eviction to make room is counted.
     pub fn source(&mut self, key: SourceKey, now: Timestamp) -> &mut SourceState {
-        let full = self.sources.len() == self.sources.cap().get();
+        if self.protected.contains(&key) {
+            return self.protected.get_or_insert_mut(key, || SourceState::new(now));
+        }
+        let full = self.probation.len() == self.probation.cap().get();
         let mut created = false;
-        let state = self.sources.get_or_insert_mut(key, || {
+        let state = self.probation.get_or_insert_mut(key, || {
             created = true;
             SourceState::new(now)
         });
@@ -271,7 +302,41 @@ impl Shard {
 
     /// The state of `key` if tracked, without creating or promoting it.
     pub fn peek_source(&self, key: &SourceKey) -> Option<&SourceState> {
-        self.sources.peek(key)
+        self.protected.peek(key).or_else(|| self.probation.peek(key))
+    }
+
+    /// Moves `key`, holding `evidence` at `now` (judged over `horizon`),
+    /// from probation to the protected segment. When that is full, its
+    /// least recently used entry with no more evidence than the newcomer
+    /// goes back to probation; entries with more get a second chance. With
+    /// none among the first few, the newcomer stays in probation, counted.
+    pub fn protect(&mut self, key: SourceKey, evidence: u32, now: Timestamp, horizon: Duration) {
+        if evidence < PROTECT_AT || self.protected.contains(&key) {
+            return;
+        }
+        let Some(state) = self.probation.pop(&key) else { return };
+        if self.protected.len() < self.protected.cap().get() {
+            self.protected.put(key, state);
+            self.promotions += 1;
+            return;
+        }
+        for _ in 0..PROTECT_TRIES {
+            let Some((tail, tail_state)) = self.protected.peek_lru() else { break };
+            let tail = *tail;
+            if tail_state.evidence(now, horizon) <= evidence {
+                if let Some((old, old_state)) = self.protected.pop_lru() {
+                    if self.probation.push(old, old_state).is_some() {
+                        self.source_evictions += 1;
+                    }
+                }
+                self.protected.put(key, state);
+                self.promotions += 1;
+                return;
+            }
+            self.protected.promote(&tail);
+        }
+        self.probation.put(key, state);
+        self.promotions_refused += 1;
     }
 
     /// The active ban on `key`, if any.
@@ -402,7 +467,10 @@ impl Table {
         };
         for shard in self.shards.iter() {
             let g = lock(shard);
-            s.sources += g.sources.len();
+            s.sources += g.probation.len() + g.protected.len();
+            s.protected += g.protected.len();
+            s.promotions += g.promotions;
+            s.promotions_refused += g.promotions_refused;
             s.source_evictions += g.source_evictions;
             s.flows += g.flows.len();
             s.flow_evictions += g.flow_evictions;
@@ -448,12 +516,15 @@ impl Table {
                 g.flows.pop_lru();
                 out.flows_expired += 1;
             }
-            while g
-                .sources
-                .peek_lru()
-                .is_some_and(|(_, s)| now.saturating_since(s.last_seen) > source_idle)
-            {
-                g.sources.pop_lru();
+            let idle = |e: Option<(&SourceKey, &SourceState)>| {
+                e.is_some_and(|(_, s)| now.saturating_since(s.last_seen) > source_idle)
+            };
+            while idle(g.probation.peek_lru()) {
+                g.probation.pop_lru();
+                out.sources_expired += 1;
+            }
+            while idle(g.protected.peek_lru()) {
+                g.protected.pop_lru();
                 out.sources_expired += 1;
             }
             for (key, record) in g.bans.iter_mut() {
@@ -518,9 +589,10 @@ mod tests {
                 .source(key(i), Timestamp::from_secs(1))
                 .seen(Timestamp::from_secs(1), ProbeKind::TcpSyn);
         }
+        // Sources with no evidence share probation, half the table.
         let s = t.stats();
-        assert_eq!(s.sources, 100);
-        assert_eq!(s.source_evictions, 900);
+        assert_eq!((s.sources, s.protected), (50, 0));
+        assert_eq!(s.source_evictions, 950);
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub struct SourceState {
     recent: [PortHit; RECENT_SLOTS],
     slow: SlowWindow,
     echo: Bucket,
+    /// The larger score of the latest closed-port touch, and its second.
+    closed_score: u16,
+    closed_at_s: u32,
 }
 
 /// What an OS persona keeps about one peer: the IP ID counter of the
@@ -164,7 +167,23 @@ impl SourceState {
             slow: SlowWindow { start_s: now.secs_u32(), ..SlowWindow::default() },
             echo: Bucket::full(now),
             gate: GateState::new(now),
+            closed_score: 0,
+            closed_at_s: 0,
         }
+    }
+
+    /// How much this source has shown at `now`, for the tables' eviction
+    /// order: its closed-port score while it is younger than `horizon`
+    /// (the slow window), the knock steps it took, 2 for a handshake within
+    /// `horizon`, and far more for a live grant, which a flood must never
+    /// erase. Sources with more are evicted last.
+    pub fn evidence(&self, now: Timestamp, horizon: Duration) -> u32 {
+        let horizon_s = u32::try_from(horizon.as_secs()).unwrap_or(u32::MAX);
+        let fresh = |at_s: u32| at_s != 0 && now.secs_u32().saturating_sub(at_s) < horizon_s;
+        let closed = if fresh(self.closed_at_s) { u32::from(self.closed_score) } else { 0 };
+        let handshake = if fresh(self.last_handshake.secs_u32()) { 2 } else { 0 };
+        let grant = if self.gate.any_authorized(now) { 1 << 16 } else { 0 };
+        closed + u32::from(self.gate.knock_step) + handshake + grant
     }
 
     /// Records that a packet of `kind` arrived at `now`.
@@ -202,9 +221,12 @@ impl SourceState {
             let weight = if same { hit.weight.max(weight) } else { weight };
             *hit = PortHit { at_s: now_s, port, proto: proto_id, weight };
         }
-        let recent = self.recent.iter().filter(|h| fresh(h)).map(|h| u32::from(h.weight)).sum();
+        let recent =
+            self.recent.iter().filter(|h| fresh(h)).map(|h| u32::from(h.weight)).sum::<u32>();
         let half_s = u32::try_from(slow_window.as_secs() / 2).unwrap_or(u32::MAX).max(1);
         let slow = self.slow.add(now_s, half_s, proto, port);
+        self.closed_score = u16::try_from(recent.max(slow)).unwrap_or(u16::MAX);
+        self.closed_at_s = now_s;
         Scores { recent, slow }
     }
 
@@ -388,7 +410,7 @@ mod tests {
 
     #[test]
     fn state_has_a_fixed_small_size() {
-        assert_eq!(std::mem::size_of::<SourceState>(), 352, "the README states this size");
+        assert_eq!(std::mem::size_of::<SourceState>(), 360, "the README states this size");
     }
 
     #[test]
