@@ -213,11 +213,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         config.persona.name,
     ));
 
+    // Every thread runs until `stop`: one that ends before is dead (a
+    // panic, or a bug). The daemon then exits non-zero, so systemd restarts
+    // it and the bans come back from the state file.
     let mut crashed = None;
     while !term.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
-        if let Some(h) = handles.iter().find(|h| h.is_finished()) {
-            crashed = Some(h.thread().name().unwrap_or("worker").to_owned());
+        crashed = first_dead(handles.iter().chain([&keeper, &house, &ctl]));
+        if crashed.is_some() {
             break;
         }
     }
@@ -249,6 +252,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let saved = engine.bans(clock.now()).len();
     log(&format!("stopped; {saved} ban(s) kept in {}", d.state_file.display()));
     Ok(())
+}
+
+/// The name of the first of `threads` that has ended.
+fn first_dead<'a>(mut threads: impl Iterator<Item = &'a JoinHandle<()>>) -> Option<String> {
+    threads.find(|h| h.is_finished()).map(|h| h.thread().name().unwrap_or("unnamed").to_owned())
 }
 
 /// Puts a persona's sysctls back when dropped: on a clean stop, and on
@@ -827,4 +835,35 @@ fn status(shared: &Shared, info: &Info) -> Value {
         "kernel_counters": kernel,
         "memory": { "rss": rss, "peak": peak, "limit": shared.engine.config().daemon.memory_limit << 20 },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_thread_of_any_kind_is_found_by_name() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let spawn = |name: &str, dies: bool| {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    assert!(!dies, "the ban keeper died");
+                    while !stop.load(Relaxed) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+                .unwrap()
+        };
+        let alive = [spawn("worker-0", false), spawn("housekeeping", false)];
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(first_dead(alive.iter()), None);
+        let keeper = spawn("bans", true);
+        while !keeper.is_finished() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(first_dead(alive.iter().chain([&keeper])).as_deref(), Some("bans"));
+        stop.store(true, Relaxed);
+    }
 }
