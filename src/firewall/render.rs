@@ -75,6 +75,11 @@ pub struct Plan {
     /// no daemon answers (fail closed, whatever `fail_mode` says). They
     /// never take the fast path.
     pub hidden: Vec<(GateProto, u16)>,
+    /// The queue of the hidden ports, when there are any: their own, after
+    /// the inbound and outbound ranges, without the bypass and without the
+    /// kernel's fail-open, served by a worker that never sheds. A flood on
+    /// the other queues never opens them.
+    pub hidden_queue: Option<u16>,
     /// How long a proof lasts (`ban.handshake_grace`).
     pub grace: Duration,
     /// The fast-path mark bit; the bit above it marks a proven source.
@@ -131,6 +136,8 @@ impl Plan {
             deny: config.lists.deny.clone(),
             ttl,
             hidden: config.hidden.iter().map(|h| (h.proto, h.port)).collect(),
+            hidden_queue: (!config.hidden.is_empty())
+                .then(|| d.queue.saturating_add(workers.saturating_mul(2))),
             grace: config.ban.handshake_grace.get(),
             mark: d.mark,
             queue_other: config.policy.other_protocols == crate::config::Toggle::Drop,
@@ -256,7 +263,7 @@ impl Plan {
                 fast = self.mark
             );
             let _ = writeln!(s, "    ct state invalid meta length > {} drop", self.copy_range);
-            let closed = format!("queue num {}", self.inbound);
+            let closed = format!("queue num {}", self.hidden_queue.unwrap_or(self.inbound.first));
             for (proto, port) in &self.hidden {
                 let _ = writeln!(
                     s,
@@ -458,7 +465,8 @@ impl Plan {
             "-m conntrack --ctstate INVALID -m length --length {}:65535 -j DROP",
             u32::from(self.copy_range) + 1
         ));
-        let closed = Self::nfqueue_closed(self.inbound);
+        let own = QueueRange { first: self.hidden_queue.unwrap_or(self.inbound.first), count: 1 };
+        let closed = Self::nfqueue_closed(own);
         for (proto, port) in &self.hidden {
             rule(&format!("-p {} --dport {port} {closed}", proto.name()));
         }

@@ -257,12 +257,14 @@ fn a_persona_turns_on_the_outbound_queues_and_sets_the_default_ttl_only() {
 }
 
 #[test]
-fn hidden_ports_are_queued_without_the_bypass_before_everything_else() {
+fn hidden_ports_are_queued_on_their_own_queue_without_the_bypass_before_everything_else() {
     let plan = Plan::new(&config("[[hidden]]\nport = 22\n"), Backend::Iptables, 2);
+    assert_eq!(plan.hidden_queue, Some(4), "after the inbound and outbound ranges");
     let v4 = plan.iptables_script(false);
-    let hidden = v4.find("-A PORTCLOAK_IN -p tcp --dport 22 -j NFQUEUE --queue-balance 0:1\n");
+    let hidden = v4.find("-A PORTCLOAK_IN -p tcp --dport 22 -j NFQUEUE --queue-num 4\n");
     let general = v4.find("-A PORTCLOAK_IN -j NFQUEUE --queue-balance 0:1 --queue-bypass");
     assert!(hidden.is_some() && hidden < general, "{v4}");
     let nft = Plan::new(&config("[[hidden]]\nport = 22\n"), Backend::Nft, 2).nft_script(&[]);
-    assert!(nft.contains("meta l4proto tcp th dport 22 counter queue num 0-1\n"), "{nft}");
+    assert!(nft.contains("meta l4proto tcp th dport 22 counter queue num 4\n"), "{nft}");
+    assert_eq!(Plan::new(&config(""), Backend::Iptables, 2).hidden_queue, None);
 }

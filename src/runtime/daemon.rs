@@ -119,13 +119,21 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         firewall::remove_queue_rules().context("removing stale queue rules")?;
     }
     let mut queues = Vec::new();
+    let fail_open = d.fail_mode == FailMode::Open;
     for num in plan.inbound.iter() {
-        queues.push(queue::open(num, &d, d.copy_range).context("opening NFQUEUE")?);
+        queues.push(queue::open(num, &d, d.copy_range, fail_open).context("opening NFQUEUE")?);
     }
     if let Some(out) = plan.outbound {
         for num in out.iter() {
-            queues.push(queue::open(num, &d, u16::MAX).context("opening NFQUEUE")?);
+            queues.push(queue::open(num, &d, u16::MAX, fail_open).context("opening NFQUEUE")?);
         }
+    }
+    if let Some(num) = plan.hidden_queue {
+        // Hidden ports fail closed: a full queue drops, and its worker
+        // never sheds.
+        let q = queue::open(num, &d, d.copy_range, false)
+            .context("opening the hidden ports' NFQUEUE")?;
+        queues.push(queue::BoundQueue { inspects_all: true, ..q });
     }
     if manage {
         let bans = entries(&engine, now, &kept);
@@ -155,7 +163,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         let shared = Arc::clone(&shared);
         // Outbound queue i shares CPU i with inbound queue i: the kernel
         // hashes both directions of a flow to the same index.
-        let core = (!cores.is_empty())
+        let core = (!cores.is_empty() && !q.inspects_all)
             .then(|| cores.get((index % usize::from(workers)) % cores.len()))
             .flatten()
             .copied();

@@ -29,6 +29,9 @@ pub struct BoundQueue {
     pub queue: Queue,
     /// Its queue number.
     pub num: u16,
+    /// Its worker inspects every packet, however far behind: the hidden
+    /// ports' queue, which must never let one through unseen.
+    pub inspects_all: bool,
 }
 
 /// Opens queue `num`: binds it, sets copy range, length, fail-open, the
@@ -36,7 +39,7 @@ pub struct BoundQueue {
 ///
 /// Call from one thread at a time: the socket is told apart by the
 /// descriptors that appear while it opens.
-pub fn open(num: u16, daemon: &Daemon, copy_range: u16) -> io::Result<BoundQueue> {
+pub fn open(num: u16, daemon: &Daemon, copy_range: u16, fail_open: bool) -> io::Result<BoundQueue> {
     let before = netfilter_fds()?;
     let mut queue = Queue::open()?;
     let after = netfilter_fds()?;
@@ -51,10 +54,9 @@ pub fn open(num: u16, daemon: &Daemon, copy_range: u16) -> io::Result<BoundQueue
     queue.bind(num).map_err(ctx("bind (is another program bound to it?)"))?;
     queue.set_copy_range(num, copy_range).map_err(ctx("copy range"))?;
     queue.set_queue_max_len(num, daemon.queue_maxlen).map_err(ctx("queue length"))?;
-    let fail_open = daemon.fail_mode == crate::config::FailMode::Open;
     queue.set_fail_open(num, fail_open).map_err(ctx("fail-open flag"))?;
     set_timeout(fd, RECV_TIMEOUT).map_err(ctx("receive timeout"))?;
-    Ok(BoundQueue { queue, num })
+    Ok(BoundQueue { queue, num, inspects_all: false })
 }
 
 /// The descriptors of this process that are netfilter netlink sockets.

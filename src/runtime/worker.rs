@@ -127,11 +127,12 @@ pub fn run(
         };
         stats.packets.fetch_add(1, Relaxed);
         let wall = SystemTime::now();
-        let shedding = shed.update(stats.backlog.load(Relaxed));
-        let stale = msg
-            .get_timestamp()
-            .and_then(|t| wall.duration_since(t).ok())
-            .is_some_and(|age| age > shared.shed_age);
+        let shedding = shed.update(stats.backlog.load(Relaxed)) && !queue.inspects_all;
+        let stale = !queue.inspects_all
+            && msg
+                .get_timestamp()
+                .and_then(|t| wall.duration_since(t).ok())
+                .is_some_and(|age| age > shared.shed_age);
         let verdict = if shedding || stale {
             stats.shed.fetch_add(1, Relaxed);
             if shared.fail_open { NfVerdict::Accept } else { NfVerdict::Drop }

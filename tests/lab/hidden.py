@@ -188,6 +188,28 @@ def body(lab, binary, workdir):
     check(lab.can_connect(lab.client, SERVER4_C, 80), "with the daemon killed, port 80 still answers (bypass)")
     check(not ssh_reachable(lab, lab.client, SERVER4_C), "but the hidden port stays closed")
 
+    log("under load: a SYN flood makes the workers shed, the attacker tries SSH in a loop")
+    shedding = Daemon(lab, binary, os.path.join(workdir, "shedding"), extra_rules=RULES % (OPEN_FOR, key_file),
+                      daemon_keys='shed_backlog = 4\nshed_age = "1ms"')
+    shedding.start()
+    flood = lab.spawn(lab.attacker, "timeout", "12", "hping3", "--flood", "--rand-source", "-S", "-p", "80", "-q",
+                      SERVER4, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    loop = ("import socket,sys,time\nend=time.monotonic()+8; tries=got=0\n"
+            "while time.monotonic()<end:\n tries+=1\n try:\n"
+            "  s=socket.create_connection((sys.argv[1],22),0.2); s.settimeout(0.5)\n"
+            "  got+=s.recv(64).startswith(b'SSH-'); s.close()\n except OSError: pass\n"
+            "print(tries, got)")
+    r = run(lab.ns(lab.attacker, "python3", "-c", loop, SERVER4), timeout=30, check=False)
+    tries, got = (int(x) for x in r.stdout.split())
+    status = shedding.status()
+    flood.wait(20)
+    shed = sum(w["shed"] for w in status["workers"])
+    log("  %d connection attempts, %d banners; %d packets, %d shed" % (tries, got, status["packets"], shed))
+    check(shed > 1000, "the workers shed under the flood")
+    check(tries > 20, "the attacker kept trying")
+    check(got == 0, "and never reached the hidden port")
+
 
 if __name__ == "__main__":
     main("pch", "hidden e2e", body)
