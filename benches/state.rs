@@ -6,7 +6,13 @@
 //! disk load per second.
 //!
 //! Run: `cargo bench --bench state`. Results are in the README (Security).
-#![allow(missing_docs, clippy::print_stderr, clippy::expect_used, clippy::unwrap_used)]
+#![allow(
+    missing_docs,
+    clippy::print_stderr,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
 
 #[path = "common.rs"]
 mod common;
