@@ -41,6 +41,8 @@ const BATCH: Duration = Duration::from_millis(50);
 const BAN_CHANNEL: usize = 4096;
 /// Capacity of the event channel.
 const EVENT_CHANNEL: usize = 65_536;
+/// Log lines and persona answers waiting for the output thread.
+const OUTPUT_CHANNEL: usize = 4096;
 
 /// How `run` was asked to start.
 #[derive(Debug)]
@@ -142,12 +144,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
 
     let (kernel_tx, kernel_rx) = channel::bounded(BAN_CHANNEL);
     let (events_tx, events_rx) = channel::bounded(EVENT_CHANNEL);
+    let (output_tx, output_rx) = channel::bounded(OUTPUT_CHANNEL);
     let events_on = !d.events.as_os_str().is_empty();
     let shared = Arc::new(Shared {
         engine: Arc::clone(&engine),
         clock,
         stop: AtomicBool::new(false),
         kernel: kernel_tx.clone(),
+        output: output_tx,
         events: events_on.then(|| events_tx.clone()),
         workers: (0..queues.len()).map(|_| WorkerStats::default()).collect(),
         fail_open: d.fail_mode == FailMode::Open,
@@ -174,6 +178,12 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         );
     }
     let started = Instant::now();
+    let output = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || worker::output(&shared, &output_rx))?
+    };
     let keeper = {
         let (shared, path, events) =
             (Arc::clone(&shared), d.state_file.clone(), events_on.then(|| events_tx.clone()));
@@ -227,7 +237,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let mut crashed = None;
     while !term.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
-        crashed = first_dead(handles.iter().chain([&keeper, &house, &ctl]));
+        crashed = first_dead(handles.iter().chain([&keeper, &house, &ctl, &output]));
         if crashed.is_some() {
             break;
         }
@@ -251,6 +261,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     let _ = ctl.join();
     let _ = house.join();
+    let _ = output.join();
     drop(shared);
     let _ = keeper.join();
     if let Some(w) = writer {

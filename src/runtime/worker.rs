@@ -57,7 +57,8 @@ pub struct WorkerStats {
     /// Passed (or, failing closed, dropped) without inspection because the
     /// worker fell behind.
     pub shed: AtomicU64,
-    /// Bans or events lost because their channel was full.
+    /// Bans, events, log lines or persona answers lost because their
+    /// channel was full.
     pub lost: AtomicU64,
     /// Queue socket errors.
     pub errors: AtomicU64,
@@ -77,6 +78,8 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// Bans to the kernel.
     pub kernel: Sender<KernelMsg>,
+    /// Log lines and persona answers to the output thread.
+    pub output: Sender<Output>,
     /// Drop events for the event file, when one is configured.
     pub events: Option<Sender<Event>>,
     /// Per-worker counters, by worker index.
@@ -113,7 +116,6 @@ pub fn run(
     }
     let mut buf = vec![0u8; usize::from(u16::MAX)];
     let mut shed = Shedder::new(shared.shed_backlog);
-    let mut sender = RawSender::default();
     while !shared.stop.load(Relaxed) {
         let mut msg = match queue.queue.recv() {
             Ok(msg) => msg,
@@ -137,7 +139,7 @@ pub fn run(
             stats.shed.fetch_add(1, Relaxed);
             if shared.fail_open { NfVerdict::Accept } else { NfVerdict::Drop }
         } else {
-            inspect(shared, stats, &mut msg, &mut buf, &mut sender, shared.clock.now())
+            inspect(shared, index, &mut msg, &mut buf, shared.clock.now())
         };
         msg.set_verdict(verdict);
         if queue.queue.verdict(msg).is_err() {
@@ -168,6 +170,48 @@ impl Shedder {
             self.shedding = false;
         }
         self.shedding
+    }
+}
+
+/// What workers hand to the output thread, which does the writing that
+/// could block (stderr to a stalled journald, a raw socket's send): the
+/// packet path only ever `try_send`s, and counts what a full channel lost.
+#[derive(Debug)]
+pub enum Output {
+    /// A log line.
+    Log(String),
+    /// A persona's answer, with the index of the worker that made it.
+    Reply(usize, Reply),
+}
+
+/// Runs the output thread until `shared.stop` is set and the channel is
+/// drained.
+pub fn output(shared: &Shared, rx: &crossbeam::channel::Receiver<Output>) {
+    let mut sender = RawSender::default();
+    loop {
+        let out = match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(out) => out,
+            Err(crossbeam::channel::RecvTimeoutError::Disconnected) => break,
+            Err(_) if shared.stop.load(Relaxed) => break,
+            Err(_) => continue,
+        };
+        match out {
+            Output::Log(line) => super::log(&line),
+            Output::Reply(index, reply) => {
+                let Some(stats) = shared.workers.get(index) else { continue };
+                match sender.send(&reply) {
+                    Ok(()) => stats.answered.fetch_add(1, Relaxed),
+                    Err(_) => stats.errors.fetch_add(1, Relaxed),
+                };
+            }
+        }
+    }
+}
+
+/// Hands `out` to the output thread; a full channel counts it lost.
+fn hand_over(shared: &Shared, stats: &WorkerStats, out: Output) {
+    if shared.output.try_send(out).is_err() {
+        stats.lost.fetch_add(1, Relaxed);
     }
 }
 
@@ -202,12 +246,12 @@ impl RawSender {
 
 fn inspect(
     shared: &Shared,
-    stats: &WorkerStats,
+    index: usize,
     msg: &mut nfq::Message,
     buf: &mut [u8],
-    sender: &mut RawSender,
     now: Timestamp,
 ) -> NfVerdict {
+    let Some(stats) = shared.workers.get(index) else { return NfVerdict::Accept };
     let direction = match msg.get_hook() {
         NF_INET_LOCAL_OUT | NF_INET_POST_ROUTING => Direction::Outbound,
         _ => Direction::Inbound,
@@ -246,14 +290,11 @@ fn inspect(
             stats.rewritten.fetch_add(1, Relaxed);
         }
     }
-    if let Some(event) = out.gate {
-        log_gate(shared, now, dst, event);
+    if let Some(line) = out.gate.and_then(|event| gate_line(shared, now, dst, event)) {
+        hand_over(shared, stats, Output::Log(line));
     }
-    if let Some(reply) = &out.reply {
-        match sender.send(reply) {
-            Ok(()) => stats.answered.fetch_add(1, Relaxed),
-            Err(_) => stats.errors.fetch_add(1, Relaxed),
-        };
+    if let Some(reply) = out.reply {
+        hand_over(shared, stats, Output::Reply(index, reply));
     }
     if let (Some(ban), Some(source)) = (out.ban, out.source)
         && shared.kernel.try_send(KernelMsg::Ban(source, ban)).is_err()
@@ -282,10 +323,10 @@ fn inspect(
     }
 }
 
-/// One log line for an authorization (always) or a refused SPA packet
+/// The log line for an authorization (always) or a refused SPA packet
 /// (within the log limit).
-fn log_gate(shared: &Shared, now: Timestamp, packet: &[u8], event: GateEvent) {
-    let Some((src, _)) = crate::wire::addresses(packet) else { return };
+fn gate_line(shared: &Shared, now: Timestamp, packet: &[u8], event: GateEvent) -> Option<String> {
+    let (src, _) = crate::wire::addresses(packet)?;
     match event {
         GateEvent::Authorized { via, mask, until } => {
             let ports: Vec<String> = shared
@@ -302,18 +343,48 @@ fn log_gate(shared: &Shared, now: Timestamp, packet: &[u8], event: GateEvent) {
                 Via::Spa => "spa",
                 Via::Knock => "knock",
             };
-            super::log(&format!("authorized {src} by {via} for {} for {secs}s", ports.join(", ")));
+            Some(format!("authorized {src} by {via} for {} for {secs}s", ports.join(", ")))
         }
         GateEvent::Rejected(why) if shared.gate_log.allow(now) => {
-            super::log(&format!("spa refused from {src}: {}", why.name()));
+            Some(format!("spa refused from {src}: {}", why.name()))
         }
-        GateEvent::Rejected(_) => {}
+        GateEvent::Rejected(_) => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_output_channel_is_counted_never_waited_on() {
+        let (kernel, _k) = crossbeam::channel::bounded(1);
+        let (out_tx, rx) = crossbeam::channel::bounded(2);
+        let shared = Shared {
+            engine: Arc::new(Engine::new(crate::Config::default())),
+            clock: super::super::clock::Clock::start(),
+            stop: AtomicBool::new(false),
+            kernel,
+            output: out_tx,
+            events: None,
+            workers: vec![WorkerStats::default()],
+            fail_open: true,
+            shed_backlog: 1,
+            shed_age: std::time::Duration::from_millis(1),
+            gate_log: Rate::new(10.0, 10),
+            proven_mark: 0,
+        };
+        let stats = &shared.workers[0];
+        for i in 0..5 {
+            hand_over(&shared, stats, Output::Log(format!("line {i}")));
+        }
+        assert_eq!(stats.lost.load(Relaxed), 3, "two fit, three lost, none waited for");
+        assert_eq!(rx.len(), 2);
+        // The output thread drains the channel and stops with the daemon.
+        shared.stop.store(true, Relaxed);
+        output(&shared, &rx);
+        assert!(rx.is_empty());
+    }
 
     #[test]
     fn shedding_starts_above_the_threshold_and_stops_at_half_of_it() {
