@@ -37,6 +37,14 @@ fn syn(src: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
         .build()
 }
 
+/// The next of a xorshift32 sequence: spoofed addresses, reproducibly.
+fn xorshift(x: &mut u32) -> u32 {
+    *x ^= *x << 13;
+    *x ^= *x >> 17;
+    *x ^= *x << 5;
+    *x
+}
+
 fn run(e: &Engine, now: Timestamp, dir: Direction, mut bytes: Vec<u8>) -> Outcome {
     e.handle(now, dir, &mut bytes)
 }
@@ -445,10 +453,7 @@ fn forged_signatures_at_any_rate_cannot_stop_a_real_scans_ban() {
                 // 500 a second: a burst of 250 at each second's start.
                 let burst = if port % 1000 == 2 { 250 } else { 1 };
                 for _ in 0..burst {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 17;
-                    rng ^= rng << 5;
-                    let src = IpAddr::from(rng.to_be_bytes());
+                    let src = IpAddr::from(xorshift(&mut rng).to_be_bytes());
                     let forged = Craft::tcp(src, server(), 40_000, 7, F::SYN)
                         .window(1024)
                         .options(&[2, 4, 5, 180])
@@ -820,10 +825,7 @@ fn a_spoofed_flood_cannot_erase_a_slow_scans_evidence() {
             }
         }
         for _ in 0..20_000 {
-            rng ^= rng << 13;
-            rng ^= rng >> 17;
-            rng ^= rng << 5;
-            let src = IpAddr::from((0x0a00_0000 | (rng >> 8)).to_be_bytes());
+            let src = IpAddr::from((0x0a00_0000 | (xorshift(&mut rng) >> 8)).to_be_bytes());
             run(&e, t, Direction::Inbound, syn(src, 40_000, (rng & 0x3ff) as u16 + 2000));
         }
     }
