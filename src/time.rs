@@ -105,14 +105,9 @@ impl Rate {
 
     /// True when one more event may happen at `now`; spends it.
     pub fn allow(&self, now: Timestamp) -> bool {
-        let now = now.micros();
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
-            let start = tat.max(now);
-            if start - now > self.tolerance {
-                return false;
-            }
-            let next = start.saturating_add(self.interval);
+            let Some(next) = self.next_tat(tat, now) else { return false };
             match self.tat.compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return true,
                 Err(seen) => tat = seen,

@@ -1,9 +1,10 @@
 //! CLOCK: the daemon's time. The engine gets `CLOCK_MONOTONIC`, anchored
 //! at the wall clock once, at start: rate limits, windows and ban lengths
 //! then run on a clock that no wall-clock step (NTP, an operator's `date`)
-//! moves. Only what leaves the process as a date — the state file, `bans`
-//! — is converted to wall time, with the offset of that moment, and what
-//! comes back in (the state file at start) is converted the other way.
+//! moves. Only what leaves the process as a date — the state file, `bans`,
+//! events — is converted to wall time, with the offset of that moment, and
+//! what comes back in (the state file at start, the dates in SPA packets)
+//! is compared or converted the other way.
 //!
 //! `CLOCK_MONOTONIC` stops while the machine is suspended, so a ban's end
 //! moves later by the time spent asleep: servers do not sleep, and a ban
@@ -69,8 +70,9 @@ mod tests {
         assert_eq!(c.at(c.start - Duration::from_secs(5)), c.anchor, "never before the start");
     }
 
-    /// The engine's bans over ten minutes of probes, one every `gap`, with
-    /// the wall clock stepped by `step` seconds after the first minute:
+    /// The lengths of the engine's bans over ten minutes of probes, one
+    /// every 200 ms, with the wall clock stepped by `step` seconds after
+    /// the first minute:
     /// what the daemon does each second (time from the clock, the offset
     /// refreshed from the wall).
     fn bans_with_a_wall_step(step: i64) -> (usize, Vec<u64>) {

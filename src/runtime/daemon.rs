@@ -154,7 +154,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         output: output_tx,
         events: events_on.then(|| events_tx.clone()),
         workers: (0..queues.len()).map(|_| WorkerStats::default()).collect(),
-        fail_open: d.fail_mode == FailMode::Open,
+        fail_open,
         shed_backlog: d.shed_backlog,
         shed_age: d.shed_age.get(),
         gate_log: Rate::new(10.0, 10),

@@ -108,8 +108,8 @@ pub fn save(path: &Path, now: Timestamp, offset: i64, bans: &[Saved]) -> std::io
     write_atomic(path, &encode(&file)?)
 }
 
-/// The file as JSON with one ban per line: compact (a third of the
-/// pretty form's bytes at 65 536 bans), and still read with `grep`.
+/// The file as JSON with one ban per line: compact (8.5 MB at 65 536
+/// bans, `cargo bench --bench state`), and still read with `grep`.
 fn encode(file: &StateFile) -> serde_json::Result<Vec<u8>> {
     let mut out =
         format!("{{\"version\":{},\"saved\":{},\"bans\":[", file.version, file.saved).into_bytes();
