@@ -1,6 +1,8 @@
 //! The `portcloak` binary as a user runs it.
 
-use crate::util::{fixture, portcloak, text};
+use std::process::Command;
+
+use crate::util::{fixture, portcloak, root, text};
 
 #[test]
 fn check_accepts_the_default_rules() {
@@ -195,5 +197,65 @@ fn keygen_writes_a_private_key_once_and_check_shows_hidden_ports_and_persona_sys
     );
     assert!(stdout.contains("persona    windows"), "{stdout}");
     assert!(stdout.contains("net.ipv4.tcp_ecn") && stdout.contains("wants 0"), "{stdout}");
+    std::fs::remove_dir_all(dir).expect("clean up");
+}
+
+/// The capabilities a systemd unit file's `CapabilityBoundingSet=` lines
+/// keep, as `setpriv` names them (`+net_admin,+net_raw`).
+fn unit_capabilities(path: &str) -> String {
+    let text = std::fs::read_to_string(root().join(path)).expect("read unit");
+    let caps: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .flat_map(str::split_whitespace)
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    assert!(!caps.is_empty(), "{path} keeps no capability");
+    caps.join(",")
+}
+
+#[test]
+fn under_the_units_capabilities_a_persona_that_answers_needs_the_drop_in_and_says_so() {
+    let root_user = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n");
+    let setpriv = Command::new("setpriv").arg("--version").output().is_ok();
+    if !(root_user && setpriv) {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "this test must run in CI, as root with setpriv (util-linux)"
+        );
+        eprintln!("skipping: needs root and setpriv");
+        return;
+    }
+    let unit = unit_capabilities("dist/portcloak.service");
+    let drop_in = unit_capabilities("dist/portcloak.service.d/net-raw.conf");
+    assert!(!unit.contains("net_raw") && drop_in.contains("+net_raw"), "{unit} / {drop_in}");
+
+    let dir = std::env::temp_dir().join(format!("portcloak-caps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let rules = dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "[persona]\nname = \"windows-1709\"\n[daemon]\nsocket = \"{0}/ctl.sock\"\n\
+             state_file = \"{0}/state\"\n",
+            dir.display()
+        ),
+    )
+    .expect("write rules");
+    let out = Command::new("setpriv")
+        .args(["--inh-caps=-all", &format!("--bounding-set=-all,{unit}"), "--"])
+        .arg(env!("CARGO_BIN_EXE_portcloak"))
+        .args(["run", "--no-firewall", "-c"])
+        .arg(&rules)
+        .output()
+        .expect("run setpriv");
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "started without CAP_NET_RAW: {stderr}");
+    assert!(
+        stderr.contains("CAP_NET_RAW") && stderr.contains("dist/portcloak.service.d/net-raw.conf"),
+        "{stderr}"
+    );
+    assert!(!dir.join("ctl.sock").exists(), "it must refuse before it binds anything");
     std::fs::remove_dir_all(dir).expect("clean up");
 }

@@ -77,7 +77,7 @@ pub fn plan(config: &Config, backend: Backend, workers: u16) -> Plan {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(options: Options) -> anyhow::Result<()> {
     let Options { config, firewall: manage } = options;
-    require_net_admin()?;
+    require_capabilities(&config)?;
     // Taken from the start, so a stop request during start-up still ends
     // in the clean shutdown below rather than the default exit.
     let term = Arc::new(AtomicBool::new(false));
@@ -367,19 +367,36 @@ fn entries(engine: &Engine, now: Timestamp, kept: &BTreeMap<SourceKey, Vec<Pair>
         .collect()
 }
 
-/// Fails unless the process holds CAP_NET_ADMIN.
-fn require_net_admin() -> anyhow::Result<()> {
-    const CAP_NET_ADMIN: u32 = 12;
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_NET_RAW: u32 = 13;
+
+/// Fails unless the process holds the capabilities `config` needs.
+fn require_capabilities(config: &Config) -> anyhow::Result<()> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let eff = status
+    let effective = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
-    if eff & (1 << CAP_NET_ADMIN) == 0 {
-        anyhow::bail!("portcloak run needs root or CAP_NET_ADMIN");
+    missing_capability(config, effective).map_or(Ok(()), |why| Err(anyhow::anyhow!(why)))
+}
+
+/// Why a process with the `effective` capability mask cannot run
+/// `config`, if it cannot.
+fn missing_capability(config: &Config, effective: u64) -> Option<String> {
+    if effective & (1 << CAP_NET_ADMIN) == 0 {
+        return Some("portcloak run needs root or CAP_NET_ADMIN".into());
     }
-    Ok(())
+    let answers = config.persona().is_some_and(|p| !p.answer.is_empty());
+    if answers && effective & (1 << CAP_NET_RAW) == 0 {
+        return Some(format!(
+            "persona `{}` answers nmap's probes from a raw socket, which needs CAP_NET_RAW; \
+             under systemd install the drop-in: install -D -m 0644 dist/portcloak.service.d/net-raw.conf \
+             /etc/systemd/system/portcloak.service.d/net-raw.conf && systemctl daemon-reload",
+            config.persona.name
+        ));
+    }
+    None
 }
 
 /// The ban keeper: batches ban changes, applies them to the kernel sets,
@@ -884,5 +901,21 @@ mod tests {
         }
         assert_eq!(first_dead(alive.iter().chain([&keeper])).as_deref(), Some("bans"));
         stop.store(true, Relaxed);
+    }
+
+    #[test]
+    fn cap_net_raw_is_required_only_by_a_persona_that_answers() {
+        let with = |persona: &str| {
+            Config::from_toml(&format!("[persona]\nname = \"{persona}\"\n")).unwrap()
+        };
+        let admin = 1 << CAP_NET_ADMIN;
+        let raw = 1 << CAP_NET_RAW;
+        let none = Config::default();
+        assert!(missing_capability(&none, 0).unwrap().contains("CAP_NET_ADMIN"));
+        assert_eq!(missing_capability(&none, admin), None);
+        assert_eq!(missing_capability(&with("freebsd"), admin), None);
+        let why = missing_capability(&with("windows-1709"), admin).unwrap();
+        assert!(why.contains("CAP_NET_RAW") && why.contains("net-raw.conf"), "{why}");
+        assert_eq!(missing_capability(&with("windows-1709"), admin | raw), None);
     }
 }
