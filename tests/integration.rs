@@ -7,6 +7,7 @@
 //! - `formats`: one capture in every link layer and file format, alike.
 //! - `rules`: every file under `rules/` loads.
 //! - `robustness`: every prefix and corruption of every fixture packet.
+//! - `scale`: replay of two million sources within a stated memory bound.
 #![allow(
     clippy::expect_used,
     clippy::unwrap_used,
@@ -21,4 +22,5 @@ mod lab;
 mod replay;
 mod robustness;
 mod rules;
+mod scale;
 mod util;

@@ -328,23 +328,48 @@ pub fn write_pcap(
     linktype: u32,
     frames: &[(Timestamp, Vec<u8>)],
 ) -> io::Result<()> {
-    out.write_all(&0xa1b2_c3d4u32.to_le_bytes())?;
-    out.write_all(&2u16.to_le_bytes())?;
-    out.write_all(&4u16.to_le_bytes())?;
-    out.write_all(&[0; 8])?;
-    out.write_all(&65_535u32.to_le_bytes())?;
-    out.write_all(&linktype.to_le_bytes())?;
+    let mut writer = PcapWriter::new(out, linktype)?;
     for (ts, data) in frames {
+        writer.frame(*ts, data)?;
+    }
+    Ok(())
+}
+
+/// A pcap file written one frame at a time, for captures too large to
+/// hold in memory (microsecond, little-endian).
+pub struct PcapWriter<W: io::Write> {
+    out: W,
+}
+
+impl<W: io::Write> PcapWriter<W> {
+    /// Writes the file header.
+    pub fn new(mut out: W, linktype: u32) -> io::Result<Self> {
+        out.write_all(&0xa1b2_c3d4u32.to_le_bytes())?;
+        out.write_all(&2u16.to_le_bytes())?;
+        out.write_all(&4u16.to_le_bytes())?;
+        out.write_all(&[0; 8])?;
+        out.write_all(&65_535u32.to_le_bytes())?;
+        out.write_all(&linktype.to_le_bytes())?;
+        Ok(Self { out })
+    }
+
+    /// Writes one frame, captured whole.
+    pub fn frame(&mut self, ts: Timestamp, data: &[u8]) -> io::Result<()> {
         let len = u32::try_from(data.len()).map_err(|_| io::Error::other("frame too large"))?;
         let secs = u32::try_from(ts.micros() / 1_000_000)
             .map_err(|_| io::Error::other("timestamp too large"))?;
-        out.write_all(&secs.to_le_bytes())?;
-        out.write_all(&((ts.micros() % 1_000_000) as u32).to_le_bytes())?;
-        out.write_all(&len.to_le_bytes())?;
-        out.write_all(&len.to_le_bytes())?;
-        out.write_all(data)?;
+        self.out.write_all(&secs.to_le_bytes())?;
+        self.out.write_all(&((ts.micros() % 1_000_000) as u32).to_le_bytes())?;
+        self.out.write_all(&len.to_le_bytes())?;
+        self.out.write_all(&len.to_le_bytes())?;
+        self.out.write_all(data)
     }
-    Ok(())
+
+    /// Flushes and returns the writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.out.flush()?;
+        Ok(self.out)
+    }
 }
 
 #[cfg(test)]

@@ -661,7 +661,7 @@ fn housekeeping(shared: &Shared, backend: Backend, manage: bool) {
             if let Some(k) = kernel {
                 previous_kernel = k;
             }
-            let rss = memory().0;
+            let rss = super::memory().0;
             if rss > d.memory_limit.saturating_mul(1 << 20) {
                 log(&format!(
                     "warning: resident memory {} MiB is over daemon.memory_limit {} MiB",
@@ -719,20 +719,6 @@ fn ban_counts(shared: &Shared) -> (usize, usize) {
     let bans = shared.engine.bans(shared.clock.now());
     let quarantines = bans.iter().filter(|(_, b)| b.kind == BanKind::Quarantine).count();
     (bans.len() - quarantines, quarantines)
-}
-
-/// Resident and peak resident memory, in bytes.
-fn memory() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 struct Info {
@@ -846,7 +832,7 @@ fn status(shared: &Shared, info: &Info) -> Value {
     let (missed, share) = uninspected(info.backend, info.manage, &totals)
         .map_or((None, None), |(m, s)| (Some(m), Some(s)));
     let stats = shared.engine.stats();
-    let (rss, peak) = memory();
+    let (rss, peak) = super::memory();
     let (bans, quarantines) = ban_counts(shared);
     let kernel = if info.manage { firewall::kernel_counters() } else { None };
     json!({

@@ -27,3 +27,18 @@ pub mod worker;
 pub fn log(line: &str) {
     eprintln!("portcloak: {line}");
 }
+
+/// This process's resident and peak resident memory (`VmRSS`, `VmHWM`),
+/// in bytes; 0 where `/proc` does not say.
+pub fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}

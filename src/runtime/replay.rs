@@ -14,6 +14,13 @@
 //!    would never have seen the request, so it would never have answered.
 //!    Replies that do go out to a source that ends up banned are counted as
 //!    "answered probes": what the scanner learned before its ban.
+//!
+//! Memory is bounded whatever the capture holds: the engine's tables by
+//! their caps, and replay's own bookkeeping by [`REPORT_BUDGET`]. The
+//! report keeps [`REPORTED`] sources in full, banned ones first and then
+//! the busiest (by order of magnitude of packets, the oldest going first
+//! among equals), and counts the rest in [`Report::others`]; the survey
+//! remembers the first [`SURVEY_HOSTS`] addresses of each kind.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{IsTerminal, Write};
@@ -61,6 +68,9 @@ pub struct SourceReport {
     pub tools: BTreeSet<&'static str>,
     /// Distinct (protocol, port) pairs it sent new connections or probes to.
     pub ports: usize,
+    /// `ports` is a lower bound: the report's budget of remembered ports
+    /// ([`PORT_ENTRIES`] over all sources) ran out.
+    pub ports_capped: bool,
     /// Replies the host sent it that portcloak let out.
     pub answered: u64,
     /// Its first ban in this run.
@@ -88,16 +98,25 @@ pub struct Report {
     pub dropped: u64,
     /// Drops by reason.
     pub drops: BTreeMap<Reason, u64>,
-    /// Sources, by key.
+    /// Inbound packets per probe kind, over all sources.
+    pub kinds: BTreeMap<ProbeKind, u64>,
+    /// Sources reported in full, by key: at most [`REPORTED`].
     pub sources: BTreeMap<SourceKey, SourceReport>,
-    /// Every ban issued, in order.
+    /// What the sources left out of `sources` did, in total.
+    pub others: Others,
+    /// Bans issued, in order: the first [`BANS_LISTED`].
     pub bans: Vec<(SourceKey, Ban)>,
+    /// Bans issued after those.
+    pub bans_unlisted: u64,
     /// First and last capture time.
     pub span: Option<(Timestamp, Timestamp)>,
     /// The local addresses used for direction.
     pub local: Vec<String>,
     /// The engine's tables and ban guards at the end of the run.
     pub engine: EngineStats,
+    /// This process's peak resident memory at the end of the run, in bytes
+    /// (0 where `/proc` does not say).
+    pub memory_peak: u64,
 }
 
 impl Report {
@@ -106,6 +125,45 @@ impl Report {
         self.sources.get(&SourceKey::new(ip, engine.config().tracking.ipv6_prefix))
     }
 }
+
+/// The sources left out of a report, counted. One that left and came back
+/// is counted once for each time it left.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Others {
+    /// Source reports folded in here.
+    pub sources: u64,
+    /// Inbound packets from them.
+    pub packets: u64,
+    /// Of those, dropped.
+    pub dropped: u64,
+    /// Replies the host sent them that portcloak let out.
+    pub answered: u64,
+    /// Of those sources, banned.
+    pub banned: u64,
+}
+
+/// Sources a report keeps in full.
+pub const REPORTED: usize = 1 << 14;
+/// Distinct (protocol, port) pairs remembered over all reported sources.
+pub const PORT_ENTRIES: usize = 1 << 20;
+/// Bans a report lists one by one.
+pub const BANS_LISTED: usize = 1 << 16;
+/// Addresses the survey remembers of each kind (SYN-ACK senders, UDP
+/// answerers, destinations).
+pub const SURVEY_HOSTS: usize = 256;
+/// Request tuples remembered, to suppress replies to dropped requests.
+const TUPLES: usize = 1 << 18;
+/// Datagrams the survey remembers, to find the ones answered.
+const DATAGRAMS: usize = 1 << 16;
+
+/// An upper bound on the memory replay itself takes beyond the engine's
+/// tables ([`crate::config::Daemon::table_budget`]), whatever the capture
+/// holds: the reported sources with their ports, the listed bans, the
+/// remembered tuples and datagrams, the survey's port maps, and buffers.
+/// Measured by `tests/scale.rs` with two million sources.
+pub const REPORT_BUDGET: u64 = 128 << 20;
+
+const MIB: f64 = (1u64 << 20) as f64;
 
 /// A 5-tuple as the inbound request carried it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -117,9 +175,6 @@ struct Tuple {
     dport: u16,
 }
 
-/// Remembered request tuples (bounded, so a huge capture cannot exhaust memory).
-const TUPLES: usize = 1 << 20;
-
 /// Replays `files` in order through `engine`. JSON events go to `events`.
 pub fn run(
     engine: &Engine,
@@ -128,14 +183,16 @@ pub fn run(
     events: &mut dyn Write,
 ) -> Result<Report, ReplayError> {
     let mut report = Report::default();
-    let mut fates: LruCache<Tuple, bool> =
-        LruCache::sparse(NonZeroUsize::new(TUPLES).unwrap_or(NonZeroUsize::MIN));
-    let mut ports: HashMap<SourceKey, HashSet<(PortProto, u16)>> = HashMap::new();
+    // The requests portcloak dropped; one accepted later is taken out.
+    let mut dropped_requests: LruCache<Tuple, ()> =
+        LruCache::new(NonZeroUsize::new(TUPLES).unwrap_or(NonZeroUsize::MIN));
+    let mut sources = Sources::default();
     for path in files {
         let survey = Survey::of(path)?;
         let local = if options.local.is_empty() { survey.local() } else { options.local.clone() };
         report.local.extend(local.iter().map(ToString::to_string));
         survey.learn_ports(engine, &local);
+        drop(survey);
         let mut reader = PcapReader::open(path)?;
         let progress = progress_bar(path, options.progress);
         let mut buf = Vec::with_capacity(2048);
@@ -169,7 +226,7 @@ pub fn run(
             };
             let (request, reply) = tuples(&buf, direction);
             if direction == Direction::Outbound
-                && reply.is_some_and(|t| fates.peek(&t) == Some(&true))
+                && reply.is_some_and(|t| dropped_requests.contains(&t))
             {
                 report.replies_suppressed += 1;
                 continue;
@@ -185,7 +242,11 @@ pub fn run(
                 engine.handle_with(now, Meta { checksum, ..Meta::new(direction) }, &mut buf);
             let dropped = outcome.verdict == Verdict::Drop;
             if let Some(t) = request {
-                fates.put(t, dropped);
+                if dropped {
+                    dropped_requests.put(t, ());
+                } else {
+                    dropped_requests.pop(&t);
+                }
             }
             match direction {
                 Direction::Inbound => report.inbound += 1,
@@ -197,34 +258,49 @@ pub fn run(
             } else {
                 report.accepted += 1;
             }
+            if direction == Direction::Inbound {
+                if let Some(kind) = outcome.kind {
+                    *report.kinds.entry(kind).or_default() += 1;
+                }
+            }
             if let Some(key) = outcome.source {
-                let entry = report.sources.entry(key).or_default();
-                match direction {
-                    Direction::Inbound => {
-                        entry.packets += 1;
-                        entry.dropped += u64::from(dropped);
-                        // A quarantine lets the pairs it proved through.
-                        let banned =
-                            entry.ban.is_some_and(|b| b.is_active(now) && b.kind == BanKind::Ban);
-                        entry.accepted_while_banned += u64::from(banned && !dropped);
-                        if let Some(kind) = outcome.kind {
-                            *entry.kinds.entry(kind).or_default() += 1;
-                            if is_probe_kind(kind) {
-                                if let Some(port) = outcome.port {
-                                    ports.entry(key).or_default().insert(port);
+                sources.update(key, |entry| {
+                    let mut port = None;
+                    match direction {
+                        Direction::Inbound => {
+                            entry.packets += 1;
+                            entry.dropped += u64::from(dropped);
+                            // A quarantine lets the pairs it proved through.
+                            let banned = entry
+                                .ban
+                                .is_some_and(|b| b.is_active(now) && b.kind == BanKind::Ban);
+                            entry.accepted_while_banned += u64::from(banned && !dropped);
+                            if let Some(kind) = outcome.kind {
+                                *entry.kinds.entry(kind).or_default() += 1;
+                                if is_probe_kind(kind) {
+                                    port = outcome.port;
                                 }
                             }
+                            if let Some(sig) = outcome.signature {
+                                entry.signatures.insert(sig.to_string());
+                                entry.tools.insert(crate::policy::signature_tool(sig));
+                            }
                         }
-                        if let Some(sig) = outcome.signature {
-                            entry.signatures.insert(sig.to_string());
-                            entry.tools.insert(crate::policy::signature_tool(sig));
+                        Direction::Outbound => {
+                            entry.answered += u64::from(!dropped && reply.is_some());
                         }
                     }
-                    Direction::Outbound => entry.answered += u64::from(!dropped && reply.is_some()),
-                }
+                    if let Some(ban) = outcome.ban {
+                        entry.ban.get_or_insert(ban);
+                    }
+                    port
+                });
                 if let Some(ban) = outcome.ban {
-                    entry.ban.get_or_insert(ban);
-                    report.bans.push((key, ban));
+                    if report.bans.len() < BANS_LISTED {
+                        report.bans.push((key, ban));
+                    } else {
+                        report.bans_unlisted += 1;
+                    }
                 }
             }
             if options.json {
@@ -243,12 +319,120 @@ pub fn run(
         }
     }
     report.engine = engine.stats();
-    for (key, set) in ports {
-        if let Some(entry) = report.sources.get_mut(&key) {
-            entry.ports = set.len();
-        }
-    }
+    report.memory_peak = super::memory().1;
+    (report.sources, report.others) = sources.into_report();
     Ok(report)
+}
+
+/// The sources a report keeps in full, bounded by [`REPORTED`] and, for
+/// their ports, [`PORT_ENTRIES`]. When full, a new source takes the place of
+/// the lowest-ranked one if it ranks at least as high, and is counted in
+/// [`Others`] otherwise; so is the one it displaces.
+#[derive(Default)]
+struct Sources {
+    slots: HashMap<SourceKey, Slot>,
+    /// Every slot by (rank, when it took that rank): the first goes first.
+    order: BTreeSet<(u8, u64, SourceKey)>,
+    /// Bumped for every rank taken.
+    clock: u64,
+    /// Ports remembered over all slots.
+    ports: usize,
+    others: Others,
+}
+
+#[derive(Default)]
+struct Slot {
+    report: SourceReport,
+    ports: HashSet<(PortProto, u16)>,
+    rank: u8,
+    since: u64,
+}
+
+impl Slot {
+    /// Banned sources rank above all others, then by order of magnitude of
+    /// packets (a source's rank changes about 30 times in its life at most).
+    fn rank(&self) -> u8 {
+        let magnitude = 64 - self.report.packets.leading_zeros() as u8;
+        (u8::from(self.report.ban.is_some()) << 7) | magnitude
+    }
+}
+
+impl Sources {
+    /// Applies `f` to `key`'s report, making one if needed; `f` returns a
+    /// port the source probed.
+    fn update(
+        &mut self,
+        key: SourceKey,
+        f: impl FnOnce(&mut SourceReport) -> Option<(PortProto, u16)>,
+    ) {
+        let room = self.ports < PORT_ENTRIES;
+        if let Some(slot) = self.slots.get_mut(&key) {
+            let port = f(&mut slot.report);
+            if let Some(port) = port {
+                if !slot.ports.contains(&port) {
+                    if room {
+                        slot.ports.insert(port);
+                        self.ports += 1;
+                    } else {
+                        slot.report.ports_capped = true;
+                    }
+                }
+            }
+            let rank = slot.rank();
+            if rank != slot.rank {
+                self.order.remove(&(slot.rank, slot.since, key));
+                self.clock += 1;
+                (slot.rank, slot.since) = (rank, self.clock);
+                self.order.insert((rank, self.clock, key));
+            }
+            return;
+        }
+        let mut slot = Slot::default();
+        let port = f(&mut slot.report);
+        slot.rank = slot.rank();
+        if self.slots.len() >= REPORTED {
+            let Some(&lowest) = self.order.first() else { return };
+            if lowest.0 > slot.rank {
+                self.fold(&slot.report);
+                return;
+            }
+            self.order.remove(&lowest);
+            if let Some(out) = self.slots.remove(&lowest.2) {
+                self.ports -= out.ports.len();
+                self.fold(&out.report);
+            }
+        }
+        if let Some(port) = port {
+            if self.ports < PORT_ENTRIES {
+                slot.ports.insert(port);
+                self.ports += 1;
+            } else {
+                slot.report.ports_capped = true;
+            }
+        }
+        self.clock += 1;
+        slot.since = self.clock;
+        self.order.insert((slot.rank, slot.since, key));
+        self.slots.insert(key, slot);
+    }
+
+    fn fold(&mut self, report: &SourceReport) {
+        let o = &mut self.others;
+        o.sources += 1;
+        o.packets += report.packets;
+        o.dropped += report.dropped;
+        o.answered += report.answered;
+        o.banned += u64::from(report.ban.is_some());
+    }
+
+    fn into_report(self) -> (BTreeMap<SourceKey, SourceReport>, Others) {
+        let sources = self
+            .slots
+            .into_iter()
+            .map(|(key, slot)| (key, SourceReport { ports: slot.ports.len(), ..slot.report }))
+            .collect();
+        (sources, self.others)
+    }
 }
 
 /// Why a replay stopped.
@@ -368,23 +552,60 @@ fn reply_tuple(view: &PacketView<'_>) -> Option<Tuple> {
     }
 }
 
-/// What one pass over a capture, before replaying it, learns.
+/// What one pass over a capture, before replaying it, learns. Each map
+/// remembers the first [`SURVEY_HOSTS`] addresses.
 #[derive(Debug, Default)]
 struct Survey {
     /// Senders of SYN-ACKs, with the ports they sent them from.
-    syn_ack: HashMap<IpAddr, BTreeSet<u16>>,
+    syn_ack: HashMap<IpAddr, PortBits>,
     /// Senders of UDP datagrams that answered one, with their ports.
-    udp_answers: HashMap<IpAddr, BTreeSet<u16>>,
-    /// Distinct (protocol, port) pairs each address was sent TCP or UDP to.
-    ports_to: HashMap<IpAddr, HashSet<(u8, u16)>>,
+    udp_answers: HashMap<IpAddr, PortBits>,
+    /// Distinct TCP and UDP ports each address was sent to.
+    ports_to: HashMap<IpAddr, [PortBits; 2]>,
     /// Packets each address received.
     received: HashMap<IpAddr, u64>,
+}
+
+/// A set of ports, as 8 KiB of bits.
+#[derive(Clone, Debug)]
+struct PortBits(Box<[u64; 1024]>);
+
+impl Default for PortBits {
+    fn default() -> Self {
+        Self(Box::new([0; 1024]))
+    }
+}
+
+impl PortBits {
+    fn insert(&mut self, port: u16) {
+        if let Some(word) = self.0.get_mut(usize::from(port >> 6)) {
+            *word |= 1 << (port & 63);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        (0..=u16::MAX)
+            .filter(|p| self.0.get(usize::from(p >> 6)).is_some_and(|w| w >> (p & 63) & 1 == 1))
+    }
+}
+
+/// The entry for `key` in `map`, unless `map` is full and lacks it.
+fn bounded<V: Default>(map: &mut HashMap<IpAddr, V>, key: IpAddr) -> Option<&mut V> {
+    if map.len() >= SURVEY_HOSTS && !map.contains_key(&key) {
+        return None;
+    }
+    Some(map.entry(key).or_default())
 }
 
 impl Survey {
     fn of(path: &Path) -> Result<Self, ReplayError> {
         let mut survey = Self::default();
-        let mut datagrams: HashSet<(IpAddr, u16, IpAddr, u16)> = HashSet::new();
+        let mut datagrams: LruCache<(IpAddr, u16, IpAddr, u16), ()> =
+            LruCache::new(NonZeroUsize::new(DATAGRAMS).unwrap_or(NonZeroUsize::MIN));
         let mut reader = PcapReader::open(path)?;
         while let Some(frame) = reader.next_frame()? {
             let Some(view) = ip_bytes(frame.linktype, frame.data).and_then(|b| wire::parse(b).ok())
@@ -392,20 +613,30 @@ impl Survey {
                 continue;
             };
             let (src, dst) = (view.ip.src, view.ip.dst);
-            *survey.received.entry(dst).or_default() += 1;
+            if let Some(n) = bounded(&mut survey.received, dst) {
+                *n += 1;
+            }
             match view.transport {
                 Transport::Tcp(t) if t.flags.classic() == TcpFlags::SYN | TcpFlags::ACK => {
-                    survey.syn_ack.entry(src).or_default().insert(t.src_port);
+                    if let Some(ports) = bounded(&mut survey.syn_ack, src) {
+                        ports.insert(t.src_port);
+                    }
                 }
                 Transport::Tcp(t) => {
-                    survey.ports_to.entry(dst).or_default().insert((6, t.dst_port));
+                    if let Some([tcp, _]) = bounded(&mut survey.ports_to, dst) {
+                        tcp.insert(t.dst_port);
+                    }
                 }
                 Transport::Udp(u) => {
-                    survey.ports_to.entry(dst).or_default().insert((17, u.dst_port));
-                    if datagrams.contains(&(dst, u.dst_port, src, u.src_port)) {
-                        survey.udp_answers.entry(src).or_default().insert(u.src_port);
+                    if let Some([_, udp]) = bounded(&mut survey.ports_to, dst) {
+                        udp.insert(u.dst_port);
                     }
-                    datagrams.insert((src, u.src_port, dst, u.dst_port));
+                    if datagrams.contains(&(dst, u.dst_port, src, u.src_port)) {
+                        if let Some(ports) = bounded(&mut survey.udp_answers, src) {
+                            ports.insert(u.src_port);
+                        }
+                    }
+                    datagrams.put((src, u.src_port, dst, u.dst_port), ());
                 }
                 _ => {}
             }
@@ -422,8 +653,9 @@ impl Survey {
         };
         let chosen: Vec<IpAddr> = if !self.syn_ack.is_empty() {
             self.syn_ack.keys().copied().collect()
-        } else if let Some(ip) = most(self.ports_to.iter().map(|(ip, s)| (*ip, s.len())).collect())
-        {
+        } else if let Some(ip) = most(
+            self.ports_to.iter().map(|(ip, [tcp, udp])| (*ip, tcp.len() + udp.len())).collect(),
+        ) {
             vec![ip]
         } else {
             most(self.received.iter().map(|(ip, n)| (*ip, *n as usize)).collect())
@@ -439,8 +671,8 @@ impl Survey {
         for (proto, answers) in
             [(PortProto::Tcp, &self.syn_ack), (PortProto::Udp, &self.udp_answers)]
         {
-            for port in answers.iter().filter(|(ip, _)| is_local(ip)).flat_map(|(_, p)| p) {
-                engine.ports().learn(proto, *port);
+            for port in answers.iter().filter(|(ip, _)| is_local(ip)).flat_map(|(_, p)| p.iter()) {
+                engine.ports().learn(proto, port);
             }
         }
     }
@@ -471,13 +703,7 @@ pub fn write_summary(
     if !report.drops.is_empty() {
         writeln!(out, "drops      {}", counts(&report.drops, |r| r.name()))?;
     }
-    let mut kinds: BTreeMap<ProbeKind, u64> = BTreeMap::new();
-    for s in report.sources.values() {
-        for (k, n) in &s.kinds {
-            *kinds.entry(*k).or_default() += n;
-        }
-    }
-    writeln!(out, "kinds      {}", counts(&kinds, ProbeKind::name))?;
+    writeln!(out, "kinds      {}", counts(&report.kinds, ProbeKind::name))?;
     let banned: Vec<_> = report.sources.iter().filter(|(_, s)| s.ban.is_some()).collect();
     let (t, g) = (&report.engine.tables, &report.engine.guards);
     writeln!(
@@ -501,6 +727,17 @@ pub fn write_summary(
             g.table_full
         )?;
     }
+    if report.memory_peak > 0 {
+        writeln!(out, "memory     peak {:.1} MiB resident", report.memory_peak as f64 / MIB)?;
+    }
+    let o = &report.others;
+    if o.sources > 0 {
+        writeln!(
+            out,
+            "others     {} sources not reported in full (the report keeps {REPORTED}): {} packets, {} dropped, {} answered, {} banned",
+            o.sources, o.packets, o.dropped, o.answered, o.banned
+        )?;
+    }
     writeln!(out, "bans       {}", banned.len())?;
     let start = report.span.map_or(Timestamp::ZERO, |s| s.0);
     for (key, s) in banned {
@@ -522,8 +759,13 @@ pub fn write_summary(
         writeln!(out, "      scan kinds {}", counts(&s.kinds, ProbeKind::name))?;
         writeln!(
             out,
-            "      probes     {} packets, {} ports probed, {} dropped, {} answered, {} accepted while banned",
-            s.packets, s.ports, s.dropped, s.answered, s.accepted_while_banned
+            "      probes     {} packets, {}{} ports probed, {} dropped, {} answered, {} accepted while banned",
+            s.packets,
+            if s.ports_capped { "at least " } else { "" },
+            s.ports,
+            s.dropped,
+            s.answered,
+            s.accepted_while_banned
         )?;
     }
     Ok(())
