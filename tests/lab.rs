@@ -34,8 +34,9 @@ const TOOLS: [&str; 13] = [
 ];
 
 /// The lab tests share two CPUs; run them one at a time, so a flood in one
-/// does not starve the timed scans of the other.
-static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// does not starve the timed scans of the other. Other CPU-heavy tests
+/// (`scale`) take it too.
+pub(crate) static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Takes the lab, or skips (outside CI) or fails (in CI) when a
 /// prerequisite is missing.
