@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::util::{fixture, portcloak, root, text};
+use crate::util::{fixture, portcloak, prerequisites, root, text};
 
 #[test]
 fn check_accepts_the_default_rules() {
@@ -216,14 +216,7 @@ fn unit_capabilities(path: &str) -> String {
 
 #[test]
 fn under_the_units_capabilities_a_persona_that_answers_needs_the_drop_in_and_says_so() {
-    let root_user = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n");
-    let setpriv = Command::new("setpriv").arg("--version").output().is_ok();
-    if !(root_user && setpriv) {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "this test must run in CI, as root with setpriv (util-linux)"
-        );
-        eprintln!("skipping: needs root and setpriv");
+    if !prerequisites("the capability test", &["setpriv"]) {
         return;
     }
     let unit = unit_capabilities("dist/portcloak.service");

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::replay::CHECKS;
-use crate::util::root;
+use crate::util::{prerequisites, root};
 
 const TOOLS: [&str; 13] = [
     "ip",
@@ -41,30 +41,8 @@ pub(crate) static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Takes the lab, or skips (outside CI) or fails (in CI) when a
 /// prerequisite is missing.
 fn take_lab() -> Option<std::sync::MutexGuard<'static, ()>> {
-    if let Some(missing) = missing_prerequisites() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the lab tests must run in CI, but these are missing: {missing}"
-        );
-        eprintln!("skipping a lab test (not in CI): missing {missing}");
-        return None;
-    }
-    Some(LAB.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
-}
-
-fn missing_prerequisites() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    let mut missing = Vec::new();
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        missing.push("root".to_owned());
-    }
-    missing.extend(TOOLS.iter().filter(|t| !on_path(t)).map(|t| (*t).to_owned()));
-    (!missing.is_empty()).then(|| missing.join(", "))
+    prerequisites("a lab test", &TOOLS)
+        .then(|| LAB.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
 #[test]

@@ -40,3 +40,29 @@ pub fn text(out: &Output) -> (String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// True when this process runs as root and finds each of `tools` on the
+/// PATH. Otherwise a test that needs them fails in CI (`CI=true`), where
+/// they must be there, and elsewhere skips, saying why; `what` names it.
+pub fn prerequisites(what: &str, tools: &[&str]) -> bool {
+    let root_user =
+        Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let on_path = |tool: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+    };
+    let mut missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    if !root_user {
+        missing.insert(0, "root");
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let missing = missing.join(", ");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} must run in CI, but these are missing: {missing}"
+    );
+    eprintln!("skipping {what} (not in CI): missing {missing}");
+    false
+}
