@@ -372,13 +372,8 @@ const CAP_NET_RAW: u32 = 13;
 
 /// Fails unless the process holds the capabilities `config` needs.
 fn require_capabilities(config: &Config) -> anyhow::Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    missing_capability(config, effective).map_or(Ok(()), |why| Err(anyhow::anyhow!(why)))
+    missing_capability(config, super::effective_capabilities())
+        .map_or(Ok(()), |why| Err(anyhow::anyhow!(why)))
 }
 
 /// Why a process with the `effective` capability mask cannot run

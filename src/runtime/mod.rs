@@ -31,14 +31,30 @@ pub fn log(line: &str) {
 /// This process's resident and peak resident memory (`VmRSS`, `VmHWM`),
 /// in bytes; 0 where `/proc` does not say.
 pub fn memory() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    let status = self_status();
+    let kib = |name| {
+        status_field(&status, name)
+            .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
             .unwrap_or(0)
             * 1024
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    (kib("VmRSS"), kib("VmHWM"))
+}
+
+/// `/proc/self/status`, empty where it cannot be read.
+fn self_status() -> String {
+    std::fs::read_to_string("/proc/self/status").unwrap_or_default()
+}
+
+/// The value of field `name` in a `/proc/PID/status` text, trimmed.
+fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+}
+
+/// This process's effective capability set, as a mask (0 where `/proc`
+/// does not say).
+pub fn effective_capabilities() -> u64 {
+    status_field(&self_status(), "CapEff")
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .unwrap_or(0)
 }

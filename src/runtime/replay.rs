@@ -355,6 +355,22 @@ impl Slot {
         let magnitude = 64 - self.report.packets.leading_zeros() as u8;
         (u8::from(self.report.ban.is_some()) << 7) | magnitude
     }
+
+    /// Adds `port` to the ports this source probed while fewer than
+    /// [`PORT_ENTRIES`] are `remembered` over all slots; past that, marks
+    /// its count a lower bound.
+    fn remember(&mut self, port: Option<(PortProto, u16)>, remembered: &mut usize) {
+        let Some(port) = port else { return };
+        if self.ports.contains(&port) {
+            return;
+        }
+        if *remembered < PORT_ENTRIES {
+            self.ports.insert(port);
+            *remembered += 1;
+        } else {
+            self.report.ports_capped = true;
+        }
+    }
 }
 
 impl Sources {
@@ -365,19 +381,9 @@ impl Sources {
         key: SourceKey,
         f: impl FnOnce(&mut SourceReport) -> Option<(PortProto, u16)>,
     ) {
-        let room = self.ports < PORT_ENTRIES;
         if let Some(slot) = self.slots.get_mut(&key) {
             let port = f(&mut slot.report);
-            if let Some(port) = port {
-                if !slot.ports.contains(&port) {
-                    if room {
-                        slot.ports.insert(port);
-                        self.ports += 1;
-                    } else {
-                        slot.report.ports_capped = true;
-                    }
-                }
-            }
+            slot.remember(port, &mut self.ports);
             let rank = slot.rank();
             if rank != slot.rank {
                 self.order.remove(&(slot.rank, slot.since, key));
@@ -402,14 +408,7 @@ impl Sources {
                 self.fold(&out.report);
             }
         }
-        if let Some(port) = port {
-            if self.ports < PORT_ENTRIES {
-                slot.ports.insert(port);
-                self.ports += 1;
-            } else {
-                slot.report.ports_capped = true;
-            }
-        }
+        slot.remember(port, &mut self.ports);
         self.clock += 1;
         slot.since = self.clock;
         self.order.insert((slot.rank, slot.since, key));
