@@ -37,7 +37,7 @@ fn touch(table: &Table, i: u32) {
 }
 
 fn table() -> Table {
-    Table::new(TableLimits { shards: 64, sources: CAP, flows: 1024, bans: 1024 })
+    Table::new(TableLimits { shards: 64, sources: CAP, flows: 1024, bans: 1024, ipv6_network: 0 })
 }
 
 fn bench(c: &mut Criterion) {

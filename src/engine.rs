@@ -121,6 +121,9 @@ pub struct Outcome {
     pub port: Option<(PortProto, u16)>,
     /// A ban this packet caused.
     pub ban: Option<Ban>,
+    /// A ban of the source's wider IPv6 network this packet caused (see
+    /// `tracking.ipv6_escalate`): the network, and the ban.
+    pub escalated: Option<(SourceKey, Ban)>,
     /// True when the engine rewrote the buffer in place (an OS persona's
     /// edits of an outbound packet); the caller must send the new bytes.
     pub rewritten: bool,
@@ -142,6 +145,7 @@ impl Outcome {
             signature: None,
             port: None,
             ban: None,
+            escalated: None,
             rewritten: false,
             reply: None,
             gate: None,
@@ -193,6 +197,7 @@ impl Engine {
             sources: t.sources,
             flows: t.flows,
             bans: t.bans,
+            ipv6_network: if t.ipv6_escalate == 0 { 0 } else { t.ipv6_escalate_prefix },
         });
         let persona = config.persona().map(Persona::new);
         let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0x5eed_u64);
@@ -248,6 +253,46 @@ impl Engine {
         SourceKey::new(ip, self.config().tracking.ipv6_prefix)
     }
 
+    /// The wider IPv6 network of `key` that escalation bans, when it is on.
+    fn network(&self, key: SourceKey) -> Option<SourceKey> {
+        let t = &self.config().tracking;
+        (t.ipv6_escalate > 0 && key.is_ipv6()).then(|| key.widen(t.ipv6_escalate_prefix))
+    }
+
+    /// The ban that holds for `key`: its own, or else its network's, which
+    /// a proven source passes (`proven`, or a handshake within the grace).
+    fn ban_on(&self, shard: &Shard, key: SourceKey, proven: bool, now: Timestamp) -> Option<Ban> {
+        shard.active_ban(&key, now).or_else(|| {
+            let wide = shard.active_ban(&self.network(key)?, now)?;
+            let vouched = proven
+                || shard.peek_source(&key).is_some_and(|s| self.policy.handshake_recent(s, now));
+            (!vouched).then_some(wide)
+        })
+    }
+
+    /// Notes that `key` (unproven) showed scan evidence, and bans its wider
+    /// network when enough of the network's sources did within the slow
+    /// window. Never a network that holds one of this host's addresses.
+    fn escalate(
+        &self,
+        shard: &mut Shard,
+        (key, src): (SourceKey, IpAddr),
+        now: Timestamp,
+    ) -> Option<(SourceKey, Ban)> {
+        let network = self.network(key)?;
+        let horizon = self.config().scan.slow_window.get();
+        let suspects = shard.suspect(network, key, now, horizon);
+        if suspects < u32::from(self.config().tracking.ipv6_escalate)
+            || shard.active_ban(&network, now).is_some()
+            || self.policy.holds_local(network)
+        {
+            return None;
+        }
+        let reason = BanReason::SpreadScan(suspects);
+        let ban = self.policy.ban(shard, (network, src), now, reason, BanKind::Ban)?;
+        Some((network, ban))
+    }
+
     fn inbound(&self, now: Timestamp, meta: Meta, view: &PacketView<'_>) -> Outcome {
         let src = view.ip.src;
         let key = self.key(src);
@@ -270,7 +315,7 @@ impl Engine {
         let allowed = lists.allows(src);
         let mut shard = self.table.lock(&key);
         let idle = self.config().tracking.flow_idle.get();
-        let ban = shard.active_ban(&key, now).filter(|_| !allowed);
+        let ban = self.ban_on(&shard, key, meta.proven, now).filter(|_| !allowed);
         if let Some(ban) = ban {
             let known = flow_key.and_then(|fk| shard.peek_flow(&fk, now, idle));
             // A flow this host opened is never cut off by a ban.
@@ -359,6 +404,7 @@ impl Engine {
         }
         let horizon = self.config().scan.slow_window.get();
         let evidence = state.evidence(now, horizon);
+        let suspect = !proven && state.closed_score(now, horizon) >= self.policy.suspect_score();
         shard.protect(key, evidence, now, horizon);
         let opens = matches!(probe.kind, ProbeKind::TcpSyn | ProbeKind::Udp | ProbeKind::Sctp);
         if decision.verdict == Verdict::Accept && opens {
@@ -367,11 +413,16 @@ impl Engine {
         // A quarantined source that got this far sent a proven pair's
         // packet: it is not banned again.
         let kind = if proven { BanKind::Quarantine } else { BanKind::Ban };
+        let escalated = if suspect && ban.is_none() {
+            self.escalate(&mut shard, (key, src), now)
+        } else {
+            None
+        };
         let ban = decision
             .ban
             .filter(|_| ban.is_none())
             .and_then(|reason| self.policy.ban(&mut shard, (key, src), now, reason, kind));
-        Outcome { verdict: decision.verdict, reason: decision.reason, ban, ..out }
+        Outcome { verdict: decision.verdict, reason: decision.reason, ban, escalated, ..out }
     }
 
     fn outbound(
@@ -383,7 +434,7 @@ impl Engine {
         let key = self.key(view.ip.dst);
         let mut out = Outcome { source: Some(key), ..Outcome::bare(accept(Reason::Outbound)) };
         let mut shard = self.table.lock(&key);
-        let banned = shard.active_ban(&key, now).is_some_and(|b| b.kind == BanKind::Ban);
+        let banned = self.ban_on(&shard, key, false, now).is_some_and(|b| b.kind == BanKind::Ban);
         if banned && !self.config().lists.allows(view.ip.dst) && !self.ours(&shard, view, now) {
             return (Outcome { verdict: Verdict::Drop, reason: Reason::Banned, ..out }, None);
         }
@@ -523,10 +574,28 @@ impl Engine {
         self.table.lock(&source).insert_ban(source, ban, now)
     }
 
-    /// Lifts the ban on `ip` and forgets its offences.
-    pub fn unban(&self, ip: IpAddr) -> Option<Ban> {
+    /// Lifts the bans that stop `ip`, its own and its network's (see
+    /// `tracking.ipv6_escalate`), and forgets their offences. Returns the
+    /// bans it lifted.
+    pub fn unban(&self, ip: IpAddr) -> Vec<(SourceKey, Ban)> {
         let key = self.key(ip);
+        let keys = std::iter::once(key).chain(self.network(key));
+        keys.filter_map(|k| Some((k, self.lift(k)?))).collect()
+    }
+
+    /// Lifts the ban on exactly `key` and forgets its offences.
+    pub fn lift(&self, key: SourceKey) -> Option<Ban> {
         self.table.lock(&key).remove_ban(&key)
+    }
+
+    /// The source keys these rules track or ban: IPv4 addresses, IPv6
+    /// `ipv6_prefix` networks, and the `ipv6_escalate_prefix` networks
+    /// escalation bans while it is on.
+    pub fn tracks(&self, key: SourceKey) -> bool {
+        let t = &self.config().tracking;
+        !key.is_ipv6()
+            || key.prefix_len() == t.ipv6_prefix
+            || (t.ipv6_escalate > 0 && key.prefix_len() == t.ipv6_escalate_prefix)
     }
 
     /// Table sizes and counters.

@@ -114,7 +114,8 @@ impl Event {
             None
         };
         let ban = outcome.ban.zip(outcome.source).map(|(ban, source)| Self::ban(source, &ban));
-        first.into_iter().chain(ban)
+        let network = outcome.escalated.map(|(network, ban)| Self::ban(network, &ban));
+        first.into_iter().chain(ban).chain(network)
     }
 
     /// The event for a ban or a quarantine.

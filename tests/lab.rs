@@ -128,3 +128,12 @@ fn hidden_ports_open_only_for_a_source_that_proves_itself() {
 fn proven_clients_skip_the_queue_and_forged_packets_never_cut_them_off() {
     run_script("proof");
 }
+
+/// An IPv6 connect scan from a new /64 of one /48 every 5 ports
+/// (`tests/lab/spread.py`): the /48 is banned in the kernel's wide6 set,
+/// which drops its unproven /64s and passes the one that proved itself;
+/// the ban survives a restart, and unbanning an address lifts it.
+#[test]
+fn a_scan_spread_over_the_64s_of_a_48_ends_in_a_kernel_ban_of_the_48() {
+    run_script("spread");
+}

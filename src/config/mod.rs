@@ -244,6 +244,12 @@ pub struct Tracking {
     pub shards: usize,
     /// IPv6 sources are grouped by this prefix length.
     pub ipv6_prefix: u8,
+    /// This many IPv6 sources (`ipv6_prefix` networks) of one
+    /// `ipv6_escalate_prefix` network that touch closed ports within
+    /// `scan.slow_window` ban that whole network; 0 turns it off.
+    pub ipv6_escalate: u8,
+    /// The wider IPv6 network escalation bans.
+    pub ipv6_escalate_prefix: u8,
     /// A flow idle this long is forgotten.
     pub flow_idle: Dur,
 }
@@ -308,9 +314,15 @@ impl Daemon {
         const SOURCE: u64 = 448;
         const FLOW: u64 = 192;
         const BAN: u64 = 128;
+        // A network record of the escalation (one per 8 sources): its LRU
+        // node (key 18, `Suspects` 64, links 16 bytes, in a 112-byte
+        // allocation) and its map slot, rounded up; computed, not measured.
+        const NETWORK: u64 = 160;
         const BASE: u64 = 32 << 20;
         let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        let networks = if tracking.ipv6_escalate == 0 { 0 } else { tracking.sources.div_ceil(8) };
         BASE.saturating_add(n(tracking.sources).saturating_mul(SOURCE))
+            .saturating_add(n(networks).saturating_mul(NETWORK))
             .saturating_add(n(tracking.flows).saturating_mul(FLOW))
             .saturating_add(n(tracking.bans).saturating_mul(BAN))
     }
@@ -424,6 +436,8 @@ impl Default for Tracking {
             bans: 65_536,
             shards: 64,
             ipv6_prefix: 64,
+            ipv6_escalate: 4,
+            ipv6_escalate_prefix: 48,
             flow_idle: Dur::secs(600),
         }
     }
@@ -529,6 +543,17 @@ impl Config {
         }
         if !(1..=128).contains(&t.ipv6_prefix) {
             return fail("tracking", "ipv6_prefix", "must be between 1 and 128".to_owned());
+        }
+        if usize::from(t.ipv6_escalate) > crate::track::SUSPECT_SLOTS {
+            let most = crate::track::SUSPECT_SLOTS;
+            return fail("tracking", "ipv6_escalate", format!("must be at most {most} (0 = off)"));
+        }
+        if t.ipv6_escalate > 0 && !(16..t.ipv6_prefix).contains(&t.ipv6_escalate_prefix) {
+            return fail(
+                "tracking",
+                "ipv6_escalate_prefix",
+                format!("must be at least 16 and shorter than ipv6_prefix ({})", t.ipv6_prefix),
+            );
         }
         let d = &self.daemon;
         if d.workers > 1024 {

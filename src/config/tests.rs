@@ -64,11 +64,20 @@ fn bad_values_name_the_key_and_line() {
         ("[ban]\nduration = \"2h\"\nmax_duration = \"1h\"\n", 3, "ban.max_duration"),
         ("[tracking]\nshards = 3\n", 2, "tracking.shards"),
         ("[tracking]\nipv6_prefix = 0\n", 2, "tracking.ipv6_prefix"),
+        ("[tracking]\nipv6_escalate = 9\n", 2, "tracking.ipv6_escalate"),
+        ("[tracking]\nipv6_escalate_prefix = 64\n", 2, "tracking.ipv6_escalate_prefix"),
     ] {
         let e = error(text);
         assert!(e.starts_with(&format!("line {line}:")), "{text:?}: {e}");
         assert!(e.contains(&format!("`{key}`")), "{text:?}: {e}");
     }
+}
+
+#[test]
+fn a_narrower_ipv6_prefix_needs_a_narrower_escalation() {
+    let e = error("[tracking]\nipv6_prefix = 40\n");
+    assert!(e.contains("`tracking.ipv6_escalate_prefix`") && e.contains("(40)"), "{e}");
+    assert!(Config::from_toml("[tracking]\nipv6_prefix = 40\nipv6_escalate = 0\n").is_ok());
 }
 
 #[test]

@@ -198,12 +198,13 @@ fn drop_empty_mangle(family: Family) {
     }
 }
 
-/// Applies a batch of ban changes in one nft transaction.
-pub fn apply(ops: &[BanOp]) -> Result<(), FirewallError> {
+/// Applies a batch of ban changes in one nft transaction; IPv6 keys
+/// wider than `ipv6_prefix` are banned networks.
+pub fn apply(ops: &[BanOp], ipv6_prefix: u8) -> Result<(), FirewallError> {
     if ops.is_empty() {
         return Ok(());
     }
-    exec("nft", &["-f", "-"], Some(&render::ban_ops(ops))).map(drop)
+    exec("nft", &["-f", "-"], Some(&render::ban_ops(ops, ipv6_prefix))).map(drop)
 }
 
 /// Packets the queue rules sent to the queues so far (every one,

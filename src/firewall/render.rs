@@ -63,6 +63,9 @@ pub struct Plan {
     pub bypass: bool,
     /// IPv6 bans cover this prefix.
     pub ipv6_prefix: u8,
+    /// The wider IPv6 networks escalation bans (`tracking.ipv6_escalate`),
+    /// when it is on: their set drops every source in them but proven ones.
+    pub ipv6_network: Option<u8>,
     /// Bytes of an inbound packet the queues copy.
     pub copy_range: u16,
     /// `lists.allow`.
@@ -131,6 +134,8 @@ impl Plan {
             outbound,
             bypass: d.fail_mode == FailMode::Open,
             ipv6_prefix: config.tracking.ipv6_prefix,
+            ipv6_network: (config.tracking.ipv6_escalate > 0)
+                .then_some(config.tracking.ipv6_escalate_prefix),
             copy_range: d.copy_range,
             allow: config.lists.allow.clone(),
             deny: config.lists.deny.clone(),
@@ -182,7 +187,10 @@ impl Plan {
                 (addr_type(v6), format!("{} . inet_proto . inet_service", addr_type(v6)));
             let live = |kind| {
                 bans.iter().filter(move |e| {
-                    e.key.is_ipv6() == v6 && e.kind == kind && !e.remaining.is_zero()
+                    e.key.is_ipv6() == v6
+                        && !is_network(e.key, self.ipv6_prefix)
+                        && e.kind == kind
+                        && !e.remaining.is_zero()
                 })
             };
             let of = |kind| {
@@ -197,11 +205,21 @@ impl Plan {
                     })
                 })
                 .collect();
-            for (name, ty, members) in [
-                ("ban", &ty.to_owned(), of(BanKind::Ban)),
-                ("quarantine", &ty.to_owned(), of(BanKind::Quarantine)),
-                ("keep", &pair_ty, keep),
-            ] {
+            let networks: Vec<String> = bans
+                .iter()
+                .filter(|e| e.key.is_ipv6() == v6 && is_network(e.key, self.ipv6_prefix))
+                .filter(|e| !e.remaining.is_zero())
+                .map(|e| format!("{} timeout {}s", e.key.ip(), ceil_secs(e.remaining)))
+                .collect();
+            let mut sets = vec![
+                ("ban", ty.to_owned(), of(BanKind::Ban)),
+                ("quarantine", ty.to_owned(), of(BanKind::Quarantine)),
+                ("keep", pair_ty, keep),
+            ];
+            if v6 && self.ipv6_network.is_some() {
+                sets.push(("wide", ty.to_owned(), networks));
+            }
+            for (name, ty, members) in sets {
                 let _ = writeln!(s, "  set {name}{n} {{\n    type {ty};\n    flags timeout;");
                 if !members.is_empty() {
                     let _ = writeln!(s, "    elements = {{ {} }};", members.join(", "));
@@ -211,6 +229,17 @@ impl Plan {
         }
         self.proof_sets(&mut s);
         let mask = Ipv6Addr::from(prefix_mask(self.ipv6_prefix));
+        // A banned network drops its sources but those that proved their
+        // address: the proof chain's `peers6` (handshakes, flows this host
+        // answered or opened), and connections conntrack already follows,
+        // which only a proven source can have (they outlive a restart,
+        // which empties `peers6`).
+        let wide = self.ipv6_network.map_or_else(String::new, |len| {
+            let wide = Ipv6Addr::from(prefix_mask(len));
+            format!(
+                "\n    ip6 saddr & {wide} @wide6 ct state new,invalid,untracked ip6 saddr & {mask} != @peers6 counter drop comment \"banned6\""
+            )
+        });
         // After conntrack (-200), so that a flow this host opened is never
         // cut off by a ban on its peer; before every filter.
         let _ = writeln!(
@@ -230,7 +259,7 @@ impl Plan {
     ip6 saddr @allow6 accept
     ip6 saddr @deny6 counter drop comment \"denied6\"
     ct direction reply accept
-    ip6 saddr & {mask} @ban6 counter drop comment \"banned6\"
+    ip6 saddr & {mask} @ban6 counter drop comment \"banned6\"{wide}
   }}"
         );
         self.proof_chains(&mut s);
@@ -551,6 +580,12 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
+/// True for the key of a wider IPv6 network (escalation's `wide6` set),
+/// not a tracked source.
+fn is_network(key: SourceKey, ipv6_prefix: u8) -> bool {
+    key.is_ipv6() && key.prefix_len() < ipv6_prefix
+}
+
 /// `198.18.2.2 . tcp . 80`: an element of a pair set.
 fn pair_element(key: SourceKey, (proto, port): Pair) -> String {
     format!("{} . {} . {port}", key.ip(), proto.name())
@@ -560,8 +595,9 @@ fn pair_element(key: SourceKey, (proto, port): Pair) -> String {
 /// exists is not an error and deleting one that does not is, so each
 /// element is first added bare, then deleted, then (for a ban) added with
 /// its timeout: a re-ban gets its new timeout and an unban of an element
-/// the kernel already expired succeeds.
-pub(super) fn ban_ops(ops: &[BanOp]) -> String {
+/// the kernel already expired succeeds. IPv6 keys wider than
+/// `ipv6_prefix` are networks, in the `wide6` set.
+pub(super) fn ban_ops(ops: &[BanOp], ipv6_prefix: u8) -> String {
     let mut s = String::new();
     let mut element = |set: &str, elem: &str, timeout: Option<Duration>| {
         let _ = writeln!(s, "add element inet {TABLE} {set} {{ {elem} }}");
@@ -585,6 +621,10 @@ pub(super) fn ban_ops(ops: &[BanOp]) -> String {
             BanOp::Add(e) => Some((e.kind, e.remaining)),
             BanOp::Remove(..) => None,
         };
+        if is_network(key, ipv6_prefix) {
+            element("wide6", &ip, kind.map(|(_, d)| d));
+            continue;
+        }
         for (set, k) in [("ban", BanKind::Ban), ("quarantine", BanKind::Quarantine)] {
             let timeout = kind.filter(|(kind, _)| *kind == k).map(|(_, d)| d);
             element(&format!("{set}{n}"), &ip, timeout);

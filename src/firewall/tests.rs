@@ -186,7 +186,7 @@ fn ban_batches_tolerate_present_and_absent_elements() {
     let b = SourceKey::new("fd5c:a11:1::2".parse().unwrap(), 64);
     let ban =
         Entry { key: a, remaining: Duration::from_secs(90), kind: BanKind::Ban, keep: vec![] };
-    let text = render::ban_ops(&[BanOp::Add(ban), BanOp::Remove(b, vec![])]);
+    let text = render::ban_ops(&[BanOp::Add(ban), BanOp::Remove(b, vec![])], 64);
     assert_eq!(
         text,
         "add element inet portcloak ban4 { 198.18.1.2 }\n\
@@ -206,7 +206,7 @@ fn ban_batches_tolerate_present_and_absent_elements() {
         kind: BanKind::Quarantine,
         keep: keep.clone(),
     };
-    let text = render::ban_ops(&[BanOp::Add(q)]);
+    let text = render::ban_ops(&[BanOp::Add(q)], 64);
     assert!(
         text.contains("add element inet portcloak quarantine4 { 198.18.1.2 timeout 60s }\n"),
         "{text}"
@@ -216,7 +216,7 @@ fn ban_batches_tolerate_present_and_absent_elements() {
         text.contains("add element inet portcloak keep4 { 198.18.1.2 . tcp . 80 timeout 60s }\n"),
         "{text}"
     );
-    let text = render::ban_ops(&[BanOp::Remove(a, keep)]);
+    let text = render::ban_ops(&[BanOp::Remove(a, keep)], 64);
     assert!(
         text.ends_with("delete element inet portcloak keep4 { 198.18.1.2 . tcp . 80 }\n"),
         "{text}"
@@ -267,4 +267,39 @@ fn hidden_ports_are_queued_on_their_own_queue_without_the_bypass_before_everythi
     let nft = Plan::new(&config("[[hidden]]\nport = 22\n"), Backend::Nft, 2).nft_script(&[]);
     assert!(nft.contains("meta l4proto tcp th dport 22 counter queue num 4\n"), "{nft}");
     assert_eq!(Plan::new(&config(""), Backend::Iptables, 2).hidden_queue, None);
+}
+
+#[test]
+fn a_banned_network_drops_all_but_its_proven_sources() {
+    let plan = Plan::new(&config(""), Backend::Iptables, 1);
+    let network = SourceKey::new("fd5c:a11:2::7".parse().unwrap(), 48);
+    let own = SourceKey::new("fd5c:a11:2:5::7".parse().unwrap(), 64);
+    let ban =
+        |key| Entry { key, remaining: Duration::from_secs(60), kind: BanKind::Ban, keep: vec![] };
+    let s = plan.nft_script(&[ban(network), ban(own)]);
+    let wide = s.find("set wide6 {").expect("the set of networks");
+    assert!(
+        s[wide..].starts_with("set wide6 {\n    type ipv6_addr;\n    flags timeout;\n    elements = { fd5c:a11:2:: timeout 60s };"),
+        "{s}"
+    );
+    assert!(s.contains("set ban6 {\n    type ipv6_addr;\n    flags timeout;\n    elements = { fd5c:a11:2:5:: timeout 60s };"), "the /64 alone: {s}");
+    let rule = "ip6 saddr & ffff:ffff:ffff:: @wide6 ct state new,invalid,untracked ip6 saddr & ffff:ffff:ffff:ffff:: != @peers6 counter drop comment \"banned6\"";
+    let bans6 = s.find("chain bans6").unwrap();
+    let after = s[bans6..].find(rule).expect("the network rule in bans6");
+    assert!(
+        s[bans6..].find("ct direction reply accept") < Some(after),
+        "after the flows this host opened: {s}"
+    );
+    assert!(!s.contains("wide4"));
+    // Batches put networks in their own set and nowhere else.
+    let text = render::ban_ops(&[BanOp::Add(ban(network)), BanOp::Remove(network, vec![])], 64);
+    assert!(
+        text.contains("add element inet portcloak wide6 { fd5c:a11:2:: timeout 60s }\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("delete element inet portcloak wide6 { fd5c:a11:2:: }\n"), "{text}");
+    assert!(!text.contains("ban6") && !text.contains("quarantine6"), "{text}");
+    // Off, there is no such set or rule.
+    let off = Plan::new(&config("[tracking]\nipv6_escalate = 0\n"), Backend::Iptables, 1);
+    assert!(!off.nft_script(&[]).contains("wide6"));
 }

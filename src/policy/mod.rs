@@ -342,6 +342,19 @@ impl Policy {
         self.local.contains(ip)
     }
 
+    /// True when one of this host's own addresses lies in `network`: such
+    /// a network is never banned whole (its neighbours, its router).
+    pub fn holds_local(&self, network: SourceKey) -> bool {
+        self.local.all().iter().any(|ip| SourceKey::new(*ip, network.prefix_len()) == network)
+    }
+
+    /// The closed-port score (see [`SourceState::closed_score`]) from which
+    /// an unproven IPv6 source counts toward its network's escalation: half
+    /// of `scan.closed_port_threshold`, rounded up, and at least 2.
+    pub fn suspect_score(&self) -> u32 {
+        self.config.scan.closed_port_threshold.div_ceil(2).max(2)
+    }
+
     /// False for addresses that are never banned nor put in a kernel set:
     /// this host's own, the unspecified, multicast and broadcast addresses,
     /// and IPv6 link-local ones (one forged on-link packet must not stop
@@ -655,6 +668,11 @@ impl LocalAddrs {
         }
         self.count.store(n, Ordering::Release);
         *rest = (addrs.get(LOCAL_SLOTS..).unwrap_or_default().to_vec(), addrs);
+    }
+
+    /// Every address, from the locked list.
+    fn all(&self) -> Vec<IpAddr> {
+        self.rest.read().map(|r| r.1.clone()).unwrap_or_default()
     }
 
     fn contains(&self, ip: IpAddr) -> bool {

@@ -105,6 +105,17 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         engine = engine.with_spa_key(read_spa_key(&config.spa.key_file)?);
     }
     let engine = Arc::new(engine);
+    // Rules edited between runs (another `ipv6_prefix`, escalation off)
+    // leave saved keys no set would match: dropped, each with a warning.
+    let (restored, foreign): (Vec<_>, Vec<_>) =
+        restored.into_iter().partition(|saved| engine.tracks(saved.key));
+    for saved in &foreign {
+        log(&format!(
+            "warning: saved ban of {} left out: these rules track no IPv6 /{} networks",
+            saved.key,
+            saved.key.prefix_len()
+        ));
+    }
     for saved in &restored {
         engine.restore(now, saved.key, saved.ban);
     }
@@ -485,7 +496,7 @@ impl Keeper<'_> {
         // carries the last bans.
         if self.manage
             && !self.shared.stop.load(Relaxed)
-            && let Err(e) = firewall::apply(&ops)
+            && let Err(e) = firewall::apply(&ops, self.shared.engine.config().tracking.ipv6_prefix)
         {
             log(&format!(
                 "error: kernel ban update failed ({e}); the engine still drops these sources"
@@ -754,17 +765,31 @@ fn handle(
             Ok(json!({ "source": key.to_string(), "seconds": length.as_secs() }))
         }
         Request::Unban { ip } => {
-            let keys: Vec<SourceKey> = match ip {
-                Some(ip) => vec![SourceKey::new(ip, config.tracking.ipv6_prefix)],
-                None => engine.bans(now).into_iter().map(|(k, _)| k).collect(),
-            };
-            let mut lifted = Vec::new();
-            for key in keys {
-                if engine.unban(key.ip()).is_some() {
-                    lifted.push(key.to_string());
+            // An address: its own ban and its network's; none: every ban.
+            let (keys, lifted): (Vec<SourceKey>, Vec<SourceKey>) = match ip {
+                Some(ip) => {
+                    let own = SourceKey::new(ip, config.tracking.ipv6_prefix);
+                    let lifted: Vec<SourceKey> =
+                        engine.unban(ip).into_iter().map(|(k, _)| k).collect();
+                    let mut keys = lifted.clone();
+                    // The kernel set may hold it even when the engine does not.
+                    if !keys.contains(&own) {
+                        keys.push(own);
+                    }
+                    (keys, lifted)
                 }
+                None => {
+                    let all: Vec<SourceKey> =
+                        engine.bans(now).into_iter().map(|(k, _)| k).collect();
+                    let lifted =
+                        all.iter().copied().filter(|k| engine.lift(*k).is_some()).collect();
+                    (all, lifted)
+                }
+            };
+            for key in keys {
                 kernel.send(KernelMsg::Unban(key)).map_err(|e| e.to_string())?;
             }
+            let lifted: Vec<String> = lifted.iter().map(ToString::to_string).collect();
             Ok(json!({ "lifted": lifted }))
         }
     }

@@ -39,7 +39,7 @@ use crate::event::Event;
 use crate::io::pcap::{PcapReader, SourceError};
 use crate::policy::{Reason, Verdict};
 use crate::time::Timestamp;
-use crate::track::{Ban, BanKind, SourceKey};
+use crate::track::{Ban, BanKind, BanReason, SourceKey};
 use crate::wire::{self, LinkType, PacketView, TcpFlags, Transport};
 
 /// How to replay.
@@ -295,9 +295,10 @@ pub fn run(
                     }
                     port
                 });
-                if let Some(ban) = outcome.ban {
+                let own = outcome.ban.map(|ban| (key, ban));
+                for ban in own.into_iter().chain(outcome.escalated) {
                     if report.bans.len() < BANS_LISTED {
-                        report.bans.push((key, ban));
+                        report.bans.push(ban);
                     } else {
                         report.bans_unlisted += 1;
                     }
@@ -765,6 +766,22 @@ pub fn write_summary(
             s.dropped,
             s.answered,
             s.accepted_while_banned
+        )?;
+    }
+    let networks: Vec<_> =
+        report.bans.iter().filter(|(_, b)| matches!(b.reason, BanReason::SpreadScan(_))).collect();
+    if !networks.is_empty() {
+        writeln!(out, "networks   {} banned whole (tracking.ipv6_escalate)", networks.len())?;
+    }
+    for (key, ban) in networks {
+        writeln!(
+            out,
+            "  {key}  banned at {} (+{:.3}s) for {}, offence {}: {}",
+            ban.since,
+            ban.since.saturating_since(start).as_secs_f64(),
+            crate::time::format_duration(ban.until.saturating_since(ban.since)),
+            ban.offences,
+            ban.reason
         )?;
     }
     Ok(())

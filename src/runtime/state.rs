@@ -258,18 +258,25 @@ mod tests {
         let short = SourceKey::new("198.18.1.3".parse().unwrap(), 64);
         let quarantine = Ban { kind: BanKind::Quarantine, ..ban(600, BanReason::ClosedPorts(7)) };
         let client = SourceKey::new("198.18.2.2".parse().unwrap(), 64);
+        let network = SourceKey::new("fd5c:a11:5:7::2".parse().unwrap(), 48);
         let saved = |key, ban, keep| Saved { key, ban, keep };
         let bans = vec![
             saved(v4, ban(3600, BanReason::ClosedPorts(6)), vec![]),
             saved(v6, ban(60, BanReason::Manual), vec![]),
             saved(client, quarantine, vec![(PortProto::Tcp, 80), (PortProto::Udp, 53)]),
+            saved(network, ban(3600, BanReason::SpreadScan(4)), vec![]),
             saved(short, ban(5, BanReason::Manual), vec![]),
         ];
         save(&path, now, 0, &bans).unwrap();
         let later = now.saturating_add(Duration::from_secs(10));
         let back = load(&path, later, 0, 64).unwrap().bans;
-        assert_eq!(back, bans[..3].to_vec());
+        assert_eq!(back, bans[..4].to_vec());
         assert_eq!(back[1].key.to_string(), "fd5c:a11:1::/64");
+        // A network keeps its own prefix, whatever `ipv6_prefix` says.
+        assert_eq!(
+            (back[3].key.to_string(), back[3].key.prefix_len()),
+            ("fd5c:a11:5::/48".into(), 48)
+        );
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"quarantine\"") && text.contains("\"udp/53\""), "{text}");
         // A file written before quarantines existed holds plain bans.

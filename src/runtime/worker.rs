@@ -296,10 +296,11 @@ fn inspect(
     if let Some(reply) = out.reply {
         hand_over(shared, stats, Output::Reply(index, reply));
     }
-    if let (Some(ban), Some(source)) = (out.ban, out.source)
-        && shared.kernel.try_send(KernelMsg::Ban(source, ban)).is_err()
-    {
-        stats.lost.fetch_add(1, Relaxed);
+    let own = out.ban.zip(out.source).map(|(ban, source)| (source, ban));
+    for (key, ban) in own.into_iter().chain(out.escalated) {
+        if shared.kernel.try_send(KernelMsg::Ban(key, ban)).is_err() {
+            stats.lost.fetch_add(1, Relaxed);
+        }
     }
     match out.verdict {
         Verdict::Accept => {

@@ -53,6 +53,25 @@ impl SourceKey {
     pub const fn prefix_len(&self) -> u8 {
         self.len
     }
+
+    /// The wider IPv6 network of `len` bits this key lies in; an IPv4 key,
+    /// or one already as wide, is itself.
+    #[must_use]
+    pub fn widen(self, len: u8) -> Self {
+        if !self.v6 || len >= self.len {
+            return self;
+        }
+        Self::new(self.ip(), len)
+    }
+
+    /// A 32-bit name of this key, unique among the keys of one wider
+    /// network for the usual prefixes (a /64 among the /64s of its /48
+    /// differs in the low 16 bits); a collision only merges two.
+    pub(crate) fn fold(&self) -> u32 {
+        let addr = u128::from_be_bytes(self.addr);
+        let x = ((addr >> 64) as u64) ^ (addr as u64);
+        (x ^ (x >> 32)) as u32
+    }
 }
 
 /// A mask with the top `len` bits of 128 set.
@@ -111,6 +130,15 @@ mod tests {
         assert_eq!(SourceKey::new(v4, 64).to_string(), "198.18.0.9");
         assert_eq!(SourceKey::new(v4, 64).ip(), v4);
         assert_eq!(std::mem::size_of::<SourceKey>(), 18);
+        assert_eq!(SourceKey::new(a, 64).widen(48).to_string(), "fd5c:a11:1::/48");
+        assert_eq!(SourceKey::new(a, 64).widen(48), SourceKey::new(b, 48));
+        assert_eq!(SourceKey::new(a, 64).widen(96), SourceKey::new(a, 64), "never narrower");
+        assert_eq!(SourceKey::new(v4, 64).widen(16), SourceKey::new(v4, 64));
+        let subnet =
+            |i: u16| SourceKey::new(IpAddr::V6(Ipv6Addr::new(0xfd5c, 0xa11, 1, i, 0, 0, 0, 1)), 64);
+        let folds: std::collections::HashSet<u32> =
+            (0..=u16::MAX).map(|i| subnet(i).fold()).collect();
+        assert_eq!(folds.len(), 1 << 16, "the /64s of one /48 never collide");
         assert_eq!(prefix_mask(0), 0);
         assert_eq!(prefix_mask(200), u128::MAX);
     }

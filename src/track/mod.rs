@@ -18,6 +18,10 @@
 //! - `flows`: an LRU of connections seen to start, keyed by 4-tuple and
 //!   sharded by the remote end, so replay can tell a stray ACK from a live
 //!   connection without conntrack.
+//! - `networks`: an LRU of wider IPv6 networks (/48s) and which of their
+//!   sources showed scan evidence lately ([`Suspects`]). IPv6 sources are
+//!   sharded by that wider network, so a network's record sits beside its
+//!   sources and one lock still covers a packet.
 //!
 //! Hashing is hashbrown's default (foldhash), seeded at random per process,
 //! so spoofed sources cannot aim at one bucket or one shard.
@@ -25,6 +29,7 @@
 //! No I/O and no clock: every call takes `now`.
 
 mod key;
+mod network;
 mod source;
 
 use std::collections::HashMap;
@@ -41,6 +46,7 @@ use crate::time::Timestamp;
 
 pub(crate) use self::key::prefix_mask;
 pub use self::key::{FlowKey, SourceKey};
+pub use self::network::{SUSPECT_SLOTS, Suspects};
 pub use self::source::{
     GateState, PROVEN_SLOTS, Peer, ProvenPorts, RECENT_SLOTS, Scores, SourceState,
 };
@@ -57,6 +63,9 @@ pub enum BanReason {
     ClosedPorts(u32),
     /// Too many distinct closed ports within the long horizon.
     SlowScan(u32),
+    /// A wider IPv6 network: this many of its sources (/64s) touched
+    /// closed ports within the long horizon.
+    SpreadScan(u32),
     /// Banned by an operator.
     Manual,
 }
@@ -76,6 +85,7 @@ impl std::fmt::Display for BanReason {
             Self::Probe(k) => write!(f, "probe {k}"),
             Self::ClosedPorts(n) => write!(f, "closed-ports {n}"),
             Self::SlowScan(n) => write!(f, "slow-scan {n}"),
+            Self::SpreadScan(n) => write!(f, "spread-scan {n}"),
             Self::Manual => f.write_str("manual"),
         }
     }
@@ -96,6 +106,9 @@ impl std::str::FromStr for BanReason {
         }
         if let Some(rest) = text.strip_prefix("slow-scan ") {
             return count(rest).map(Self::SlowScan);
+        }
+        if let Some(rest) = text.strip_prefix("spread-scan ") {
+            return count(rest).map(Self::SpreadScan);
         }
         let candidates = ProbeKind::ALL
             .into_iter()
@@ -223,6 +236,12 @@ pub struct TableStats {
     /// Active single-packet bans a ban on evidence displaced from a full
     /// table (the kernel set keeps each until its timeout).
     pub bans_displaced: u64,
+    /// Wider IPv6 networks with suspect sources, tracked now.
+    pub networks: usize,
+    /// Network capacity.
+    pub network_capacity: usize,
+    /// Networks evicted to make room.
+    pub network_evictions: u64,
 }
 
 /// Sizes of the tables.
@@ -236,7 +255,20 @@ pub struct TableLimits {
     pub flows: usize,
     /// Ban records, over all shards.
     pub bans: usize,
+    /// IPv6 sources are sharded by their network of this many bits, which
+    /// `networks` tracks; 0 shards them by the key and tracks no network.
+    pub ipv6_network: u8,
 }
+
+impl TableLimits {
+    /// Networks tracked, over all shards: one per eight sources.
+    pub const fn networks(&self) -> usize {
+        if self.ipv6_network == 0 { 0 } else { self.sources.div_ceil(NETWORKS_PER) }
+    }
+}
+
+/// Sources per tracked network.
+const NETWORKS_PER: usize = 8;
 
 /// One shard: the state of every source that hashes to it.
 #[derive(Debug)]
@@ -249,6 +281,8 @@ pub struct Shard {
     flows: LruCache<FlowKey, Flow>,
     bans: HashMap<SourceKey, BanRecord, DefaultHasher>,
     ban_capacity: usize,
+    networks: LruCache<SourceKey, Suspects>,
+    network_evictions: u64,
     source_evictions: u64,
     flow_evictions: u64,
     bans_refused_full: u64,
@@ -265,7 +299,7 @@ pub const PROTECT_AT: u32 = 2;
 const PROTECT_TRIES: usize = 4;
 
 impl Shard {
-    fn new(sources: usize, flows: usize, bans: usize) -> Self {
+    fn new(sources: usize, flows: usize, bans: usize, networks: usize) -> Self {
         let nz = |n: usize| NonZeroUsize::new(n.max(1)).unwrap_or(NonZeroUsize::MIN);
         Self {
             probation: LruCache::new(nz(sources - sources / 2)),
@@ -273,6 +307,8 @@ impl Shard {
             flows: LruCache::new(nz(flows)),
             bans: HashMap::with_hasher(DefaultHasher::default()),
             ban_capacity: bans.max(1),
+            networks: LruCache::new(nz(networks)),
+            network_evictions: 0,
             source_evictions: 0,
             flow_evictions: 0,
             bans_refused_full: 0,
@@ -337,6 +373,28 @@ impl Shard {
         }
         self.probation.put(key, state);
         self.promotions_refused += 1;
+    }
+
+    /// Records that `source`, of the wider `network`, showed scan evidence
+    /// at `now`; returns how many of the network's sources did within
+    /// `horizon`. Making room for a new network is counted.
+    pub fn suspect(
+        &mut self,
+        network: SourceKey,
+        source: SourceKey,
+        now: Timestamp,
+        horizon: Duration,
+    ) -> u32 {
+        let full = self.networks.len() == self.networks.cap().get();
+        let mut created = false;
+        let suspects = self.networks.get_or_insert_mut(network, || {
+            created = true;
+            Suspects::default()
+        });
+        if created && full {
+            self.network_evictions += 1;
+        }
+        suspects.note(source.fold(), now, horizon)
     }
 
     /// The active ban on `key`, if any.
@@ -435,7 +493,12 @@ impl Table {
         let per = |total: usize| total.div_ceil(n);
         let shards = (0..n)
             .map(|_| {
-                Mutex::new(Shard::new(per(limits.sources), per(limits.flows), per(limits.bans)))
+                Mutex::new(Shard::new(
+                    per(limits.sources),
+                    per(limits.flows),
+                    per(limits.bans),
+                    per(limits.networks()),
+                ))
             })
             .collect();
         let limits = TableLimits { shards: n, ..limits };
@@ -447,9 +510,15 @@ impl Table {
         self.limits
     }
 
-    /// Locks the shard that holds `key`.
+    /// Locks the shard that holds `key`: for an IPv6 key, the shard of its
+    /// wider network (`ipv6_network`), which holds all of the network's
+    /// sources and its record.
     pub fn lock(&self, key: &SourceKey) -> MutexGuard<'_, Shard> {
-        let i = (self.hasher.hash_one(key) as usize) & self.mask;
+        let home = match self.limits.ipv6_network {
+            0 => *key,
+            len => key.widen(len),
+        };
+        let i = (self.hasher.hash_one(home) as usize) & self.mask;
         // `i` is masked below the shard count, so the fallback never runs.
         let shard = self.shards.get(i).or_else(|| self.shards.first());
         match shard {
@@ -463,6 +532,7 @@ impl Table {
         let mut s = TableStats {
             source_capacity: self.limits.sources,
             flow_capacity: self.limits.flows,
+            network_capacity: self.limits.networks(),
             ..TableStats::default()
         };
         for shard in self.shards.iter() {
@@ -477,6 +547,8 @@ impl Table {
             s.ban_records += g.bans.len();
             s.bans_refused_full += g.bans_refused_full;
             s.bans_displaced += g.bans_displaced;
+            s.networks += g.networks.len();
+            s.network_evictions += g.network_evictions;
         }
         s
     }
@@ -500,7 +572,8 @@ impl Table {
     }
 
     /// Drops what has expired: flows idle for `flow_idle`, sources silent for
-    /// `source_idle`, and ban records whose ban ended more than `memory` ago.
+    /// `source_idle`, networks with no evidence within `source_idle`, and
+    /// ban records whose ban ended more than `memory` ago.
     /// Reports each ban that ended since the previous sweep.
     pub fn sweep(
         &self,
@@ -526,6 +599,9 @@ impl Table {
             while idle(g.protected.peek_lru()) {
                 g.protected.pop_lru();
                 out.sources_expired += 1;
+            }
+            while g.networks.peek_lru().is_some_and(|(_, n)| n.is_stale(now, source_idle)) {
+                g.networks.pop_lru();
             }
             for (key, record) in g.bans.iter_mut() {
                 if !record.lifted && !record.ban.is_active(now) {
@@ -570,7 +646,8 @@ mod tests {
             .map(BanReason::Probe)
             .chain(Fingerprint::ALL.map(|f| BanReason::Signature(Signature::Tool(f))))
             .chain(OsProbe::ALL.map(|p| BanReason::Signature(Signature::OsProbe(p))))
-            .chain([BanReason::ClosedPorts(6), BanReason::SlowScan(20), BanReason::Manual]);
+            .chain([BanReason::ClosedPorts(6), BanReason::SlowScan(20), BanReason::Manual])
+            .chain([BanReason::SpreadScan(4)]);
         for r in reasons {
             assert_eq!(r.to_string().parse::<BanReason>(), Ok(r));
         }
@@ -578,7 +655,7 @@ mod tests {
     }
 
     fn table(sources: usize, bans: usize) -> Table {
-        Table::new(TableLimits { shards: 1, sources, flows: 8, bans })
+        Table::new(TableLimits { shards: 1, sources, flows: 8, bans, ipv6_network: 0 })
     }
 
     #[test]

@@ -180,10 +180,20 @@ impl SourceState {
     pub fn evidence(&self, now: Timestamp, horizon: Duration) -> u32 {
         let horizon_s = u32::try_from(horizon.as_secs()).unwrap_or(u32::MAX);
         let fresh = |at_s: u32| at_s != 0 && now.secs_u32().saturating_sub(at_s) < horizon_s;
-        let closed = if fresh(self.closed_at_s) { u32::from(self.closed_score) } else { 0 };
+        let closed = self.closed_score(now, horizon);
         let handshake = if fresh(self.last_handshake.secs_u32()) { 2 } else { 0 };
         let grant = if self.gate.any_authorized(now) { 1 << 16 } else { 0 };
         closed + u32::from(self.gate.knock_step) + handshake + grant
+    }
+
+    /// Its closed-port score (the larger of the weighted short-window count
+    /// and the long-horizon count, at its latest closed-port touch), while
+    /// that touch is younger than `horizon`; 0 after.
+    pub fn closed_score(&self, now: Timestamp, horizon: Duration) -> u32 {
+        let horizon_s = u32::try_from(horizon.as_secs()).unwrap_or(u32::MAX);
+        let at_s = self.closed_at_s;
+        let fresh = at_s != 0 && now.secs_u32().saturating_sub(at_s) < horizon_s;
+        if fresh { u32::from(self.closed_score) } else { 0 }
     }
 
     /// Records that a packet of `kind` arrived at `now`.
