@@ -50,14 +50,16 @@ fn bench(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("portcloak-bench-state-{}", std::process::id()));
     let path = dir.join("state.json");
     let before = written();
-    state::save(&path, now, 0, &bans).expect("save");
+    state::save(&path, now, 0, &bans, &[]).expect("save");
     let bytes = written() - before;
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     eprintln!(
         "state: {BANS} bans, file {size} bytes, {bytes} bytes written per save = {:.1} MB/s at one save a second",
         bytes as f64 / 1e6
     );
-    c.bench_function("state/save-65536-bans", |b| b.iter(|| state::save(&path, now, 0, &bans)));
+    c.bench_function("state/save-65536-bans", |b| {
+        b.iter(|| state::save(&path, now, 0, &bans, &[]))
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -78,6 +78,20 @@ pub struct Entry {
     pub keep: Vec<Pair>,
 }
 
+/// An element of the kernel's proof sets: a proven source (`peers4/6`),
+/// or a proven (source, protocol, port) pair (`proven4/6`), with the time
+/// it has left. Carried across a restart, so that proven clients keep the
+/// fast path and keep passing a ban of their network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proof {
+    /// The source, as the set holds it (an IPv6 source's tracked prefix).
+    pub source: std::net::IpAddr,
+    /// The pair, for an element of `proven4/6`.
+    pub pair: Option<Pair>,
+    /// Time left before the kernel drops it.
+    pub left: Duration,
+}
+
 /// One change to the kernel sets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BanOp {
@@ -133,8 +147,8 @@ pub fn detect() -> Result<Backend, FirewallError> {
 /// iptables chain is flushed and reloaded, and its jump added only when
 /// missing. A chain the plan no longer has (`daemon.outbound` switched
 /// off) stays: call [`remove_queue_rules`] first.
-pub fn install(plan: &Plan, bans: &[Entry]) -> Result<(), FirewallError> {
-    exec("nft", &["-f", "-"], Some(&plan.nft_script(bans)))?;
+pub fn install(plan: &Plan, bans: &[Entry], proofs: &[Proof]) -> Result<(), FirewallError> {
+    exec("nft", &["-f", "-"], Some(&plan.nft_script(bans, proofs)))?;
     if plan.backend == Backend::Iptables {
         for family in [Family::V4, Family::V6] {
             exec(family.restore(), &["--noflush"], Some(&plan.iptables_script(family.is_v6())))?;
@@ -251,6 +265,17 @@ pub fn kernel_counters() -> Option<KernelCounters> {
     // Terse: without the elements of the sets, which may be many.
     let text = exec("nft", &["-t", "list", "table", "inet", TABLE], None).ok()?;
     Some(render::kernel_counters(&text))
+}
+
+/// Every element of the proof sets now, each with its time left; `None`
+/// when there is no portcloak table (a first start, or after a clean stop).
+pub fn proofs() -> Option<Vec<Proof>> {
+    let mut out = Vec::new();
+    for set in ["proven4", "proven6", "peers4", "peers6"] {
+        let text = exec("nft", &["-j", "list", "set", "inet", TABLE, set], None).ok()?;
+        out.extend(render::proofs_of(&text));
+    }
+    Some(out)
 }
 
 /// The pairs `key` proved, as the kernel's proof sets hold them now.

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
-use super::{BanOp, CHAIN_IN, CHAIN_OUT, Entry, KernelCounters, Pair, TABLE};
+use super::{BanOp, CHAIN_IN, CHAIN_OUT, Entry, KernelCounters, Pair, Proof, TABLE};
 use crate::classify::PortProto;
 use crate::config::{Cidr, Config, FailMode, GateProto};
 use crate::track::{BanKind, SourceKey, prefix_mask};
@@ -155,8 +155,9 @@ impl Plan {
     }
 
     /// The nft transaction that replaces the portcloak table, with `bans`
-    /// in its sets.
-    pub fn nft_script(&self, bans: &[Entry]) -> String {
+    /// and `proofs` (from the table it replaces, or the state file) in its
+    /// sets.
+    pub fn nft_script(&self, bans: &[Entry], proofs: &[Proof]) -> String {
         let mut s = String::new();
         // Declaring the table first makes the delete succeed when there
         // is none; both run in one transaction with the new table.
@@ -227,7 +228,7 @@ impl Plan {
                 s.push_str("  }\n");
             }
         }
-        self.proof_sets(&mut s);
+        self.proof_sets(&mut s, proofs);
         let mask = Ipv6Addr::from(prefix_mask(self.ipv6_prefix));
         // A banned network drops its sources but those that proved their
         // address: the proof chain's `peers6` (handshakes, flows this host
@@ -327,26 +328,45 @@ impl Plan {
         s
     }
 
-    /// The sets of proofs and quarantines.
-    fn proof_sets(&self, s: &mut String) {
+    /// The sets of proofs, holding `proofs` (each for what it has left,
+    /// at most the grace).
+    fn proof_sets(&self, s: &mut String, proofs: &[Proof]) {
         let grace = ceil_secs(self.grace);
         for v6 in [false, true] {
             let (n, addr) = (if v6 { 6 } else { 4 }, addr_type(v6));
-            let _ = writeln!(
-                s,
-                "  set proven{n} {{
-    type {addr} . inet_proto . inet_service;
+            for (name, ty, pairs) in [
+                ("proven", format!("{addr} . inet_proto . inet_service"), true),
+                ("peers", addr.to_owned(), false),
+            ] {
+                let members: Vec<String> = proofs
+                    .iter()
+                    .filter(|p| p.source.is_ipv6() == v6 && p.pair.is_some() == pairs)
+                    .filter(|p| !p.left.is_zero())
+                    .take(PROOF_SET_SIZE as usize)
+                    .map(|p| {
+                        let element = match p.pair {
+                            Some((proto, port)) => {
+                                format!("{} . {} . {port}", p.source, proto.name())
+                            }
+                            None => p.source.to_string(),
+                        };
+                        let left = ceil_secs(p.left).min(grace);
+                        format!("{element} timeout {grace}s expires {left}s")
+                    })
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "  set {name}{n} {{
+    type {ty};
     flags dynamic,timeout;
     timeout {grace}s;
-    size {PROOF_SET_SIZE};
-  }}
-  set peers{n} {{
-    type {addr};
-    flags dynamic,timeout;
-    timeout {grace}s;
-    size {PROOF_SET_SIZE};
-  }}"
-            );
+    size {PROOF_SET_SIZE};"
+                );
+                if !members.is_empty() {
+                    let _ = writeln!(s, "    elements = {{ {} }};", members.join(", "));
+                }
+                s.push_str("  }\n");
+            }
         }
     }
 
@@ -540,7 +560,7 @@ impl Plan {
     /// Everything `install` would apply, as a human reads it.
     pub fn describe(&self) -> String {
         let mut s = String::from("# nft -f - (one transaction)\n");
-        s.push_str(&self.nft_script(&[]));
+        s.push_str(&self.nft_script(&[], &[]));
         if self.backend == Backend::Iptables {
             for (v6, tool) in [(false, "iptables-nft"), (true, "ip6tables-nft")] {
                 let _ = writeln!(s, "\n# {tool}-restore --noflush");
@@ -671,16 +691,51 @@ pub(super) fn pairs_of(text: &str, key: SourceKey) -> Vec<Pair> {
             if parts.next()? != ip {
                 return None;
             }
-            let proto = match parts.next()? {
-                "6" => PortProto::Tcp,
-                "17" => PortProto::Udp,
-                "132" => PortProto::Sctp,
-                name => PortProto::from_name(name).filter(|p| *p != PortProto::Ip)?,
-            };
+            let proto = proto_of(parts.next()?)?;
             let port = parts.next()?.split_whitespace().next()?.parse().ok()?;
             Some((proto, port))
         })
         .collect()
+}
+
+/// The elements of a proof set in `nft -j list set` output, each with the
+/// time it has left; elements it cannot read are left out.
+pub(super) fn proofs_of(json: &str) -> Vec<Proof> {
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(json) else { return Vec::new() };
+    let sets = doc.get("nftables").and_then(|v| v.as_array()).into_iter().flatten();
+    let elements = sets
+        .filter_map(|v| v.get("set")?.get("elem")?.as_array())
+        .flatten()
+        .filter_map(|e| e.get("elem"));
+    elements
+        .filter_map(|e| {
+            let left = Duration::from_secs(e.get("expires")?.as_u64()?);
+            let val = e.get("val")?;
+            let (source, pair) = match val.get("concat").and_then(|c| c.as_array()) {
+                Some(parts) => {
+                    let [addr, proto, port] = parts.as_slice() else { return None };
+                    let proto = match proto {
+                        serde_json::Value::Number(n) => proto_of(&n.to_string())?,
+                        other => proto_of(other.as_str()?)?,
+                    };
+                    let port = u16::try_from(port.as_u64()?).ok()?;
+                    (addr.as_str()?.parse().ok()?, Some((proto, port)))
+                }
+                None => (val.as_str()?.parse().ok()?, None),
+            };
+            Some(Proof { source, pair, left })
+        })
+        .collect()
+}
+
+/// A transport protocol as nft prints it: a name, or its number.
+fn proto_of(text: &str) -> Option<PortProto> {
+    match text {
+        "6" => Some(PortProto::Tcp),
+        "17" => Some(PortProto::Udp),
+        "132" => Some(PortProto::Sctp),
+        name => PortProto::from_name(name).filter(|p| *p != PortProto::Ip),
+    }
 }
 
 /// Sums the packet counters of the NFQUEUE rules in `iptables -nvxL` output.

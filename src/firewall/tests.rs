@@ -43,7 +43,7 @@ fn the_kernel_proves_pairs_and_sources_and_marks_the_fast_path() {
         Backend::Iptables,
         2,
     );
-    let s = plan.nft_script(&[]);
+    let s = plan.nft_script(&[], &[]);
     for set in ["proven4", "proven6"] {
         let decl = format!(
             "set {set} {{\n    type {} . inet_proto . inet_service;\n    flags dynamic,timeout;\n    timeout 300s;",
@@ -153,7 +153,7 @@ fn the_nft_table_replaces_itself_and_carries_lists_and_bans() {
             vec![(PortProto::Tcp, 80)],
         ),
     ];
-    let s = plan.nft_script(&bans);
+    let s = plan.nft_script(&bans, &[]);
     assert!(
         s.starts_with("table inet portcloak\ndelete table inet portcloak\ntable inet portcloak {")
     );
@@ -172,7 +172,7 @@ fn the_nft_table_replaces_itself_and_carries_lists_and_bans() {
 #[test]
 fn the_nft_backend_queues_in_the_table() {
     let plan = Plan::new(&config("[daemon]\noutbound = true\n"), Backend::Nft, 2);
-    let s = plan.nft_script(&[]);
+    let s = plan.nft_script(&[], &[]);
     assert!(s.contains("    counter queue flags bypass num 0-1\n  }"), "{s}");
     assert!(s.contains("meta mark & 0x10000000 == 0x10000000 return"), "{s}");
     assert!(s.contains("ct state invalid meta length > 128 drop"));
@@ -237,7 +237,7 @@ fn a_persona_turns_on_the_outbound_queues_and_sets_the_default_ttl_only() {
     assert_eq!(plan.outbound, Some(QueueRange { first: 2, count: 2 }));
     let ttl = plan.ttl.as_mut().unwrap();
     assert_eq!(*ttl, TtlRewrite { to: 128, from_v4: 64, from_v6: 64 });
-    let nft = plan.nft_script(&[]);
+    let nft = plan.nft_script(&[], &[]);
     assert!(nft.contains("type filter hook output priority 0;"), "{nft}");
     assert!(nft.contains("ip ttl 64 ip ttl set 128\n"), "{nft}");
     assert!(nft.contains("ip6 hoplimit 64 ip6 hoplimit set 128\n"), "{nft}");
@@ -250,10 +250,10 @@ fn a_persona_turns_on_the_outbound_queues_and_sets_the_default_ttl_only() {
     assert!(v6.contains("-p ipv6-icmp --icmpv6-type echo-reply -j NFQUEUE"), "{v6}");
     // A kernel already at the persona's TTL needs no IPv4 rule.
     plan.ttl = Some(TtlRewrite { to: 128, from_v4: 128, from_v6: 64 });
-    assert!(!plan.nft_script(&[]).contains("ip ttl"));
+    assert!(!plan.nft_script(&[], &[]).contains("ip ttl"));
     let none = Plan::new(&config(""), Backend::Iptables, 2);
     assert_eq!((none.outbound, none.ttl), (None, None));
-    assert!(!none.nft_script(&[]).contains("chain persona"));
+    assert!(!none.nft_script(&[], &[]).contains("chain persona"));
 }
 
 #[test]
@@ -264,7 +264,7 @@ fn hidden_ports_are_queued_on_their_own_queue_without_the_bypass_before_everythi
     let hidden = v4.find("-A PORTCLOAK_IN -p tcp --dport 22 -j NFQUEUE --queue-num 4\n");
     let general = v4.find("-A PORTCLOAK_IN -j NFQUEUE --queue-balance 0:1 --queue-bypass");
     assert!(hidden.is_some() && hidden < general, "{v4}");
-    let nft = Plan::new(&config("[[hidden]]\nport = 22\n"), Backend::Nft, 2).nft_script(&[]);
+    let nft = Plan::new(&config("[[hidden]]\nport = 22\n"), Backend::Nft, 2).nft_script(&[], &[]);
     assert!(nft.contains("meta l4proto tcp th dport 22 counter queue num 4\n"), "{nft}");
     assert_eq!(Plan::new(&config(""), Backend::Iptables, 2).hidden_queue, None);
 }
@@ -276,7 +276,7 @@ fn a_banned_network_drops_all_but_its_proven_sources() {
     let own = SourceKey::new("fd5c:a11:2:5::7".parse().unwrap(), 64);
     let ban =
         |key| Entry { key, remaining: Duration::from_secs(60), kind: BanKind::Ban, keep: vec![] };
-    let s = plan.nft_script(&[ban(network), ban(own)]);
+    let s = plan.nft_script(&[ban(network), ban(own)], &[]);
     let wide = s.find("set wide6 {").expect("the set of networks");
     assert!(
         s[wide..].starts_with("set wide6 {\n    type ipv6_addr;\n    flags timeout;\n    elements = { fd5c:a11:2:: timeout 60s };"),
@@ -301,5 +301,39 @@ fn a_banned_network_drops_all_but_its_proven_sources() {
     assert!(!text.contains("ban6") && !text.contains("quarantine6"), "{text}");
     // Off, there is no such set or rule.
     let off = Plan::new(&config("[tracking]\nipv6_escalate = 0\n"), Backend::Iptables, 1);
-    assert!(!off.nft_script(&[]).contains("wide6"));
+    assert!(!off.nft_script(&[], &[]).contains("wide6"));
+}
+
+#[test]
+fn proofs_are_read_from_the_kernel_and_carried_into_the_new_table() {
+    // `nft -j list set` output of nft 1.0.6, one set per listing.
+    let proven = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"set": {"family": "inet", "name": "proven4", "table": "portcloak", "type": ["ipv4_addr", "inet_proto", "inet_service"], "flags": ["timeout"], "timeout": 600, "elem": [{"elem": {"val": {"concat": ["198.18.2.2", "tcp", 80]}, "expires": 99}}, {"elem": {"val": {"concat": ["198.18.2.3", 17, 53]}, "expires": 7}}]}}]}"#;
+    let peers = r#"{"nftables": [{"set": {"name": "peers6", "elem": [{"elem": {"val": "fd5c:a11:5:ffff::", "expires": 299}}, {"elem": {"val": "nonsense", "expires": 1}}]}}]}"#;
+    let empty = r#"{"nftables": [{"set": {"name": "peers4", "type": "ipv4_addr"}}]}"#;
+    let mut proofs = render::proofs_of(proven);
+    proofs.extend(render::proofs_of(peers));
+    assert!(render::proofs_of(empty).is_empty() && render::proofs_of("not json").is_empty());
+    let proof = |source: &str, pair, secs| Proof {
+        source: source.parse().unwrap(),
+        pair,
+        left: Duration::from_secs(secs),
+    };
+    assert_eq!(
+        proofs,
+        vec![
+            proof("198.18.2.2", Some((PortProto::Tcp, 80)), 99),
+            proof("198.18.2.3", Some((PortProto::Udp, 53)), 7),
+            proof("fd5c:a11:5:ffff::", None, 299),
+        ]
+    );
+    let plan = Plan::new(&config("[ban]\nhandshake_grace = \"5m\"\n"), Backend::Iptables, 1);
+    let mut long = proofs.clone();
+    long.push(proof("198.18.2.4", None, 9999));
+    let s = plan.nft_script(&[], &long);
+    assert!(s.contains("set proven4 {\n    type ipv4_addr . inet_proto . inet_service;\n    flags dynamic,timeout;\n    timeout 300s;\n    size 65536;\n    elements = { 198.18.2.2 . tcp . 80 timeout 300s expires 99s, 198.18.2.3 . udp . 53 timeout 300s expires 7s };"), "{s}");
+    assert!(s.contains("elements = { fd5c:a11:5:ffff:: timeout 300s expires 299s };"), "{s}");
+    assert!(
+        s.contains("elements = { 198.18.2.4 timeout 300s expires 300s };"),
+        "at most the grace: {s}"
+    );
 }

@@ -88,18 +88,19 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let listener = control::bind(&d.socket)?;
     let clock = Clock::start();
     let now = clock.now();
-    let restored = match state::load(&d.state_file, now, 0, config.tracking.ipv6_prefix) {
-        Ok(loaded) => {
-            for why in &loaded.skipped {
-                log(&format!("warning: {why}"));
+    let (restored, saved_proofs) =
+        match state::load(&d.state_file, now, 0, config.tracking.ipv6_prefix) {
+            Ok(loaded) => {
+                for why in &loaded.skipped {
+                    log(&format!("warning: {why}"));
+                }
+                (loaded.bans, loaded.proofs)
             }
-            loaded.bans
-        }
-        Err(e) => {
-            log(&format!("warning: {e}; starting with no saved bans"));
-            Vec::new()
-        }
-    };
+            Err(e) => {
+                log(&format!("warning: {e}; starting with no saved bans"));
+                (Vec::new(), Vec::new())
+            }
+        };
     let mut engine = Engine::new(config.clone());
     if config.spa.enabled() {
         engine = engine.with_spa_key(read_spa_key(&config.spa.key_file)?);
@@ -150,7 +151,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     if manage {
         let bans = entries(&engine, now, &kept);
-        firewall::install(&plan, &bans).context("installing firewall objects")?;
+        // Proven clients stay proven across a restart: the proof sets of
+        // the table this one replaces (after a crash), or those a clean
+        // stop saved.
+        let proofs = firewall::proofs().unwrap_or(saved_proofs);
+        firewall::install(&plan, &bans, &proofs).context("installing firewall objects")?;
     }
 
     let (kernel_tx, kernel_rx) = channel::bounded(BAN_CHANNEL);
@@ -199,8 +204,15 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         let (shared, path, events) =
             (Arc::clone(&shared), d.state_file.clone(), events_on.then(|| events_tx.clone()));
         std::thread::Builder::new().name("bans".into()).spawn(move || {
-            let mut keeper =
-                Keeper { shared: &shared, manage, path: &path, kept, dirty: false, saved_at: None };
+            let mut keeper = Keeper {
+                shared: &shared,
+                manage,
+                path: &path,
+                kept,
+                proofs: Vec::new(),
+                dirty: false,
+                saved_at: None,
+            };
             keeper.run(&kernel_rx, events.as_ref());
         })?
     };
@@ -229,7 +241,6 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             .name("control".into())
             .spawn(move || serve_control(&listener, &shared, &kernel, &info))?
     };
-    drop(kernel_tx);
 
     log(&format!(
         "started: {} worker(s) on queue(s) {}, {} firewall{}, fail {}, {} ban(s) restored, persona {}",
@@ -263,6 +274,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         );
     }
     log("stopping");
+    // Removing the table empties the proof sets: the state file keeps them.
+    if manage && let Some(proofs) = firewall::proofs() {
+        let _ = kernel_tx.send(KernelMsg::Proofs(proofs));
+    }
+    drop(kernel_tx);
     if manage && let Err(e) = firewall::remove() {
         log(&format!("error: removing firewall objects: {e}"));
     }
@@ -413,6 +429,8 @@ struct Keeper<'a> {
     manage: bool,
     path: &'a Path,
     kept: BTreeMap<SourceKey, Vec<Pair>>,
+    /// The kernel's proof sets, read at a clean stop (which removes them).
+    proofs: Vec<firewall::Proof>,
     /// Bans changed since the state file was last written.
     dirty: bool,
     /// When it was last written.
@@ -483,6 +501,10 @@ impl Keeper<'_> {
                     let remaining = ban.until.saturating_since(now);
                     ops.push(BanOp::Add(Entry { key, remaining, kind: ban.kind, keep }));
                 }
+                KernelMsg::Proofs(ref proofs) => {
+                    self.proofs.clone_from(proofs);
+                    self.dirty = true;
+                }
                 KernelMsg::Unban(key) => {
                     log(&format!("unban {key} reason \"manual\""));
                     if let Some(ev) = events {
@@ -543,7 +565,8 @@ impl Keeper<'_> {
             })
             .collect();
         self.saved_at = Some(Instant::now());
-        match state::save(self.path, now, self.shared.clock.wall_offset(), &saved) {
+        let offset = self.shared.clock.wall_offset();
+        match state::save(self.path, now, offset, &saved, &self.proofs) {
             Ok(()) => self.dirty = false,
             Err(e) => log(&format!("error: cannot save {}: {e}", self.path.display())),
         }

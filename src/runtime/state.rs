@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::classify::PortProto;
-use crate::firewall::Pair;
+use crate::firewall::{Pair, Proof};
 use crate::time::Timestamp;
 use crate::track::{Ban, BanKind, SourceKey};
 
@@ -65,6 +65,18 @@ struct StateFile {
     /// When it was written, in Unix seconds.
     saved: u64,
     bans: Vec<SavedBan>,
+    /// The kernel's proof sets at a clean stop, which removes them.
+    proofs: Vec<SavedProof>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedProof {
+    source: String,
+    /// The proven pair, as `tcp/80`; none for a proven source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pair: Option<String>,
+    /// Unix microseconds.
+    until: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -84,11 +96,17 @@ struct SavedBan {
     offences: u16,
 }
 
-/// Writes `bans` to `path` through a temporary file and a rename,
-/// creating the directory (mode 0700) when needed. The file holds wall
-/// time: engine times are moved by `offset` (wall minus engine, in
+/// Writes `bans` and `proofs` to `path` through a temporary file and a
+/// rename, creating the directory (mode 0700) when needed. The file holds
+/// wall time: engine times are moved by `offset` (wall minus engine, in
 /// microseconds; see `runtime::clock`).
-pub fn save(path: &Path, now: Timestamp, offset: i64, bans: &[Saved]) -> std::io::Result<()> {
+pub fn save(
+    path: &Path,
+    now: Timestamp,
+    offset: i64,
+    bans: &[Saved],
+    proofs: &[Proof],
+) -> std::io::Result<()> {
     let file = StateFile {
         version: VERSION,
         saved: now.shifted(offset).micros() / 1_000_000,
@@ -104,6 +122,14 @@ pub fn save(path: &Path, now: Timestamp, offset: i64, bans: &[Saved]) -> std::io
                 offences: b.offences,
             })
             .collect(),
+        proofs: proofs
+            .iter()
+            .map(|p| SavedProof {
+                source: p.source.to_string(),
+                pair: p.pair.map(pair_name),
+                until: now.saturating_add(p.left).shifted(offset).micros(),
+            })
+            .collect(),
     };
     write_atomic(path, &encode(&file)?)
 }
@@ -117,7 +143,16 @@ fn encode(file: &StateFile) -> serde_json::Result<Vec<u8>> {
         out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
         serde_json::to_writer(&mut out, ban)?;
     }
-    out.extend_from_slice(b"\n]}\n");
+    out.extend_from_slice(b"\n]");
+    if !file.proofs.is_empty() {
+        out.extend_from_slice(b",\"proofs\":[");
+        for (i, proof) in file.proofs.iter().enumerate() {
+            out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+            serde_json::to_writer(&mut out, proof)?;
+        }
+        out.extend_from_slice(b"\n]");
+    }
+    out.extend_from_slice(b"}\n");
     Ok(out)
 }
 
@@ -163,6 +198,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub struct Loaded {
     /// Bans and quarantines still running.
     pub bans: Vec<Saved>,
+    /// Proofs saved at a clean stop, with the time they have left.
+    pub proofs: Vec<Proof>,
     /// One line per damaged entry, dropped alone.
     pub skipped: Vec<String>,
 }
@@ -184,12 +221,23 @@ pub fn load(path: &Path, now: Timestamp, offset: i64, v6_prefix: u8) -> Result<L
     if file.version != VERSION {
         return Err(corrupt(format!("version {} (this portcloak reads {VERSION})", file.version)));
     }
-    let mut loaded = Loaded { bans: Vec::with_capacity(file.bans.len()), skipped: Vec::new() };
+    let mut loaded = Loaded {
+        bans: Vec::with_capacity(file.bans.len()),
+        proofs: Vec::with_capacity(file.proofs.len()),
+        skipped: Vec::new(),
+    };
     for (i, entry) in file.bans.into_iter().enumerate() {
         match entry_of(entry, v6_prefix, offset) {
             Ok(saved) if saved.ban.is_active(now) => loaded.bans.push(saved),
             Ok(_) => {}
             Err(why) => loaded.skipped.push(format!("{name}: entry {i} left out: {why}")),
+        }
+    }
+    for (i, entry) in file.proofs.into_iter().enumerate() {
+        match proof_of(entry, now, offset) {
+            Ok(Some(proof)) => loaded.proofs.push(proof),
+            Ok(None) => {}
+            Err(why) => loaded.skipped.push(format!("{name}: proof {i} left out: {why}")),
         }
     }
     Ok(loaded)
@@ -200,6 +248,25 @@ pub fn load(path: &Path, now: Timestamp, offset: i64, v6_prefix: u8) -> Result<L
 struct StateFileIn {
     version: u32,
     bans: Vec<serde_json::Value>,
+    #[serde(default)]
+    proofs: Vec<serde_json::Value>,
+}
+
+/// One saved proof, checked: `None` once it has expired.
+fn proof_of(
+    entry: serde_json::Value,
+    now: Timestamp,
+    offset: i64,
+) -> Result<Option<Proof>, String> {
+    let saved: SavedProof = serde_json::from_value(entry).map_err(|e| e.to_string())?;
+    let source = saved.source.parse().map_err(|_| format!("bad source `{}`", saved.source))?;
+    let pair = match &saved.pair {
+        Some(p) => Some(parse_pair(p).ok_or_else(|| format!("bad pair `{p}`"))?),
+        None => None,
+    };
+    let until = Timestamp::from_micros(saved.until).shifted(offset.saturating_neg());
+    let left = until.saturating_since(now);
+    Ok((!left.is_zero()).then_some(Proof { source, pair, left }))
 }
 
 /// One saved entry, checked.
@@ -267,10 +334,24 @@ mod tests {
             saved(network, ban(3600, BanReason::SpreadScan(4)), vec![]),
             saved(short, ban(5, BanReason::Manual), vec![]),
         ];
-        save(&path, now, 0, &bans).unwrap();
+        let proof = |source: &str, pair, secs| Proof {
+            source: source.parse().unwrap(),
+            pair,
+            left: Duration::from_secs(secs),
+        };
+        let proofs = [
+            proof("198.18.2.2", Some((PortProto::Tcp, 80)), 600),
+            proof("fd5c:a11:5:ffff::", None, 300),
+            proof("198.18.2.3", None, 5),
+        ];
+        save(&path, now, 0, &bans, &proofs).unwrap();
         let later = now.saturating_add(Duration::from_secs(10));
-        let back = load(&path, later, 0, 64).unwrap().bans;
+        let loaded = load(&path, later, 0, 64).unwrap();
+        let back = loaded.bans;
         assert_eq!(back, bans[..4].to_vec());
+        // Proofs come back with what they have left; an expired one does not.
+        let left = |p: &Proof| Proof { left: p.left - Duration::from_secs(10), ..*p };
+        assert_eq!(loaded.proofs, vec![left(&proofs[0]), left(&proofs[1])]);
         assert_eq!(back[1].key.to_string(), "fd5c:a11:1::/64");
         // A network keeps its own prefix, whatever `ipv6_prefix` says.
         assert_eq!(
@@ -302,7 +383,7 @@ mod tests {
         };
         let key = SourceKey::new("198.18.1.2".parse().unwrap(), 64);
         let hour = 3_600_000_000;
-        save(&path, now, -hour, &[Saved { key, ban, keep: vec![] }]).unwrap();
+        save(&path, now, -hour, &[Saved { key, ban, keep: vec![] }], &[]).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains(&format!("\"until\":{}", ban.until.micros() - 3_600_000_000)));
         let restart = now.shifted(-hour);

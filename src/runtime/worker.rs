@@ -29,12 +29,14 @@ const NF_INET_LOCAL_OUT: u8 = 3;
 const NF_INET_POST_ROUTING: u8 = 4;
 
 /// What the worker tells the ban keeper.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum KernelMsg {
     /// The engine banned `source`.
     Ban(SourceKey, Ban),
     /// An operator lifted the ban on `source`.
     Unban(SourceKey),
+    /// The kernel's proof sets at a clean stop, for the state file.
+    Proofs(Vec<crate::firewall::Proof>),
 }
 
 /// One worker's counters, read by `status` and the summary.

@@ -3,7 +3,8 @@
 holds fd5c:a11:5::/48 and connects from a new /64 every 5 ports, so no /64
 reaches a threshold; portcloak bans the /48 (`tracking.ipv6_escalate`) in
 the kernel's wide6 set, which drops every /64 of it but those that proved
-themselves. Exits non-zero on the first failed check.
+themselves, across a clean restart and a kill -9. Exits non-zero on the
+first failed check.
 
   spread.py PORTCLOAK_BINARY WORKDIR
   spread.py probe HOST TIMEOUT SRC:PORT...   (run inside a namespace)
@@ -101,6 +102,15 @@ def body(lab, binary, workdir):
     wide = run(lab.ns(lab.server, "nft", "list", "set", "inet", "portcloak", "wide6")).stdout
     check(NETWORK + "::" in wide, "and back in the kernel set")
     check(not connects(lab, addr(FRESH), 80), "the fresh /64 still cannot connect")
+    check(connects(lab, addr(PROVEN), 80), "the proven client still connects: the stop saved its proof")
+    peers = run(lab.ns(lab.server, "nft", "list", "set", "inet", "portcloak", "peers6")).stdout
+    check("%s:%x::" % (NETWORK, PROVEN) in peers, "its proof is back in peers6")
+
+    log("kill -9 and restart: the proofs of the table left behind carry over")
+    d.kill9()
+    d.start()
+    check(connects(lab, addr(PROVEN), 80), "the proven client still connects")
+    check(not connects(lab, addr(FRESH), 80), "the fresh /64 still cannot")
 
     log("portcloak unban of one address lifts its network's ban")
     d.ctl("unban", addr(FRESH))
