@@ -214,3 +214,43 @@ on_committed_fixtures!(
     legitimate_traffic_is_never_dropped,
     a_client_that_mistypes_two_ports_keeps_working,
 );
+
+/// A generated capture of an IPv6 connect scan of ports 1-1000 from a new
+/// /64 of fd5c:a11:5::/48 every 5 ports: replay bans the /48 and lists it.
+#[test]
+fn replay_bans_and_lists_a_network_a_scan_spread_over_its_64s() {
+    use portcloak::Timestamp;
+    use portcloak::io::pcap::PcapWriter;
+    use portcloak::wire::TcpFlags;
+    use portcloak::wire::craft::Craft;
+
+    let dir = std::env::temp_dir().join(format!("portcloak-spread-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("spread.pcap");
+    let mut pcap =
+        PcapWriter::new(std::fs::File::create(&path).expect("create"), 101).expect("header");
+    let server: IpAddr = "fd5c:a11:1::1".parse().expect("address");
+    for port in 1..=1000u16 {
+        let src = IpAddr::from([0xfd5c, 0x0a11, 5, (port - 1) / 5, 0, 0, 0, 7]);
+        let syn = Craft::tcp(src, server, 40_000, port, TcpFlags::SYN)
+            .window(64_800)
+            .options(&[2, 4, 5, 160, 4, 2])
+            .build();
+        pcap.frame(Timestamp::from_micros(1_700_000_000_000_000 + u64::from(port) * 100_000), &syn)
+            .expect("frame");
+    }
+    pcap.finish().expect("flush");
+    let engine = Engine::new(Config::default());
+    let files = [path];
+    let report =
+        replay::run(&engine, &files, &replay::Options::default(), &mut Vec::new()).expect("replay");
+    let mut summary = Vec::new();
+    replay::write_summary(&mut summary, &files, &report).expect("summary");
+    let summary = String::from_utf8(summary).expect("utf-8");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+    assert!(summary.contains("networks   1 banned whole (tracking.ipv6_escalate)"), "{summary}");
+    assert!(summary.contains("\n  fd5c:a11:5::/48  banned at "), "{summary}");
+    assert!(summary.contains(": spread-scan 4\n"), "{summary}");
+    // After the ban, every probe is dropped as banned: 18 reached the policy.
+    assert_eq!(report.drops.get(&Reason::Banned), Some(&982), "{summary}");
+}

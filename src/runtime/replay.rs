@@ -742,19 +742,7 @@ pub fn write_summary(
     let start = report.span.map_or(Timestamp::ZERO, |s| s.0);
     for (key, s) in banned {
         let Some(ban) = s.ban else { continue };
-        writeln!(
-            out,
-            "  {key}  {} at {} (+{:.3}s) for {}, offence {}: {}",
-            match ban.kind {
-                BanKind::Ban => "banned",
-                BanKind::Quarantine => "quarantined",
-            },
-            ban.since,
-            ban.since.saturating_since(start).as_secs_f64(),
-            crate::time::format_duration(ban.until.saturating_since(ban.since)),
-            ban.offences,
-            ban.reason
-        )?;
+        writeln!(out, "{}", ban_line(*key, &ban, start))?;
         writeln!(out, "      scanner    {}", scanner_name(s))?;
         writeln!(out, "      scan kinds {}", counts(&s.kinds, ProbeKind::name))?;
         writeln!(
@@ -774,17 +762,25 @@ pub fn write_summary(
         writeln!(out, "networks   {} banned whole (tracking.ipv6_escalate)", networks.len())?;
     }
     for (key, ban) in networks {
-        writeln!(
-            out,
-            "  {key}  banned at {} (+{:.3}s) for {}, offence {}: {}",
-            ban.since,
-            ban.since.saturating_since(start).as_secs_f64(),
-            crate::time::format_duration(ban.until.saturating_since(ban.since)),
-            ban.offences,
-            ban.reason
-        )?;
+        writeln!(out, "{}", ban_line(*key, ban, start))?;
     }
     Ok(())
+}
+
+/// `  KEY  banned at T (+S s) for LENGTH, offence N: REASON`.
+fn ban_line(key: SourceKey, ban: &Ban, start: Timestamp) -> String {
+    format!(
+        "  {key}  {} at {} (+{:.3}s) for {}, offence {}: {}",
+        match ban.kind {
+            BanKind::Ban => "banned",
+            BanKind::Quarantine => "quarantined",
+        },
+        ban.since,
+        ban.since.saturating_since(start).as_secs_f64(),
+        crate::time::format_duration(ban.until.saturating_since(ban.since)),
+        ban.offences,
+        ban.reason
+    )
 }
 
 /// `name count, name count, …` in key order.
