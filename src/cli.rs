@@ -14,6 +14,7 @@ use crate::config::{Cidr, Config, GateProto};
 use crate::engine::Engine;
 use crate::firewall;
 use crate::runtime::control::{self, Request};
+use crate::runtime::protocol::{BanList, Banned, Lifted, StatusReport};
 use crate::runtime::{daemon, knock, replay};
 use crate::time::{format_duration, parse_duration};
 
@@ -258,23 +259,22 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
             Ok(Status::Ok)
         }
         Command::Status { target, json } => {
-            let answer = control::request(&target.socket()?, &Request::Status)?;
+            let status: StatusReport = control::request(&target.socket()?, &Request::Status)?;
             let mut out = std::io::stdout().lock();
             if json {
-                writeln!(out, "{answer}")?;
+                writeln!(out, "{}", serde_json::to_string(&status)?)?;
             } else {
-                write_status(&mut out, &answer)?;
+                status.write_text(&mut out)?;
             }
             Ok(Status::Ok)
         }
         Command::Bans { target, json } => {
-            let answer = control::request(&target.socket()?, &Request::Bans)?;
-            let bans = answer.get("bans").cloned().unwrap_or_default();
+            let list: BanList = control::request(&target.socket()?, &Request::Bans)?;
             let mut out = std::io::stdout().lock();
             if json {
-                writeln!(out, "{bans}")?;
+                writeln!(out, "{}", serde_json::to_string(&list.bans)?)?;
             } else {
-                write_bans(&mut out, &bans)?;
+                list.write_text(&mut out)?;
             }
             Ok(Status::Ok)
         }
@@ -289,11 +289,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
                 ),
                 None => None,
             };
-            let answer = control::request(&target.socket()?, &Request::Ban { ip, seconds })?;
-            let source = answer.get("source").and_then(|v| v.as_str()).unwrap_or("?");
-            let secs = answer.get("seconds").and_then(serde_json::Value::as_u64).unwrap_or(0);
-            let length = format_duration(std::time::Duration::from_secs(secs));
-            writeln!(std::io::stdout().lock(), "banned {source} for {length}")?;
+            let banned: Banned =
+                control::request(&target.socket()?, &Request::Ban { ip, seconds })?;
+            let length = format_duration(std::time::Duration::from_secs(banned.seconds));
+            writeln!(std::io::stdout().lock(), "banned {} for {length}", banned.source)?;
             Ok(Status::Ok)
         }
         Command::Unban { ip, target } => {
@@ -302,9 +301,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
             } else {
                 Some(ip.parse().map_err(|_| anyhow::anyhow!("`{ip}` is not an address or `all`"))?)
             };
-            let answer = control::request(&target.socket()?, &Request::Unban { ip })?;
-            let lifted = answer.get("lifted").and_then(|v| v.as_array()).map_or(0, Vec::len);
-            writeln!(std::io::stdout().lock(), "lifted {lifted} ban(s)")?;
+            let answer: Lifted = control::request(&target.socket()?, &Request::Unban { ip })?;
+            writeln!(std::io::stdout().lock(), "lifted {} ban(s)", answer.lifted.len())?;
             Ok(Status::Ok)
         }
     }
@@ -315,158 +313,6 @@ fn load_or_default(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     })
-}
-
-fn write_status(out: &mut impl Write, s: &serde_json::Value) -> std::io::Result<()> {
-    let n =
-        |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-    writeln!(
-        out,
-        "portcloak pid {}, up {}s, firewall {}, fail {}",
-        n(s, "pid"),
-        n(s, "uptime"),
-        s.get("firewall").and_then(|v| v.as_str()).unwrap_or("?"),
-        s.get("fail_mode").and_then(|v| v.as_str()).unwrap_or("?"),
-    )?;
-    writeln!(
-        out,
-        "{:>6} {:>4} {:>12} {:>12} {:>10} {:>8} {:>8} {:>10} {:>10}",
-        "queue",
-        "cpu",
-        "packets",
-        "accepted",
-        "dropped",
-        "shed",
-        "waiting",
-        "q_dropped",
-        "u_dropped"
-    )?;
-    for w in s.get("workers").and_then(|v| v.as_array()).into_iter().flatten() {
-        let k = w.get("kernel").cloned().unwrap_or_default();
-        let cpu = w
-            .get("cpu")
-            .and_then(serde_json::Value::as_u64)
-            .map_or("-".to_owned(), |c| c.to_string());
-        writeln!(
-            out,
-            "{:>6} {:>4} {:>12} {:>12} {:>10} {:>8} {:>8} {:>10} {:>10}",
-            n(w, "queue"),
-            cpu,
-            n(w, "packets"),
-            n(w, "accepted"),
-            n(w, "dropped"),
-            n(w, "shed"),
-            n(&k, "waiting"),
-            n(&k, "queue_dropped"),
-            n(&k, "user_dropped"),
-        )?;
-    }
-    let share = s.get("uninspected_share").and_then(serde_json::Value::as_f64);
-    writeln!(
-        out,
-        "inspected {} of {} packets; uninspected {} ({})",
-        n(s, "inspected"),
-        n(s, "packets"),
-        n(s, "uninspected"),
-        share.map_or("unknown".to_owned(), |x| format!("{:.2}%", x * 100.0)),
-    )?;
-    writeln!(
-        out,
-        "persona {}: {} packets rewritten, {} probes answered",
-        s.get("persona").and_then(|v| v.as_str()).unwrap_or("?"),
-        n(s, "rewritten"),
-        n(s, "answered")
-    )?;
-    if let Some(g) = s.get("gate") {
-        writeln!(
-            out,
-            "hidden ports: {} opened, {} dropped; authorized by spa {}, by knock {}; spa refused: \
-             malformed {}, bad-hmac {}, stale {}, wrong-source {}, replay {}, not-hidden {}; \
-             rate-limited {}",
-            n(g, "hidden_opened"),
-            n(g, "hidden_dropped"),
-            n(g, "spa_authorized"),
-            n(g, "knock_authorized"),
-            n(g, "spa_malformed"),
-            n(g, "spa_bad_hmac"),
-            n(g, "spa_stale"),
-            n(g, "spa_wrong_source"),
-            n(g, "spa_replay"),
-            n(g, "spa_not_hidden"),
-            n(g, "spa_rate_limited"),
-        )?;
-    }
-    if let Some(drops) = s.get("drops").and_then(|v| v.as_object()) {
-        let list: Vec<String> = drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        writeln!(
-            out,
-            "drops: {}",
-            if list.is_empty() { "none".to_owned() } else { list.join(", ") }
-        )?;
-    }
-    let t = s.get("tables").cloned().unwrap_or_default();
-    writeln!(
-        out,
-        "tables: sources {}/{} ({} evicted), flows {}/{} ({} evicted), ban records {}",
-        n(&t, "sources"),
-        n(&t, "source_capacity"),
-        n(&t, "source_evictions"),
-        n(&t, "flows"),
-        n(&t, "flow_capacity"),
-        n(&t, "flow_evictions"),
-        n(&t, "ban_records"),
-    )?;
-    let workers = s.get("workers").and_then(|v| v.as_array()).cloned().unwrap_or_default();
-    let (lost, errors) =
-        workers.iter().fold((0, 0), |(l, e), w| (l + n(w, "lost"), e + n(w, "errors")));
-    if lost + errors > 0 {
-        writeln!(
-            out,
-            "warnings: {lost} bans or events lost to full channels, {errors} queue errors"
-        )?;
-    }
-    if let Some(k) = s.get("kernel_counters").filter(|k| !k.is_null()) {
-        writeln!(
-            out,
-            "kernel: {} new connections of proven pairs passed (fast path), {} of quarantined \
-             sources dropped; banned sources' packets dropped: {} IPv4, {} IPv6",
-            n(k, "fast_path"),
-            n(k, "quarantined"),
-            n(k, "banned4"),
-            n(k, "banned6"),
-        )?;
-    }
-    let m = s.get("memory").cloned().unwrap_or_default();
-    writeln!(
-        out,
-        "bans: {}, quarantines: {}; memory {} MiB resident, {} MiB peak, limit {} MiB",
-        n(s, "bans"),
-        n(s, "quarantines"),
-        n(&m, "rss") >> 20,
-        n(&m, "peak") >> 20,
-        n(&m, "limit") >> 20,
-    )
-}
-
-fn write_bans(out: &mut impl Write, bans: &serde_json::Value) -> std::io::Result<()> {
-    let list = bans.as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
-        return writeln!(out, "no active bans");
-    }
-    writeln!(out, "{:<28} {:<10} {:>10} {:>8}  reason", "source", "kind", "remaining", "offences")?;
-    for b in list {
-        let remaining = b.get("remaining").and_then(serde_json::Value::as_u64).unwrap_or(0);
-        writeln!(
-            out,
-            "{:<28} {:<10} {:>10} {:>8}  {}",
-            b.get("source").and_then(|v| v.as_str()).unwrap_or("?"),
-            b.get("kind").and_then(|v| v.as_str()).unwrap_or("?"),
-            format_duration(std::time::Duration::from_secs(remaining)),
-            b.get("offences").and_then(serde_json::Value::as_u64).unwrap_or(0),
-            b.get("reason").and_then(|v| v.as_str()).unwrap_or("?"),
-        )?;
-    }
-    Ok(())
 }
 
 fn check(file: &std::path::Path) -> anyhow::Result<Status> {

@@ -41,9 +41,19 @@ impl Timestamp {
         self.0
     }
 
+    /// Whole seconds since the epoch.
+    pub const fn secs(self) -> u64 {
+        self.0 / 1_000_000
+    }
+
+    /// Microseconds past the whole second.
+    pub const fn subsec_micros(self) -> u32 {
+        (self.0 % 1_000_000) as u32
+    }
+
     /// Whole seconds since the epoch, saturated to `u32`.
     pub fn secs_u32(self) -> u32 {
-        u32::try_from(self.0 / 1_000_000).unwrap_or(u32::MAX)
+        u32::try_from(self.secs()).unwrap_or(u32::MAX)
     }
 
     /// This timestamp moved `d` later, saturating instead of overflowing.
@@ -66,7 +76,7 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:06}", self.0 / 1_000_000, self.0 % 1_000_000)
+        write!(f, "{}.{:06}", self.secs(), self.subsec_micros())
     }
 }
 

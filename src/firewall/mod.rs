@@ -245,7 +245,7 @@ pub fn queued_packets(backend: Backend) -> Option<u64> {
 }
 
 /// The kernel's counters of what it passed or dropped itself, by rule.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KernelCounters {
     /// New connections of proven pairs passed without a queue trip.
     pub fast_path: u64,

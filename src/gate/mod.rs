@@ -101,7 +101,7 @@ pub enum GateEvent {
 }
 
 /// Counters of the gate, for `status`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct GateCounters {
     /// Authorizations by SPA.
     pub spa_authorized: u64,
@@ -382,7 +382,7 @@ impl Gate {
             Err(spa::OpenError::Malformed) => return reject(Rejection::Malformed),
             Err(spa::OpenError::BadHmac) => return reject(Rejection::BadHmac),
         };
-        let now_s = now.shifted(self.wall_offset.load(Relaxed)).micros() / 1_000_000;
+        let now_s = now.shifted(self.wall_offset.load(Relaxed)).secs();
         if req.timestamp.abs_diff(now_s) > spa.max_age {
             return reject(Rejection::Stale);
         }

@@ -73,7 +73,7 @@ fn spa_packet(ip: IpAddr, timestamp: u64, nonce: u8, key: &[u8]) -> Vec<u8> {
 }
 
 fn now_s(t: Timestamp) -> u64 {
-    t.micros() / 1_000_000
+    t.secs()
 }
 
 #[test]

@@ -356,10 +356,9 @@ impl<W: io::Write> PcapWriter<W> {
     /// Writes one frame, captured whole.
     pub fn frame(&mut self, ts: Timestamp, data: &[u8]) -> io::Result<()> {
         let len = u32::try_from(data.len()).map_err(|_| io::Error::other("frame too large"))?;
-        let secs = u32::try_from(ts.micros() / 1_000_000)
-            .map_err(|_| io::Error::other("timestamp too large"))?;
+        let secs = u32::try_from(ts.secs()).map_err(|_| io::Error::other("timestamp too large"))?;
         self.out.write_all(&secs.to_le_bytes())?;
-        self.out.write_all(&((ts.micros() % 1_000_000) as u32).to_le_bytes())?;
+        self.out.write_all(&ts.subsec_micros().to_le_bytes())?;
         self.out.write_all(&len.to_le_bytes())?;
         self.out.write_all(&len.to_le_bytes())?;
         self.out.write_all(data)

@@ -201,7 +201,7 @@ impl Decision {
 }
 
 /// Bans that were not issued, by guard.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct GuardCounters {
     /// Single-packet bans skipped because the source is proven.
     pub handshake_grace: u64,

@@ -72,10 +72,17 @@ pub enum ControlError {
     /// The daemon refused the request.
     #[error("{0}")]
     Refused(String),
+    /// The answer is not what this portcloak expects.
+    #[error("the daemon's answer does not parse ({0}); is it another portcloak version?")]
+    Answer(String),
 }
 
-/// Sends `request` to the daemon at `path` and returns its answer.
-pub fn request(path: &Path, request: &Request) -> Result<Value, ControlError> {
+/// Sends `request` to the daemon at `path` and returns its answer, read
+/// as `T` (one of [`super::protocol`]'s answers).
+pub fn request<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    request: &Request,
+) -> Result<T, ControlError> {
     let io = |source| ControlError::Io { path: path.to_owned(), source };
     let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -93,7 +100,7 @@ pub fn request(path: &Path, request: &Request) -> Result<Value, ControlError> {
     BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
     let value: Value = serde_json::from_str(&answer).map_err(|e| io(e.into()))?;
     if value.get("ok").and_then(Value::as_bool) == Some(true) {
-        Ok(value)
+        serde_json::from_value(value).map_err(|e| ControlError::Answer(e.to_string()))
     } else {
         let why = value.get("error").and_then(Value::as_str).unwrap_or("unknown error");
         Err(ControlError::Refused(why.to_owned()))
@@ -141,9 +148,11 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 /// Serves `listener` until `stop` is set: each connection on a thread of
 /// its own, at most [`MAX_CONNECTIONS`] at once (one more is told to retry
 /// and closed).
-pub fn serve<F>(listener: &UnixListener, stop: &AtomicBool, handle: F)
+pub fn serve<F, A, E>(listener: &UnixListener, stop: &AtomicBool, handle: F)
 where
-    F: Fn(Request) -> Result<Value, String> + Sync,
+    F: Fn(Request) -> Result<A, E> + Sync,
+    A: Serialize,
+    E: std::fmt::Display,
 {
     let active = AtomicUsize::new(0);
     std::thread::scope(|scope| {
@@ -178,10 +187,23 @@ where
     });
 }
 
+/// The answer to a refused request.
+#[derive(Serialize)]
+struct Failure<'a> {
+    ok: bool,
+    error: &'a str,
+}
+
+impl Failure<'_> {
+    fn value(why: &str) -> Value {
+        serde_json::to_value(Failure { ok: false, error: why }).unwrap_or(Value::Null)
+    }
+}
+
 fn refuse(stream: &UnixStream, why: &str) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-    write_line(stream, &serde_json::json!({ "ok": false, "error": why }));
+    write_line(stream, &Failure::value(why));
 }
 
 /// Writes `value` as one JSON line; a client that went away is no error.
@@ -232,12 +254,17 @@ fn read_request(stream: &UnixStream) -> Result<String, String> {
 }
 
 /// Answers one connection with `handle`.
-pub fn answer(stream: UnixStream, handle: impl FnOnce(Request) -> Result<Value, String>) {
+pub fn answer<A: Serialize, E: std::fmt::Display>(
+    stream: UnixStream,
+    handle: impl FnOnce(Request) -> Result<A, E>,
+) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_write_timeout(Some(TIMEOUT));
     let reply =
         read_request(&stream).and_then(|line| match serde_json::from_str::<Request>(&line) {
-            Ok(req) => handle(req),
+            Ok(req) => handle(req)
+                .map_err(|e| e.to_string())
+                .and_then(|a| serde_json::to_value(a).map_err(|e| e.to_string())),
             Err(e) => Err(format!("bad request: {e}")),
         });
     let value = match reply {
@@ -247,7 +274,7 @@ pub fn answer(stream: UnixStream, handle: impl FnOnce(Request) -> Result<Value, 
             }
             v
         }
-        Err(e) => serde_json::json!({ "ok": false, "error": e }),
+        Err(e) => Failure::value(&e),
     };
     write_line(&stream, &value);
 }
@@ -292,7 +319,9 @@ mod tests {
             }
         }
         std::thread::scope(|scope| {
-            scope.spawn(|| serve(&listener, &stop, |_| Ok(serde_json::json!({ "pong": 1 }))));
+            scope.spawn(|| {
+                serve(&listener, &stop, |_| Ok::<_, String>(serde_json::json!({ "pong": 1 })));
+            });
             let _stop = Stop(&stop);
             // A slow client that never finishes its request.
             let slow = UnixStream::connect(&path).unwrap();
@@ -315,7 +344,7 @@ mod tests {
                 (sent, answer)
             });
             let started = Instant::now();
-            let answer = request(&path, &Request::Status).unwrap();
+            let answer: Value = request(&path, &Request::Status).unwrap();
             assert_eq!(answer["pong"], 1);
             assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
             let (sent, answer) = huge.join().unwrap();

@@ -18,10 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
-use serde_json::{Value, json};
 
 use super::clock::Clock;
 use super::control::{self, Request};
+use super::protocol::{
+    Answer, BanEntry, BanList, Banned, Lifted, Memory, StatusReport, WorkerStatus,
+};
 use super::queue::{self, KernelQueue};
 use super::state::Saved;
 use super::worker::{self, KernelMsg, Shared, WorkerStats};
@@ -765,27 +767,42 @@ fn serve_control(
     control::serve(listener, &shared.stop, |req| handle(req, shared, kernel, info));
 }
 
+/// Why the daemon refused a control request.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    /// `ban --for 0s`.
+    #[error("a ban must last longer than 0s")]
+    ZeroLength,
+    /// The engine would not ban the address.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::Refused),
+    /// The ban keeper is gone (the daemon is stopping).
+    #[error("the daemon is stopping: its ban keeper no longer takes changes")]
+    KeeperGone,
+}
+
 fn handle(
     req: Request,
     shared: &Shared,
     kernel: &Sender<KernelMsg>,
     info: &Info,
-) -> Result<Value, String> {
+) -> Result<Answer, Refusal> {
     let engine = &shared.engine;
     let config = engine.config();
     let now = shared.clock.now();
+    let send = |msg| kernel.send(msg).map_err(|_| Refusal::KeeperGone);
     match req {
-        Request::Status => Ok(status(shared, info)),
-        Request::Bans => Ok(json!({ "bans": bans_json(shared, now) })),
+        Request::Status => Ok(Answer::Status(Box::new(status(shared, info)))),
+        Request::Bans => Ok(Answer::Bans(BanList { bans: ban_entries(shared, now) })),
         Request::Ban { ip, seconds } => {
             let length = seconds.map_or(config.ban.duration.get(), Duration::from_secs);
             if length.is_zero() {
-                return Err("a ban must last longer than 0s".into());
+                return Err(Refusal::ZeroLength);
             }
-            let ban = engine.ban(now, ip, length).map_err(|e| e.to_string())?;
+            let ban = engine.ban(now, ip, length)?;
             let key = SourceKey::new(ip, config.tracking.ipv6_prefix);
-            kernel.send(KernelMsg::Ban(key, ban)).map_err(|e| e.to_string())?;
-            Ok(json!({ "source": key.to_string(), "seconds": length.as_secs() }))
+            send(KernelMsg::Ban(key, ban))?;
+            Ok(Answer::Banned(Banned { source: key.to_string(), seconds: length.as_secs() }))
         }
         Request::Unban { ip } => {
             // An address: its own ban and its network's; none: every ban.
@@ -810,96 +827,96 @@ fn handle(
                 }
             };
             for key in keys {
-                kernel.send(KernelMsg::Unban(key)).map_err(|e| e.to_string())?;
+                send(KernelMsg::Unban(key))?;
             }
-            let lifted: Vec<String> = lifted.iter().map(ToString::to_string).collect();
-            Ok(json!({ "lifted": lifted }))
+            Ok(Answer::Lifted(Lifted { lifted: lifted.iter().map(ToString::to_string).collect() }))
         }
     }
 }
 
 /// Active bans, with their start and end as Unix seconds of the wall
 /// clock now.
-fn bans_json(shared: &Shared, now: Timestamp) -> Vec<Value> {
+fn ban_entries(shared: &Shared, now: Timestamp) -> Vec<BanEntry> {
     let offset = shared.clock.wall_offset();
     shared
         .engine
         .bans(now)
         .into_iter()
-        .map(|(k, b)| {
-            json!({
-                "source": k.to_string(),
-                "kind": b.kind.name(),
-                "reason": b.reason.to_string(),
-                "since": b.since.shifted(offset).micros() / 1_000_000,
-                "until": b.until.shifted(offset).micros() / 1_000_000,
-                "remaining": b.until.saturating_since(now).as_secs(),
-                "offences": b.offences,
-            })
+        .map(|(k, b)| BanEntry {
+            source: k.to_string(),
+            kind: b.kind.name().to_owned(),
+            reason: b.reason.to_string(),
+            since: b.since.shifted(offset).secs(),
+            until: b.until.shifted(offset).secs(),
+            remaining: b.until.saturating_since(now).as_secs(),
+            offences: b.offences,
         })
         .collect()
 }
 
-fn status(shared: &Shared, info: &Info) -> Value {
+fn status(shared: &Shared, info: &Info) -> StatusReport {
     let kq: BTreeMap<u16, KernelQueue> =
         queue::kernel_queues().into_iter().map(|k| (k.queue, k)).collect();
-    let workers: Vec<Value> = shared
+    let workers = shared
         .workers
         .iter()
         .map(|w| {
             let q = w.queue.load(Relaxed);
-            let k = u16::try_from(q).ok().and_then(|q| kq.get(&q)).copied().unwrap_or_default();
             let cpu = w.cpu.load(Relaxed);
-            json!({
-                "queue": q,
-                "cpu": (cpu != u32::MAX).then_some(cpu),
-                "packets": w.packets.load(Relaxed),
-                "accepted": w.accepted.load(Relaxed),
-                "dropped": w.dropped.load(Relaxed),
-                "shed": w.shed.load(Relaxed),
-                "rewritten": w.rewritten.load(Relaxed),
-                "answered": w.answered.load(Relaxed),
-                "lost": w.lost.load(Relaxed),
-                "errors": w.errors.load(Relaxed),
-                "kernel": k,
-            })
+            WorkerStatus {
+                queue: q,
+                cpu: (cpu != u32::MAX).then_some(cpu),
+                packets: w.packets.load(Relaxed),
+                accepted: w.accepted.load(Relaxed),
+                dropped: w.dropped.load(Relaxed),
+                shed: w.shed.load(Relaxed),
+                rewritten: w.rewritten.load(Relaxed),
+                answered: w.answered.load(Relaxed),
+                lost: w.lost.load(Relaxed),
+                errors: w.errors.load(Relaxed),
+                kernel: u16::try_from(q).ok().and_then(|q| kq.get(&q)).copied().unwrap_or_default(),
+            }
         })
         .collect();
     let totals = Totals::read(&shared.workers);
-    let drops: serde_json::Map<String, Value> = Reason::ALL
+    let drops = Reason::ALL
         .iter()
         .zip(totals.drops)
         .filter(|(_, n)| *n > 0)
-        .map(|(r, n)| (r.name().to_owned(), json!(n)))
+        .map(|(r, n)| (r.name().to_owned(), n))
         .collect();
     let (missed, share) = uninspected(info.backend, info.manage, &totals)
         .map_or((None, None), |(m, s)| (Some(m), Some(s)));
     let stats = shared.engine.stats();
     let (rss, peak) = super::memory();
     let (bans, quarantines) = ban_counts(shared);
-    let kernel = if info.manage { firewall::kernel_counters() } else { None };
-    json!({
-        "pid": std::process::id(),
-        "uptime": info.started.elapsed().as_secs(),
-        "firewall": if info.manage { if info.backend == Backend::Nft { "nft" } else { "iptables-nft" } } else { "unmanaged" },
-        "fail_mode": if shared.fail_open { "open" } else { "closed" },
-        "workers": workers,
-        "packets": totals.packets,
-        "inspected": totals.inspected(),
-        "rewritten": totals.rewritten,
-        "answered": totals.answered,
-        "persona": shared.engine.config().persona.name,
-        "uninspected": missed,
-        "uninspected_share": share,
-        "drops": drops,
-        "tables": stats.tables,
-        "guards": stats.guards,
-        "gate": stats.gate,
-        "bans": bans,
-        "quarantines": quarantines,
-        "kernel_counters": kernel,
-        "memory": { "rss": rss, "peak": peak, "limit": shared.engine.config().daemon.memory_limit << 20 },
-    })
+    let firewall = match (info.manage, info.backend) {
+        (false, _) => "unmanaged",
+        (true, Backend::Nft) => "nft",
+        (true, Backend::Iptables) => "iptables-nft",
+    };
+    StatusReport {
+        pid: std::process::id(),
+        uptime: info.started.elapsed().as_secs(),
+        firewall: firewall.to_owned(),
+        fail_mode: if shared.fail_open { "open" } else { "closed" }.to_owned(),
+        workers,
+        packets: totals.packets,
+        inspected: totals.inspected(),
+        rewritten: totals.rewritten,
+        answered: totals.answered,
+        persona: shared.engine.config().persona.name.clone(),
+        uninspected: missed,
+        uninspected_share: share,
+        drops,
+        tables: stats.tables,
+        guards: stats.guards,
+        gate: stats.gate,
+        bans,
+        quarantines,
+        kernel_counters: if info.manage { firewall::kernel_counters() } else { None },
+        memory: Memory { rss, peak, limit: shared.engine.config().daemon.memory_limit << 20 },
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod control;
 pub mod daemon;
 pub mod knock;
 pub mod listen;
+pub mod protocol;
 pub mod queue;
 pub mod replay;
 pub mod state;

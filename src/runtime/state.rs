@@ -109,7 +109,7 @@ pub fn save(
 ) -> std::io::Result<()> {
     let file = StateFile {
         version: VERSION,
-        saved: now.shifted(offset).micros() / 1_000_000,
+        saved: now.shifted(offset).secs(),
         bans: bans
             .iter()
             .map(|Saved { key: k, ban: b, keep }| SavedBan {

@@ -208,7 +208,7 @@ impl Flow {
 }
 
 /// Table sizes and counters, summed over shards.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TableStats {
     /// Sources tracked now.
     pub sources: usize,
