@@ -133,39 +133,61 @@ pub struct GateCounters {
 /// The gate's counters, each bumped by the worker that saw the packet.
 #[derive(Debug, Default)]
 struct Counters {
-    /// By [`Via`]: knock, SPA.
-    authorized: [AtomicU64; 2],
-    /// By [`Rejection`].
-    rejected: [AtomicU64; 6],
+    spa_authorized: AtomicU64,
+    knock_authorized: AtomicU64,
+    malformed: AtomicU64,
+    bad_hmac: AtomicU64,
+    stale: AtomicU64,
+    wrong_source: AtomicU64,
+    replay: AtomicU64,
+    not_hidden: AtomicU64,
     limited: AtomicU64,
     over_budget: AtomicU64,
     opened: AtomicU64,
     dropped: AtomicU64,
 }
 
-fn bump(counter: Option<&AtomicU64>) {
-    if let Some(c) = counter {
-        c.fetch_add(1, Relaxed);
-    }
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Relaxed);
 }
 
 impl Counters {
+    /// The counter of authorizations `via`: every kind has its own, so a
+    /// new one is a compile error here, never a silent skip.
+    const fn authorized(&self, via: Via) -> &AtomicU64 {
+        match via {
+            Via::Spa => &self.spa_authorized,
+            Via::Knock => &self.knock_authorized,
+        }
+    }
+
+    /// The counter of refusals for `r`, likewise.
+    const fn rejected(&self, r: Rejection) -> &AtomicU64 {
+        match r {
+            Rejection::Malformed => &self.malformed,
+            Rejection::BadHmac => &self.bad_hmac,
+            Rejection::Stale => &self.stale,
+            Rejection::WrongSource => &self.wrong_source,
+            Rejection::Replay => &self.replay,
+            Rejection::NotHidden => &self.not_hidden,
+        }
+    }
+
     fn read(&self) -> GateCounters {
-        let load = |c: Option<&AtomicU64>| c.map_or(0, |c| c.load(Relaxed));
-        let by = |r: Rejection| load(self.rejected.get(r as usize));
+        let load = |c: &AtomicU64| c.load(Relaxed);
         GateCounters {
-            spa_authorized: load(self.authorized.get(Via::Spa as usize)),
-            knock_authorized: load(self.authorized.get(Via::Knock as usize)),
-            spa_malformed: by(Rejection::Malformed),
-            spa_bad_hmac: by(Rejection::BadHmac),
-            spa_stale: by(Rejection::Stale),
-            spa_wrong_source: by(Rejection::WrongSource),
-            spa_replay: by(Rejection::Replay),
-            spa_not_hidden: by(Rejection::NotHidden),
-            spa_rate_limited: load(Some(&self.limited)),
-            spa_over_budget: load(Some(&self.over_budget)),
-            hidden_opened: load(Some(&self.opened)),
-            hidden_dropped: load(Some(&self.dropped)),
+            spa_authorized: load(&self.spa_authorized),
+            knock_authorized: load(&self.knock_authorized),
+            spa_malformed: load(&self.malformed),
+            spa_bad_hmac: load(&self.bad_hmac),
+            spa_stale: load(&self.stale),
+            spa_wrong_source: load(&self.wrong_source),
+            spa_replay: load(&self.replay),
+            spa_not_hidden: load(&self.not_hidden),
+            spa_rate_limited: load(&self.limited),
+            spa_over_budget: load(&self.over_budget),
+            hidden_opened: load(&self.opened),
+            hidden_dropped: load(&self.dropped),
         }
     }
 }
@@ -304,10 +326,10 @@ impl Gate {
             return (Gated::Pass, None);
         }
         if state.authorized(index, self.host(view.ip.src), now) {
-            bump(Some(&self.counters.opened));
+            bump(&self.counters.opened);
             (Gated::Open, None)
         } else {
-            bump(Some(&self.counters.dropped));
+            bump(&self.counters.dropped);
             (Gated::Closed, None)
         }
     }
@@ -337,7 +359,7 @@ impl Gate {
             let done = expected + 1 == self.knock.len();
             state.knock_step = if done { 0 } else { u8::try_from(expected + 1).unwrap_or(0) };
             let event = done.then(|| {
-                bump(self.counters.authorized.get(Via::Knock as usize));
+                bump(self.counters.authorized(Via::Knock));
                 let mask = mask_of(self.hidden.len());
                 let until = now.saturating_add(self.longest_open());
                 state.authorize(host, mask, now, until);
@@ -370,11 +392,11 @@ impl Gate {
         // spend nothing of the source's own allowance: a flood of junk
         // "from" a client cannot stop its real packets.
         if !spa.budget.allow(now) {
-            bump(Some(&self.counters.over_budget));
+            bump(&self.counters.over_budget);
             return None;
         }
         let reject = |r: Rejection| {
-            bump(self.counters.rejected.get(r as usize));
+            bump(self.counters.rejected(r));
             Some(GateEvent::Rejected(r))
         };
         let req = match spa::open(&spa.key, payload) {
@@ -390,7 +412,7 @@ impl Gate {
             return reject(Rejection::WrongSource);
         }
         if !state.take_spa(now, spa.rate, spa.burst) {
-            bump(Some(&self.counters.limited));
+            bump(&self.counters.limited);
             return None;
         }
         let proto = match req.protocol {
@@ -411,7 +433,7 @@ impl Gate {
                 n.floor = n.floor.max(evicted);
             }
         }
-        bump(self.counters.authorized.get(Via::Spa as usize));
+        bump(self.counters.authorized(Via::Spa));
         let open_for = self.hidden.get(index).map(|h| h.open_for.get()).unwrap_or_default();
         let (mask, until) = (1u16 << index, now.saturating_add(open_for));
         state.authorize(self.host(src), mask, now, until);

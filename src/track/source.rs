@@ -72,8 +72,6 @@ struct Bucket {
 /// Everything portcloak remembers about one source between packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SourceState {
-    /// First packet seen from this source.
-    pub first_seen: Timestamp,
     /// Latest packet seen from this source.
     pub last_seen: Timestamp,
     /// Latest completed TCP handshake; [`Timestamp::ZERO`] for none.
@@ -157,7 +155,6 @@ impl SourceState {
     /// A fresh source seen first at `now`.
     pub fn new(now: Timestamp) -> Self {
         Self {
-            first_seen: now,
             last_seen: now,
             last_handshake: Timestamp::ZERO,
             proven: ProvenPorts::default(),
@@ -420,7 +417,7 @@ mod tests {
 
     #[test]
     fn state_has_a_fixed_small_size() {
-        assert_eq!(std::mem::size_of::<SourceState>(), 360, "the README states this size");
+        assert_eq!(std::mem::size_of::<SourceState>(), 352, "the README states this size");
     }
 
     #[test]
@@ -436,3 +433,4 @@ mod tests {
         assert!(!p.contains(PortProto::Udp, 443), "protocols differ");
     }
 }
+
