@@ -1,8 +1,8 @@
 //! EVENTS: what a run reports beyond plain accepts, as JSON lines.
 //!
-//! One event per dropped packet (with its reason), per ban, and per lifted
-//! ban. A rewrite event exists for the OS-persona work, which will set
-//! `Outcome::rewritten`.
+//! One event per dropped packet (with its reason), per ban (a source's, or
+//! its network's), per lifted ban, and per packet an OS persona rewrote
+//! (`Outcome::rewritten`).
 
 use std::net::IpAddr;
 

@@ -1,7 +1,6 @@
-//! PACKET IN: where packets come from. The only code that reads files (and,
-//! with the daemon, talks to the kernel).
-//!
-//! Today: [`pcap`], a streaming reader of pcap and pcapng captures, whose
-//! frames replay strips to the IP header with [`crate::wire::link`].
+//! PACKET IN (offline): captures. [`pcap`] reads pcap and pcapng files as a
+//! stream, whose frames replay strips to the IP header with
+//! [`crate::wire::link`], and writes pcap files one frame at a time. The
+//! daemon's packets come from NFQUEUE instead (`runtime::queue`).
 
 pub mod pcap;

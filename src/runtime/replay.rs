@@ -10,6 +10,8 @@
 //!    each packet gets a direction, and the ports the host answered on (a
 //!    SYN answered by a SYN-ACK; a datagram answered by a datagram), which
 //!    are open unless `services.learn_from_replies` is off;
+//! 2. drives every frame through the engine, in capture order, with the
+//!    frame's own timestamp and a direction from the survey;
 //! 3. skips every reply whose request portcloak dropped: inline, the host
 //!    would never have seen the request, so it would never have answered.
 //!    Replies that do go out to a source that ends up banned are counted as

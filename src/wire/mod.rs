@@ -1,8 +1,10 @@
 //! PARSE: bytes that start at an IP header, turned into a borrowed [`PacketView`].
 //!
-//! This module owns everything that knows about header layouts. It uses
-//! etherparse for IPv4 (with options and fragments), IPv6 (with extension
-//! headers), TCP, UDP and ICMP; SCTP is recognised by its common header.
+//! This module reads header layouts. It uses etherparse for IPv4 (with
+//! options and fragments), IPv6 (with extension headers), TCP, UDP and
+//! ICMP; SCTP is recognised by its common header. `craft` builds packets
+//! (for tests, benches and doc examples); the persona's in-place edits still
+//! live in `disguise` (issue 12 moves them here).
 //! `etherparse` types stop here: the rest of the engine sees only our views.
 //!
 //! The contract, as in smoltcp's `wire`: [`parse`] accepts any byte slice and
