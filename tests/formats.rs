@@ -12,7 +12,7 @@ use portcloak::{Config, Engine, Timestamp};
 use crate::util::fixture;
 
 /// The IP packets of a fixture, with their times.
-fn ip_packets(name: &str) -> Vec<(Timestamp, Vec<u8>)> {
+pub(crate) fn ip_packets(name: &str) -> Vec<(Timestamp, Vec<u8>)> {
     let mut reader = PcapReader::open(&fixture(name)).expect("open");
     let mut out = Vec::new();
     while let Some(frame) = reader.next_frame().expect("read") {
@@ -55,7 +55,7 @@ fn wrap(linktype: u32, ip: &[u8]) -> Vec<u8> {
 }
 
 /// A pcapng file: one section, one interface with nanosecond timestamps.
-fn write_pcapng(path: &Path, linktype: u16, frames: &[(Timestamp, Vec<u8>)]) {
+pub(crate) fn write_pcapng(path: &Path, linktype: u16, frames: &[(Timestamp, Vec<u8>)]) {
     fn block(out: &mut Vec<u8>, kind: u32, body: &[u8]) {
         let total = 12 + body.len().div_ceil(4) * 4;
         out.extend_from_slice(&kind.to_le_bytes());

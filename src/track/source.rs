@@ -433,4 +433,3 @@ mod tests {
         assert!(!p.contains(PortProto::Udp, 443), "protocols differ");
     }
 }
-
