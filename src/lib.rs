@@ -18,7 +18,7 @@
 //!        └─ outbound: disguise  a persona's edits, in place            disguise.rs
 //!   ← Outcome { verdict, reason, kind, signature, ban, rewritten }
 //! runtime (replay summary / JSON events; the daemon's verdicts)       runtime/, event.rs
-//! daemon: a ban goes to the kernel set within 50 ms and to the state file  runtime/daemon.rs
+//! daemon: a ban goes to the kernel set within 50 ms and to the state file  runtime/daemon/keeper.rs
 //! Engine::sweep(now) on a timer: idle flows and sources go, ended bans are reported
 //! ```
 //!
