@@ -1,0 +1,347 @@
+//! Offline replay: a capture taken at the protected host, driven through the
+//! engine with the capture's own timestamps.
+//!
+//! A capture records what the host really did without portcloak. To show
+//! what portcloak would have changed, replay:
+//!
+//! 1. surveys the capture once before replaying it, to find the host's own
+//!    addresses (`--local`, or the senders of SYN-ACKs, else the address
+//!    sent to the most distinct ports, else the busiest destination), so
+//!    each packet gets a direction, and the ports the host answered on (a
+//!    SYN answered by a SYN-ACK; a datagram answered by a datagram), which
+//!    are open unless `services.learn_from_replies` is off;
+//! 2. drives every frame through the engine, in capture order, with the
+//!    frame's own timestamp and a direction from the survey;
+//! 3. skips every reply whose request portcloak dropped: inline, the host
+//!    would never have seen the request, so it would never have answered.
+//!    Replies that do go out to a source that ends up banned are counted as
+//!    "answered probes": what the scanner learned before its ban.
+//!
+//! Memory is bounded whatever the capture holds: the engine's tables by
+//! their caps, and replay's own bookkeeping by [`REPORT_BUDGET`]. The
+//! report keeps [`REPORTED`] sources in full, banned ones first and then
+//! the busiest (by order of magnitude of packets, the oldest going first
+//! among equals), and counts the rest in [`Report::others`]; the survey
+//! remembers the first [`SURVEY_HOSTS`] addresses of each kind.
+//!
+//! This file drives the replay; `survey.rs` holds the survey and
+//! `report.rs` the report and its summary.
+
+use std::io::{IsTerminal, Write};
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use lru::LruCache;
+
+use crate::classify::ProbeKind;
+use crate::config::Cidr;
+use crate::engine::{ChecksumCheck, Direction, Engine, Meta};
+use crate::event::Event;
+use crate::io::pcap::{PcapReader, SourceError};
+use crate::policy::Verdict;
+use crate::time::Timestamp;
+use crate::track::BanKind;
+use crate::wire::{self, LinkType, PacketView, TcpFlags, Transport};
+
+mod report;
+mod survey;
+
+use self::report::Sources;
+pub use self::report::{
+    BANS_LISTED, Others, PORT_ENTRIES, REPORT_BUDGET, REPORTED, Report, SourceReport, scanner_name,
+    write_summary,
+};
+pub use self::survey::SURVEY_HOSTS;
+use self::survey::Survey;
+
+/// How to replay.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The host's own networks; inferred from each capture when empty.
+    pub local: Vec<Cidr>,
+    /// Write one JSON line per event to the event writer.
+    pub json: bool,
+    /// Show a progress bar on stderr for large inputs (only on a terminal).
+    pub progress: bool,
+}
+
+/// Request tuples remembered, to suppress replies to dropped requests.
+const TUPLES: usize = 1 << 18;
+/// A 5-tuple as the inbound request carried it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Tuple {
+    src: IpAddr,
+    dst: IpAddr,
+    protocol: u8,
+    sport: u16,
+    dport: u16,
+}
+
+/// Replays `files` in order through `engine`. JSON events go to `events`.
+pub fn run(
+    engine: &Engine,
+    files: &[PathBuf],
+    options: &Options,
+    events: &mut dyn Write,
+) -> Result<Report, ReplayError> {
+    let mut report = Report::default();
+    // The requests portcloak dropped; one accepted later is taken out.
+    let mut dropped_requests: LruCache<Tuple, ()> =
+        LruCache::new(NonZeroUsize::new(TUPLES).unwrap_or(NonZeroUsize::MIN));
+    let mut sources = Sources::default();
+    for path in files {
+        let survey = Survey::of(path)?;
+        let local = if options.local.is_empty() { survey.local() } else { options.local.clone() };
+        report.local.extend(local.iter().map(ToString::to_string));
+        survey.learn_ports(engine, &local);
+        drop(survey);
+        let mut reader = PcapReader::open(path)?;
+        let progress = progress_bar(path, options.progress);
+        let mut buf = Vec::with_capacity(2048);
+        let mut next_sweep = Timestamp::ZERO;
+        while let Some(frame) = reader.next_frame()? {
+            report.frames += 1;
+            let now = frame.ts;
+            report.span = Some(report.span.map_or((now, now), |(a, b)| (a.min(now), b.max(now))));
+            let Some(ip) = ip_bytes(frame.linktype, frame.data) else {
+                report.not_ip += 1;
+                continue;
+            };
+            buf.clear();
+            buf.extend_from_slice(ip);
+            if now >= next_sweep {
+                for (source, _) in engine.sweep(now).lifted {
+                    if options.json {
+                        write_event(events, &Event::unban(now, source))?;
+                    }
+                }
+                next_sweep = now.saturating_add(std::time::Duration::from_secs(1));
+            }
+            let Some((src, dst)) = wire::addresses(&buf) else {
+                report.not_ip += 1;
+                continue;
+            };
+            let direction = if local.iter().any(|c| c.contains(src)) {
+                Direction::Outbound
+            } else {
+                Direction::Inbound
+            };
+            let (request, reply) = tuples(&buf, direction);
+            if direction == Direction::Outbound
+                && reply.is_some_and(|t| dropped_requests.contains(&t))
+            {
+                report.replies_suppressed += 1;
+                continue;
+            }
+            // A frame cut short by the snap length cannot have its transport
+            // checksum verified; one captured whole must be consistent.
+            let checksum = if frame.data.len() < frame.orig_len {
+                ChecksumCheck::VerifyPartial
+            } else {
+                ChecksumCheck::Verify
+            };
+            let outcome =
+                engine.handle_with(now, Meta { checksum, ..Meta::new(direction) }, &mut buf);
+            let dropped = outcome.verdict == Verdict::Drop;
+            if let Some(t) = request {
+                if dropped {
+                    dropped_requests.put(t, ());
+                } else {
+                    dropped_requests.pop(&t);
+                }
+            }
+            match direction {
+                Direction::Inbound => report.inbound += 1,
+                Direction::Outbound => report.outbound += 1,
+            }
+            if dropped {
+                report.dropped += 1;
+                *report.drops.entry(outcome.reason).or_default() += 1;
+            } else {
+                report.accepted += 1;
+            }
+            if direction == Direction::Inbound {
+                if let Some(kind) = outcome.kind {
+                    *report.kinds.entry(kind).or_default() += 1;
+                }
+            }
+            if let Some(key) = outcome.source {
+                sources.update(key, |entry| {
+                    let mut port = None;
+                    match direction {
+                        Direction::Inbound => {
+                            entry.packets += 1;
+                            entry.dropped += u64::from(dropped);
+                            // A quarantine lets the pairs it proved through.
+                            let banned = entry
+                                .ban
+                                .is_some_and(|b| b.is_active(now) && b.kind == BanKind::Ban);
+                            entry.accepted_while_banned += u64::from(banned && !dropped);
+                            if let Some(kind) = outcome.kind {
+                                *entry.kinds.entry(kind).or_default() += 1;
+                                if is_probe_kind(kind) {
+                                    port = outcome.port;
+                                }
+                            }
+                            if let Some(sig) = outcome.signature {
+                                entry.signatures.insert(sig.to_string());
+                                entry.tools.insert(crate::policy::signature_tool(sig));
+                            }
+                        }
+                        Direction::Outbound => {
+                            entry.answered += u64::from(!dropped && reply.is_some());
+                        }
+                    }
+                    if let Some(ban) = outcome.ban {
+                        entry.ban.get_or_insert(ban);
+                    }
+                    port
+                });
+                let own = outcome.ban.map(|ban| (key, ban));
+                for ban in own.into_iter().chain(outcome.escalated) {
+                    if report.bans.len() < BANS_LISTED {
+                        report.bans.push(ban);
+                    } else {
+                        report.bans_unlisted += 1;
+                    }
+                }
+            }
+            if options.json {
+                for event in Event::from_outcome(now, direction, Some((src, dst)), &outcome) {
+                    write_event(events, &event)?;
+                }
+            }
+            if let Some(bar) = &progress {
+                if report.frames % 4096 == 0 {
+                    bar.set_position(reader.bytes_read());
+                }
+            }
+        }
+        if let Some(bar) = progress {
+            bar.finish_and_clear();
+        }
+    }
+    report.engine = engine.stats();
+    report.memory_peak = super::memory().1;
+    (report.sources, report.others) = sources.into_report();
+    Ok(report)
+}
+
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// A capture could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Events could not be written.
+    #[error("cannot write events: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+fn write_event(out: &mut dyn Write, event: &Event) -> Result<(), ReplayError> {
+    serde_json::to_writer(&mut *out, event).map_err(std::io::Error::from)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+fn is_probe_kind(kind: ProbeKind) -> bool {
+    !matches!(
+        kind,
+        ProbeKind::TcpFlow | ProbeKind::UdpFlow | ProbeKind::IcmpOther | ProbeKind::Fragment
+    )
+}
+
+fn progress_bar(path: &Path, wanted: bool) -> Option<ProgressBar> {
+    const LARGE: u64 = 16 << 20;
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    // Off when either output is piped: a bar belongs to a person watching.
+    if !wanted
+        || size < LARGE
+        || !std::io::stderr().is_terminal()
+        || !std::io::stdout().is_terminal()
+    {
+        return None;
+    }
+    let bar = ProgressBar::new(size);
+    let style = ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})")
+        .map(|s| s.progress_chars("=> "));
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar.set_message(path.display().to_string());
+    Some(bar)
+}
+
+/// The IP packet inside a captured frame.
+pub(super) fn ip_bytes(linktype: u32, frame: &[u8]) -> Option<&[u8]> {
+    let link = LinkType::from_pcap(linktype)?;
+    frame.get(wire::link::ip_offset(link, frame)?..)
+}
+
+/// For an inbound packet, the request tuple it opens; for an outbound one,
+/// the request tuple it answers, if it is a reply.
+fn tuples(bytes: &[u8], direction: Direction) -> (Option<Tuple>, Option<Tuple>) {
+    let Ok(view) = wire::parse(bytes) else {
+        return (None, None);
+    };
+    match direction {
+        Direction::Inbound => (request_tuple(&view), None),
+        Direction::Outbound => (None, reply_tuple(&view)),
+    }
+}
+
+fn request_tuple(view: &PacketView<'_>) -> Option<Tuple> {
+    let (sport, dport) = match view.transport {
+        Transport::Tcp(t) => (t.src_port, t.dst_port),
+        Transport::Udp(u) => (u.src_port, u.dst_port),
+        Transport::Sctp { src_port, dst_port } => (src_port, dst_port),
+        Transport::Icmp(i) if is_icmp_request(i.v6, i.kind) => (i.ident(), 0),
+        _ => return None,
+    };
+    Some(Tuple { src: view.ip.src, dst: view.ip.dst, protocol: view.ip.protocol, sport, dport })
+}
+
+fn is_icmp_request(v6: bool, kind: u8) -> bool {
+    if v6 { kind == 128 } else { matches!(kind, 8 | 13 | 17) }
+}
+
+/// The request a reply answers: reversed ports for TCP and UDP, the quoted
+/// packet for ICMP errors, the identifier for ICMP replies.
+fn reply_tuple(view: &PacketView<'_>) -> Option<Tuple> {
+    let (src, dst, protocol) = (view.ip.dst, view.ip.src, view.ip.protocol);
+    match view.transport {
+        Transport::Tcp(t) => {
+            let reply = t.flags.has(TcpFlags::SYN | TcpFlags::ACK) || t.flags.has(TcpFlags::RST);
+            reply.then_some(Tuple { src, dst, protocol, sport: t.dst_port, dport: t.src_port })
+        }
+        Transport::Udp(u) => {
+            Some(Tuple { src, dst, protocol, sport: u.dst_port, dport: u.src_port })
+        }
+        Transport::Sctp { src_port, dst_port } => {
+            Some(Tuple { src, dst, protocol, sport: dst_port, dport: src_port })
+        }
+        Transport::Icmp(i) => {
+            if let Some(q) = wire::quoted(&i) {
+                return Some(Tuple {
+                    src: q.src,
+                    dst: q.dst,
+                    protocol: q.protocol,
+                    sport: q.src_port,
+                    dport: q.dst_port,
+                });
+            }
+            let is_reply = if i.v6 { i.kind == 129 } else { matches!(i.kind, 0 | 14 | 18) };
+            let request_proto = protocol;
+            is_reply.then_some(Tuple {
+                src,
+                dst,
+                protocol: request_proto,
+                sport: i.ident(),
+                dport: 0,
+            })
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,148 @@
+//! The survey: one pass over a capture before replay, to find the host's
+//! own addresses and the ports it answered on.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::path::Path;
+
+use lru::LruCache;
+
+use super::{ReplayError, ip_bytes};
+use crate::classify::PortProto;
+use crate::config::Cidr;
+use crate::engine::Engine;
+use crate::io::pcap::PcapReader;
+use crate::wire::{self, TcpFlags, Transport};
+
+/// Addresses the survey remembers of each kind (SYN-ACK senders, UDP
+/// answerers, destinations).
+pub const SURVEY_HOSTS: usize = 256;
+/// Datagrams the survey remembers, to find the ones answered.
+pub(super) const DATAGRAMS: usize = 1 << 16;
+
+/// What one pass over a capture, before replaying it, learns. Each map
+/// remembers the first [`SURVEY_HOSTS`] addresses.
+#[derive(Debug, Default)]
+pub(super) struct Survey {
+    /// Senders of SYN-ACKs, with the ports they sent them from.
+    syn_ack: HashMap<IpAddr, PortBits>,
+    /// Senders of UDP datagrams that answered one, with their ports.
+    udp_answers: HashMap<IpAddr, PortBits>,
+    /// Distinct TCP and UDP ports each address was sent to.
+    ports_to: HashMap<IpAddr, [PortBits; 2]>,
+    /// Packets each address received.
+    received: HashMap<IpAddr, u64>,
+}
+
+/// A set of ports, as 8 KiB of bits.
+#[derive(Clone, Debug)]
+pub(super) struct PortBits(Box<[u64; 1024]>);
+
+impl Default for PortBits {
+    fn default() -> Self {
+        Self(Box::new([0; 1024]))
+    }
+}
+
+impl PortBits {
+    fn insert(&mut self, port: u16) {
+        if let Some(word) = self.0.get_mut(usize::from(port >> 6)) {
+            *word |= 1 << (port & 63);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        (0..=u16::MAX)
+            .filter(|p| self.0.get(usize::from(p >> 6)).is_some_and(|w| w >> (p & 63) & 1 == 1))
+    }
+}
+
+/// The entry for `key` in `map`, unless `map` is full and lacks it.
+pub(super) fn bounded<V: Default>(map: &mut HashMap<IpAddr, V>, key: IpAddr) -> Option<&mut V> {
+    if map.len() >= SURVEY_HOSTS && !map.contains_key(&key) {
+        return None;
+    }
+    Some(map.entry(key).or_default())
+}
+
+impl Survey {
+    pub(super) fn of(path: &Path) -> Result<Self, ReplayError> {
+        let mut survey = Self::default();
+        let mut datagrams: LruCache<(IpAddr, u16, IpAddr, u16), ()> =
+            LruCache::new(NonZeroUsize::new(DATAGRAMS).unwrap_or(NonZeroUsize::MIN));
+        let mut reader = PcapReader::open(path)?;
+        while let Some(frame) = reader.next_frame()? {
+            let Some(view) = ip_bytes(frame.linktype, frame.data).and_then(|b| wire::parse(b).ok())
+            else {
+                continue;
+            };
+            let (src, dst) = (view.ip.src, view.ip.dst);
+            if let Some(n) = bounded(&mut survey.received, dst) {
+                *n += 1;
+            }
+            match view.transport {
+                Transport::Tcp(t) if t.flags.classic() == TcpFlags::SYN | TcpFlags::ACK => {
+                    if let Some(ports) = bounded(&mut survey.syn_ack, src) {
+                        ports.insert(t.src_port);
+                    }
+                }
+                Transport::Tcp(t) => {
+                    if let Some([tcp, _]) = bounded(&mut survey.ports_to, dst) {
+                        tcp.insert(t.dst_port);
+                    }
+                }
+                Transport::Udp(u) => {
+                    if let Some([_, udp]) = bounded(&mut survey.ports_to, dst) {
+                        udp.insert(u.dst_port);
+                    }
+                    if datagrams.contains(&(dst, u.dst_port, src, u.src_port)) {
+                        if let Some(ports) = bounded(&mut survey.udp_answers, src) {
+                            ports.insert(u.src_port);
+                        }
+                    }
+                    datagrams.put((src, u.src_port, dst, u.dst_port), ());
+                }
+                _ => {}
+            }
+        }
+        Ok(survey)
+    }
+
+    /// The capturing host's own addresses: the senders of SYN-ACKs; else
+    /// the address sent to the most distinct ports (a scan target); else
+    /// the busiest destination.
+    pub(super) fn local(&self) -> Vec<Cidr> {
+        let most = |counts: Vec<(IpAddr, usize)>| {
+            counts.into_iter().max_by_key(|(ip, n)| (*n, *ip)).map(|(ip, _)| ip)
+        };
+        let chosen: Vec<IpAddr> = if !self.syn_ack.is_empty() {
+            self.syn_ack.keys().copied().collect()
+        } else if let Some(ip) = most(
+            self.ports_to.iter().map(|(ip, [tcp, udp])| (*ip, tcp.len() + udp.len())).collect(),
+        ) {
+            vec![ip]
+        } else {
+            most(self.received.iter().map(|(ip, n)| (*ip, *n as usize)).collect())
+                .into_iter()
+                .collect()
+        };
+        chosen.into_iter().filter_map(|ip| ip.to_string().parse().ok()).collect()
+    }
+
+    /// Marks the ports the local host answered on as open in `engine`.
+    pub(super) fn learn_ports(&self, engine: &Engine, local: &[Cidr]) {
+        let is_local = |ip: &IpAddr| local.iter().any(|c| c.contains(*ip));
+        for (proto, answers) in
+            [(PortProto::Tcp, &self.syn_ack), (PortProto::Udp, &self.udp_answers)]
+        {
+            for port in answers.iter().filter(|(ip, _)| is_local(ip)).flat_map(|(_, p)| p.iter()) {
+                engine.ports().learn(proto, port);
+            }
+        }
+    }
+}
