@@ -153,6 +153,27 @@ impl Outcome {
     }
 }
 
+/// The engine's decision for one packet, with the persona's edits still to
+/// apply: see [`Engine::judge`].
+#[must_use = "the outcome comes out of `apply`"]
+#[derive(Debug)]
+pub struct Judged {
+    outcome: Outcome,
+    edits: Option<Edits>,
+}
+
+impl Judged {
+    /// Applies the persona's edits, if any, to `packet`, the bytes the
+    /// judged view was parsed from, and returns the outcome.
+    pub fn apply(self, packet: &mut [u8], l4_partial: bool) -> Outcome {
+        let mut out = self.outcome;
+        if let Some(edits) = self.edits {
+            out.rewritten = disguise::apply(&edits, packet, l4_partial);
+        }
+        out
+    }
+}
+
 /// Why a ban by hand was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
@@ -231,22 +252,31 @@ impl Engine {
 
     /// Handles one packet, with what the caller knows about it.
     pub fn handle_with(&self, now: Timestamp, meta: Meta, packet: &mut [u8]) -> Outcome {
-        let (mut out, edits) = match wire::parse(packet) {
+        let judged = self.judge(now, meta, wire::parse(packet).as_ref().map_err(|e| *e));
+        judged.apply(packet, meta.l4_partial)
+    }
+
+    /// Decides for a packet the caller has parsed already (replay, which
+    /// reads the view for its own bookkeeping, parses each packet once).
+    /// The persona's edits wait in the [`Judged`] until it is applied to
+    /// the same bytes.
+    pub fn judge(
+        &self,
+        now: Timestamp,
+        meta: Meta,
+        parsed: Result<&PacketView<'_>, wire::Error>,
+    ) -> Judged {
+        let (outcome, edits) = match parsed {
             Ok(view) => match meta.direction {
-                Direction::Inbound => (self.inbound(now, meta, &view), None),
-                Direction::Outbound => self.outbound(now, meta, &view),
+                Direction::Inbound => (self.inbound(now, meta, view), None),
+                Direction::Outbound => self.outbound(now, meta, view),
             },
-            Err(e) => {
-                return match meta.direction {
-                    Direction::Inbound => Outcome::bare(self.policy.malformed(e)),
-                    Direction::Outbound => Outcome::bare(accept(Reason::Outbound)),
-                };
-            }
+            Err(e) => match meta.direction {
+                Direction::Inbound => (Outcome::bare(self.policy.malformed(e)), None),
+                Direction::Outbound => (Outcome::bare(accept(Reason::Outbound)), None),
+            },
         };
-        if let Some(edits) = edits {
-            out.rewritten = disguise::apply(&edits, packet, meta.l4_partial);
-        }
-        out
+        Judged { outcome, edits }
     }
 
     fn key(&self, ip: IpAddr) -> SourceKey {

@@ -128,13 +128,6 @@ pub fn run(
             } else {
                 Direction::Inbound
             };
-            let (request, reply) = tuples(&buf, direction);
-            if direction == Direction::Outbound
-                && reply.is_some_and(|t| dropped_requests.contains(&t))
-            {
-                report.replies_suppressed += 1;
-                continue;
-            }
             // A frame cut short by the snap length cannot have its transport
             // checksum verified; one captured whole must be consistent.
             let checksum = if frame.data.len() < frame.orig_len {
@@ -142,8 +135,21 @@ pub fn run(
             } else {
                 ChecksumCheck::Verify
             };
-            let outcome =
-                engine.handle_with(now, Meta { checksum, ..Meta::new(direction) }, &mut buf);
+            let meta = Meta { checksum, ..Meta::new(direction) };
+            // One parse: the tuples, then the engine, from the same view.
+            let (request, reply, judged) = {
+                let parsed = wire::parse(&buf);
+                let (request, reply) =
+                    parsed.as_ref().map_or((None, None), |v| tuples(v, direction));
+                if direction == Direction::Outbound
+                    && reply.is_some_and(|t| dropped_requests.contains(&t))
+                {
+                    report.replies_suppressed += 1;
+                    continue;
+                }
+                (request, reply, engine.judge(now, meta, parsed.as_ref().map_err(|e| *e)))
+            };
+            let outcome = judged.apply(&mut buf, meta.l4_partial);
             let dropped = outcome.verdict == Verdict::Drop;
             if let Some(t) = request {
                 if dropped {
@@ -282,13 +288,10 @@ pub(super) fn ip_bytes(linktype: u32, frame: &[u8]) -> Option<&[u8]> {
 
 /// For an inbound packet, the request tuple it opens; for an outbound one,
 /// the request tuple it answers, if it is a reply.
-fn tuples(bytes: &[u8], direction: Direction) -> (Option<Tuple>, Option<Tuple>) {
-    let Ok(view) = wire::parse(bytes) else {
-        return (None, None);
-    };
+fn tuples(view: &PacketView<'_>, direction: Direction) -> (Option<Tuple>, Option<Tuple>) {
     match direction {
-        Direction::Inbound => (request_tuple(&view), None),
-        Direction::Outbound => (None, reply_tuple(&view)),
+        Direction::Inbound => (request_tuple(view), None),
+        Direction::Outbound => (None, reply_tuple(view)),
     }
 }
 
