@@ -120,18 +120,29 @@ pub fn open(key: &[u8], bytes: &[u8]) -> Result<Request, OpenError> {
     Ok(Request { timestamp, nonce, port, protocol, ip })
 }
 
+/// Why a key file's text is not a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Not 64 characters once trimmed.
+    #[error("expected 64 hex digits, found {0} characters")]
+    Length(usize),
+    /// A character that is not a hex digit.
+    #[error("not hexadecimal")]
+    NotHex,
+}
+
 /// Reads a key file's text: 64 hex digits (32 bytes), whitespace around
 /// them ignored.
-pub fn parse_key(text: &str) -> Result<Vec<u8>, String> {
+pub fn parse_key(text: &str) -> Result<Vec<u8>, KeyError> {
     let hex = text.trim();
     if hex.len() != 64 {
-        return Err(format!("expected 64 hex digits, found {} characters", hex.len()));
+        return Err(KeyError::Length(hex.len()));
     }
     (0..32)
         .map(|i| {
             hex.get(2 * i..2 * i + 2)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| "not hexadecimal".to_owned())
+                .ok_or(KeyError::NotHex)
         })
         .collect()
 }
@@ -188,7 +199,7 @@ mod tests {
     fn keys_round_trip_through_their_text() {
         let key: Vec<u8> = (0..32).collect();
         assert_eq!(parse_key(&key_text(&key)), Ok(key));
-        assert!(parse_key("abc").is_err());
-        assert!(parse_key(&"zz".repeat(32)).is_err());
+        assert_eq!(parse_key("abc"), Err(KeyError::Length(3)));
+        assert_eq!(parse_key(&"zz".repeat(32)), Err(KeyError::NotHex));
     }
 }

@@ -280,7 +280,7 @@ fn entry_of(entry: serde_json::Value, v6_prefix: u8, offset: i64) -> Result<Save
     };
     let ip: IpAddr = addr.parse().map_err(|_| format!("bad source `{}`", saved.source))?;
     let key = SourceKey::new(ip, len.unwrap_or(v6_prefix));
-    let reason = saved.reason.parse()?;
+    let reason = saved.reason.parse().map_err(|e: crate::track::ReasonError| e.to_string())?;
     let ban = Ban {
         kind: saved.kind,
         reason,

@@ -91,13 +91,25 @@ impl std::fmt::Display for BanReason {
     }
 }
 
+/// A ban reason that does not read back.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReasonError {
+    /// A count that is not a number.
+    #[error("bad count in `{0}`")]
+    Count(String),
+    /// No reason is written this way.
+    #[error("unknown ban reason `{0}`")]
+    Unknown(String),
+}
+
 impl std::str::FromStr for BanReason {
-    type Err = String;
+    type Err = ReasonError;
 
     /// Reads back what `Display` wrote.
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, ReasonError> {
         use crate::classify::{Fingerprint, OsProbe};
-        let count = |rest: &str| rest.parse::<u32>().map_err(|_| format!("bad count in `{text}`"));
+        let count =
+            |rest: &str| rest.parse::<u32>().map_err(|_| ReasonError::Count(text.to_owned()));
         if text == "manual" {
             return Ok(Self::Manual);
         }
@@ -120,7 +132,7 @@ impl std::str::FromStr for BanReason {
                 return Ok(reason);
             }
         }
-        Err(format!("unknown ban reason `{text}`"))
+        Err(ReasonError::Unknown(text.to_owned()))
     }
 }
 
