@@ -82,9 +82,7 @@ const KEY: [u8; 32] = [7; 32];
 const SERVER: [u8; 4] = [198, 18, 1, 1];
 const SERVER6: [u16; 8] = [0xfd5c, 0xa11, 1, 0, 0, 0, 0, 1];
 
-/// Every stage on: a persona that rewrites replies and answers probes,
-/// one hidden port behind a knock sequence and SPA, and small tables, so
-/// the sweep also fills them. `answering` turns off the probe bans that
+/// Every stage on (`tests/fixtures/every-stage.toml`). `answering` turns off the probe bans that
 /// would stop nmap's T2 and T3 before the persona answers them.
 fn engine(answering: bool) -> Engine {
     let probes = if answering {
@@ -92,25 +90,7 @@ fn engine(answering: bool) -> Engine {
     } else {
         ""
     };
-    let rules = probes.to_owned()
-        + r#"
-[services]
-tcp = [80, 443]
-udp = [53]
-[persona]
-name = "windows-1709"
-[[hidden]]
-port = 22
-[knock]
-sequence = ["tcp:7001", "udp:7002", "tcp:7003"]
-[spa]
-key_file = "/unused/the-test-passes-the-key"
-[tracking]
-sources = 4096
-flows = 4096
-bans = 1024
-shards = 8
-"#;
+    let rules = probes.to_owned() + include_str!("fixtures/every-stage.toml");
     let config = Config::from_toml(&rules).expect("sweep rules");
     let engine = Engine::new(config).with_spa_key(KEY.to_vec());
     engine.set_local(vec![IpAddr::from(SERVER), IpAddr::from(SERVER6)]);

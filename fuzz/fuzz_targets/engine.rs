@@ -1,6 +1,6 @@
-//! Any bytes through an engine with every stage on (a persona that
-//! rewrites and answers, a hidden port, knocks, SPA), both directions and
-//! both checksum modes; the first byte picks them.
+//! Any bytes through an engine with every stage on
+//! (`tests/fixtures/every-stage.toml`), both directions and both checksum
+//! modes; the first byte picks them.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -11,26 +11,12 @@ use portcloak::{Config, Direction, Engine, Timestamp};
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        let rules = r#"
-[services]
-tcp = [80]
-udp = [53]
-[probes]
-os_detection = "off"
-[persona]
-name = "windows-1709"
-[[hidden]]
-port = 22
-[knock]
-sequence = ["tcp:7001", "udp:7002", "tcp:7003"]
-[spa]
-key_file = "/unused"
-[tracking]
-sources = 1024
-flows = 1024
-bans = 256
-shards = 4
-"#;
+        // Every stage on, and the probe bans off that would stop nmap's T2
+        // and T3 before the persona answers them.
+        let rules = concat!(
+            "[probes]\nos_detection = \"off\"\nnull = \"off\"\nsyn_fin = \"off\"\n",
+            include_str!("../../tests/fixtures/every-stage.toml")
+        );
         let config = Config::from_toml(rules).unwrap_or_default();
         Engine::new(config).with_spa_key(vec![7; 32])
     })

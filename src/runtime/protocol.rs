@@ -232,22 +232,7 @@ impl StatusReport {
             "drops: {}",
             if drops.is_empty() { "none".to_owned() } else { drops.join(", ") }
         )?;
-        let t = &self.tables;
-        writeln!(
-            out,
-            "tables: sources {}/{} ({} evicted), flows {}/{} ({} evicted), ban records {}, \
-             networks {}/{} ({} evicted)",
-            t.sources,
-            t.source_capacity,
-            t.source_evictions,
-            t.flows,
-            t.flow_capacity,
-            t.flow_evictions,
-            t.ban_records,
-            t.networks,
-            t.network_capacity,
-            t.network_evictions,
-        )?;
+        writeln!(out, "tables: {}", self.tables)?;
         let (lost, errors) =
             self.workers.iter().fold((0, 0), |(l, e), w| (l + w.lost, e + w.errors));
         if lost + errors > 0 {

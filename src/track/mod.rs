@@ -256,6 +256,28 @@ pub struct TableStats {
     pub network_evictions: u64,
 }
 
+/// `sources 3/131072 (0 evicted), flows …, 1 ban records, networks …`:
+/// how `status` and the replay summary print the tables.
+impl std::fmt::Display for TableStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sources {}/{} ({} evicted), flows {}/{} ({} evicted), {} ban records, \
+             networks {}/{} ({} evicted)",
+            self.sources,
+            self.source_capacity,
+            self.source_evictions,
+            self.flows,
+            self.flow_capacity,
+            self.flow_evictions,
+            self.ban_records,
+            self.networks,
+            self.network_capacity,
+            self.network_evictions,
+        )
+    }
+}
+
 /// Sizes of the tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableLimits {

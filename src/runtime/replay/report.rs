@@ -254,18 +254,8 @@ pub fn write_summary(
     }
     writeln!(out, "kinds      {}", counts(&report.kinds, ProbeKind::name))?;
     let banned: Vec<_> = report.sources.iter().filter(|(_, s)| s.ban.is_some()).collect();
-    let (t, g) = (&report.engine.tables, &report.engine.guards);
-    writeln!(
-        out,
-        "tables     {} sources (cap {}, {} evicted), {} flows (cap {}, {} evicted), {} ban records",
-        t.sources,
-        t.source_capacity,
-        t.source_evictions,
-        t.flows,
-        t.flow_capacity,
-        t.flow_evictions,
-        t.ban_records
-    )?;
+    let g = &report.engine.guards;
+    writeln!(out, "tables     {}", report.engine.tables)?;
     if g.handshake_grace + g.rate_capped + g.table_full > 0 {
         writeln!(
             out,
