@@ -254,3 +254,30 @@ fn replay_bans_and_lists_a_network_a_scan_spread_over_its_64s() {
     // After the ban, every probe is dropped as banned: 18 reached the policy.
     assert_eq!(report.drops.get(&Reason::Banned), Some(&982), "{summary}");
 }
+
+/// Replay shows what the persona and the gate did, as `status` does
+/// inline: the client captures with the `windows` persona, and a SYN to a
+/// hidden port.
+#[test]
+fn replay_shows_the_personas_rewrites_and_the_gates_drops() {
+    let root = crate::util::root().join("tests/fixtures");
+    let rules = "[persona]\nname = \"windows\"\n[[hidden]]\nport = 22\n";
+    let engine = Engine::new(Config::from_toml(rules).expect("rules"));
+    let files = [root.join("legit-burst.pcap"), root.join("nmap-sT.pcap")];
+    let report =
+        replay::run(&engine, &files, &replay::Options::default(), &mut Vec::new()).expect("replay");
+    let mut summary = Vec::new();
+    replay::write_summary(&mut summary, &files, &report).expect("summary");
+    let summary = String::from_utf8(summary).expect("utf-8");
+    assert!(report.rewritten > 0, "{summary}");
+    assert!(
+        summary.contains(&format!(
+            "persona    {} packets rewritten, 0 probes answered",
+            report.rewritten
+        )),
+        "{summary}"
+    );
+    // nmap -sT touched port 22, which is hidden here.
+    assert!(report.engine.gate.hidden_dropped >= 1, "{summary}");
+    assert!(summary.contains("gate       hidden ports: 0 opened, "), "{summary}");
+}

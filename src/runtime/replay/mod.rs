@@ -150,6 +150,8 @@ pub fn run(
                 (request, reply, engine.judge(now, meta, parsed.as_ref().map_err(|e| *e)))
             };
             let outcome = judged.apply(&mut buf, meta.l4_partial);
+            report.rewritten += u64::from(outcome.rewritten);
+            report.persona_answers += u64::from(outcome.reply.is_some());
             let dropped = outcome.verdict == Verdict::Drop;
             if let Some(t) = request {
                 if dropped {

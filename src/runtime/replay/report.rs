@@ -72,7 +72,11 @@ pub struct Report {
     pub span: Option<(Timestamp, Timestamp)>,
     /// The local addresses used for direction.
     pub local: Vec<String>,
-    /// The engine's tables and ban guards at the end of the run.
+    /// Packets the persona rewrote (outbound replies), as inline.
+    pub rewritten: u64,
+    /// Probes the persona answered (inline, from a raw socket).
+    pub persona_answers: u64,
+    /// The engine's tables, ban guards and gate at the end of the run.
     pub engine: EngineStats,
     /// This process's peak resident memory at the end of the run, in bytes
     /// (0 where `/proc` does not say).
@@ -264,6 +268,27 @@ pub fn write_summary(
             g.handshake_grace,
             g.rate_capped,
             g.table_full
+        )?;
+    }
+    if report.rewritten + report.persona_answers > 0 {
+        writeln!(
+            out,
+            "persona    {} packets rewritten, {} probes answered",
+            report.rewritten, report.persona_answers
+        )?;
+    }
+    let gate = &report.engine.gate;
+    let refused = gate.spa_malformed
+        + gate.spa_bad_hmac
+        + gate.spa_stale
+        + gate.spa_wrong_source
+        + gate.spa_replay
+        + gate.spa_not_hidden;
+    if gate.hidden_opened + gate.hidden_dropped + refused > 0 {
+        writeln!(
+            out,
+            "gate       hidden ports: {} opened, {} dropped; authorized by spa {}, by knock {}; {refused} spa packets refused",
+            gate.hidden_opened, gate.hidden_dropped, gate.spa_authorized, gate.knock_authorized
         )?;
     }
     if report.memory_peak > 0 {
