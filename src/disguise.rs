@@ -9,9 +9,10 @@
 //! kernel believes it negotiated.
 //!
 //! Two halves, because a parsed view borrows the buffer: [`Persona::plan`]
-//! reads the view and decides every edit as plain values ([`Edits`]), and
-//! [`apply`] writes them and fixes each checksum incrementally (RFC 1624),
-//! so the work does not grow with the payload. A packet cut short by the
+//! reads the view and decides every edit as plain values ([`Edits`], whose
+//! offsets are `wire::rewrite`'s), and [`Edits::apply`] writes them and
+//! fixes each checksum incrementally (RFC 1624), so the work does not grow
+//! with the payload. A packet cut short by the
 //! copy range, or a fragment, is never planned: it passes unmodified.
 
 use std::net::IpAddr;
@@ -19,10 +20,9 @@ use std::net::IpAddr;
 use crate::classify::OsProbe;
 use crate::config::{EchoField, IpId, PersonaSpec, RstAck, TcpOpt};
 use crate::track::Peer;
-use crate::wire::{Fragment, PacketView, TcpFlags, Transport, checksum};
-
-/// The longest TCP option area.
-const MAX_OPTIONS: usize = 40;
+pub use crate::wire::rewrite::Edits;
+use crate::wire::rewrite::{self, MAX_OPTIONS};
+use crate::wire::{Fragment, PacketView, TcpFlags, Transport};
 
 /// A persona, resolved from its rules for use per packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,43 +88,16 @@ impl Persona {
             (TcpFlags::RST | TcpFlags::ACK, 0, t.seq.wrapping_add(len))
         };
         let (src, dst) = (view.ip.dst, view.ip.src);
-        let mut r = Reply { bytes: [0; 60], len: 0, dst };
-        let ip_len = match (src, dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let h: [u8; 20] =
-                    [0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-                r.bytes.get_mut(..20)?.copy_from_slice(&h);
-                r.bytes.get_mut(12..16)?.copy_from_slice(&s.octets());
-                r.bytes.get_mut(16..20)?.copy_from_slice(&d.octets());
-                let c = checksum::compute(0, r.bytes.get(..20)?);
-                r.bytes.get_mut(10..12)?.copy_from_slice(&c.to_be_bytes());
-                20
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                r.bytes.get_mut(..8)?.copy_from_slice(&[0x60, 0, 0, 0, 0, 20, 6, 64]);
-                r.bytes.get_mut(8..24)?.copy_from_slice(&s.octets());
-                r.bytes.get_mut(24..40)?.copy_from_slice(&d.octets());
-                40
-            }
-            _ => return None,
-        };
-        let tcp = r.bytes.get_mut(ip_len..ip_len + 20)?;
-        tcp.get_mut(0..2)?.copy_from_slice(&t.dst_port.to_be_bytes());
-        tcp.get_mut(2..4)?.copy_from_slice(&t.src_port.to_be_bytes());
-        tcp.get_mut(4..8)?.copy_from_slice(&seq.to_be_bytes());
-        tcp.get_mut(8..12)?.copy_from_slice(&ack.to_be_bytes());
-        *tcp.get_mut(12)? = 5 << 4;
-        *tcp.get_mut(13)? = u8::try_from(flags).unwrap_or(0);
-        let c = checksum::compute(checksum::pseudo_header(src, dst, 6, 20), tcp);
-        tcp.get_mut(16..18)?.copy_from_slice(&c.to_be_bytes());
-        r.len = u8::try_from(ip_len + 20).unwrap_or(0);
+        let (bytes, len) =
+            rewrite::tcp_reset((src, dst), (t.dst_port, t.src_port), (seq, ack), flags)?;
+        let mut r = Reply { bytes, len: u8::try_from(len).unwrap_or(0), dst };
         let len = usize::from(r.len);
         let edits = {
             let view = crate::wire::parse(r.bytes.get(..len)?).ok()?;
             self.plan(&view, peer, seed)
         };
         if let Some(e) = edits {
-            apply(&e, r.bytes.get_mut(..len)?, false);
+            e.apply(r.bytes.get_mut(..len)?, false);
         }
         Some(r)
     }
@@ -148,30 +121,35 @@ impl Persona {
             return None;
         }
         let v4 = view.ip.src.is_ipv4();
-        let l4 = view.l4_offset;
-        let mut e = Edits { v4, l4, ..Edits::default() };
-        e.ttl = self.ttl.filter(|t| *t != view.ip.ttl);
+        let mut e = Edits::for_view(view);
+        if let Some(ttl) = self.ttl.filter(|t| *t != view.ip.ttl) {
+            e.set_ttl(ttl);
+        }
         let mut id_mode = self.ip_id;
         match view.transport {
             Transport::Tcp(tcp) => {
-                e.l4_checksum = Some(l4 + 16);
                 let f = tcp.flags;
                 if f.has(TcpFlags::SYN | TcpFlags::ACK) && !f.has(TcpFlags::RST) {
-                    e.window = self.window.filter(|w| *w != tcp.window);
-                    e.options = reorder(tcp.options, &self.options, self.eol_padding);
+                    if let Some(w) = self.window.filter(|w| *w != tcp.window) {
+                        e.set_window(w);
+                    }
+                    if let Some((options, len)) =
+                        reorder(tcp.options, &self.options, self.eol_padding)
+                    {
+                        e.set_options(options, len);
+                    }
                 } else if f.has(TcpFlags::RST)
                     && !f.has(TcpFlags::ACK)
                     && self.rst_ack
                     && tcp.ack == 0
                 {
-                    e.ack = Some(if tcp.seq == 0 { 1 } else { tcp.seq });
+                    e.set_ack(if tcp.seq == 0 { 1 } else { tcp.seq });
                 }
             }
             Transport::Icmp(icmp) if icmp.kind == if icmp.v6 { 129 } else { 0 } => {
-                e.l4_checksum = Some(l4 + 2);
                 id_mode = self.echo_ip_id;
                 if self.echo_code_zero && icmp.code != 0 {
-                    e.icmp = Some((icmp.kind, 0));
+                    e.set_icmp(icmp.kind, 0);
                 }
                 if self.echo_df_copy
                     && v4
@@ -179,13 +157,16 @@ impl Persona {
                     && p.echo == Some((icmp.ident(), icmp.sequence()))
                     && p.echo_df != view.ip.df
                 {
-                    e.df = Some(p.echo_df);
+                    e.set_df(p.echo_df);
                 }
             }
             _ => {}
         }
-        if v4 && let Some(p) = peer {
-            e.ip_id = next_id(id_mode, p, view.ip.dst, seed);
+        if v4
+            && let Some(p) = peer
+            && let Some(id) = next_id(id_mode, p, view.ip.dst, seed)
+        {
+            e.set_ip_id(id);
         }
         e.changes().then_some(e)
     }
@@ -205,113 +186,6 @@ impl Reply {
     /// The packet, from its IP header.
     pub fn bytes(&self) -> &[u8] {
         self.bytes.get(..usize::from(self.len)).unwrap_or_default()
-    }
-}
-
-/// Every edit of one packet, as plain values.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Edits {
-    v4: bool,
-    l4: usize,
-    /// Offset of the transport checksum, for edits of transport bytes.
-    l4_checksum: Option<usize>,
-    ttl: Option<u8>,
-    ip_id: Option<u16>,
-    df: Option<bool>,
-    window: Option<u16>,
-    ack: Option<u32>,
-    /// ICMP type and new code.
-    icmp: Option<(u8, u8)>,
-    options: Option<([u8; MAX_OPTIONS], usize)>,
-}
-
-impl Edits {
-    fn changes(&self) -> bool {
-        self.ttl.is_some()
-            || self.ip_id.is_some()
-            || self.df.is_some()
-            || self.window.is_some()
-            || self.ack.is_some()
-            || self.icmp.is_some()
-            || self.options.is_some()
-    }
-}
-
-/// Writes `edits` into `packet`, the buffer they were planned from.
-/// `l4_partial`: the transport checksum holds only the pseudo-header sum
-/// (the NIC completes it), so transport edits leave it alone. Returns
-/// false, having written nothing, when the buffer is not the one planned.
-pub fn apply(edits: &Edits, packet: &mut [u8], l4_partial: bool) -> bool {
-    let l4 = edits.l4;
-    let ends = [
-        Some(if edits.v4 { 20 } else { 40 }),
-        edits.l4_checksum.map(|s| s + 2),
-        edits.window.map(|_| l4 + 16),
-        edits.ack.map(|_| l4 + 12),
-        edits.icmp.map(|_| l4 + 2),
-        edits.options.map(|(_, n)| l4 + 20 + n),
-    ];
-    if ends.into_iter().flatten().any(|end| end > packet.len()) {
-        return false;
-    }
-    let l4_sum = if l4_partial { None } else { edits.l4_checksum };
-    if edits.v4 {
-        if let Some(ttl) = edits.ttl {
-            let proto = packet.get(9).copied().unwrap_or(0);
-            set(packet, Some(10), 8, &[ttl, proto]);
-        }
-        if let Some(id) = edits.ip_id {
-            set(packet, Some(10), 4, &id.to_be_bytes());
-        }
-        if let Some(df) = edits.df {
-            let old = match packet.get(6..8) {
-                Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]),
-                _ => 0,
-            };
-            let new = if df { old | 0x4000 } else { old & !0x4000 };
-            set(packet, Some(10), 6, &new.to_be_bytes());
-        }
-    } else if let (Some(ttl), Some(hop)) = (edits.ttl, packet.get_mut(7)) {
-        *hop = ttl;
-    }
-    if let Some(w) = edits.window {
-        set(packet, l4_sum, l4 + 14, &w.to_be_bytes());
-    }
-    if let Some(ack) = edits.ack {
-        set(packet, l4_sum, l4 + 8, &ack.to_be_bytes());
-    }
-    if let Some((kind, code)) = edits.icmp {
-        set(packet, l4_sum, l4, &[kind, code]);
-    }
-    if let Some((bytes, n)) = &edits.options
-        && let Some(new) = bytes.get(..*n)
-    {
-        set(packet, l4_sum, l4 + 20, new);
-    }
-    true
-}
-
-/// Overwrites the even-length, even-offset run at `at` with `new` and, when
-/// `sum_at` is given, updates the checksum there: HC' = ~(~HC + ~m + m')
-/// over each changed word (RFC 1624, eqn. 3). Every checksum portcloak
-/// edits covers a region that starts at an even offset of the packet.
-fn set(packet: &mut [u8], sum_at: Option<usize>, at: usize, new: &[u8]) {
-    let Some(old) = packet.get(at..at + new.len()) else { return };
-    if old == new {
-        return;
-    }
-    if let Some(s) = sum_at
-        && let Some(&[hi, lo]) = packet.get(s..s + 2)
-    {
-        let old_sum = u64::from(!checksum::fold(checksum::sum(0, old)));
-        let acc = u64::from(!u16::from_be_bytes([hi, lo])) + old_sum;
-        let updated = !checksum::fold(checksum::sum(acc, new));
-        if let Some(field) = packet.get_mut(s..s + 2) {
-            field.copy_from_slice(&updated.to_be_bytes());
-        }
-    }
-    if let Some(target) = packet.get_mut(at..at + new.len()) {
-        target.copy_from_slice(new);
     }
 }
 

@@ -32,7 +32,7 @@ use serde::Serialize;
 
 use crate::classify::{self, PortProto, ProbeKind, Signature};
 use crate::config::Config;
-use crate::disguise::{self, Edits, Persona, Reply};
+use crate::disguise::{Edits, Persona, Reply};
 use crate::gate::{Gate, GateCounters, GateEvent, Gated};
 use crate::policy::{Decision, GuardCounters, Inbound, Policy, PortMap, Reason, Verdict};
 use crate::time::Timestamp;
@@ -168,7 +168,7 @@ impl Judged {
     pub fn apply(self, packet: &mut [u8], l4_partial: bool) -> Outcome {
         let mut out = self.outcome;
         if let Some(edits) = self.edits {
-            out.rewritten = disguise::apply(&edits, packet, l4_partial);
+            out.rewritten = edits.apply(packet, l4_partial);
         }
         out
     }

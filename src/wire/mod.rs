@@ -2,9 +2,9 @@
 //!
 //! This module reads header layouts. It uses etherparse for IPv4 (with
 //! options and fragments), IPv6 (with extension headers), TCP, UDP and
-//! ICMP; SCTP is recognised by its common header. `craft` builds packets
-//! (for tests, benches and doc examples); the persona's in-place edits still
-//! live in `disguise` (issue 12 moves them here).
+//! ICMP; SCTP is recognised by its common header. [`rewrite`] edits them in
+//! place for the persona, and builds its resets; `craft` builds packets
+//! for tests, benches and doc examples.
 //! `etherparse` types stop here: the rest of the engine sees only our views.
 //!
 //! The contract, as in smoltcp's `wire`: [`parse`] accepts any byte slice and
@@ -15,6 +15,7 @@
 pub(crate) mod checksum;
 pub mod craft;
 pub mod link;
+pub mod rewrite;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
