@@ -31,17 +31,23 @@
 //! # Modules, in data-flow order
 //! - [`io`]: capture files: the pcap/pcapng reader (the NFQUEUE source is
 //!   `runtime::queue`).
-//! - [`wire`]: parsing, checksums, link layers, and a packet crafter for tests.
+//! - [`wire`]: parsing, checksums, link layers, in-place rewrites with
+//!   incremental checksums (`wire::rewrite`), and a packet crafter for
+//!   tests.
 //! - [`classify`]: probe kinds and scanner signatures.
-//! - [`track`]: sharded, bounded tables of sources, flows and bans.
+//! - [`track`]: sharded, bounded tables of sources, flows, bans and the
+//!   IPv6 networks escalation watches.
 //! - [`policy`]: verdicts, bans and their guards, open ports.
-//! - [`disguise`]: an OS persona's rewrites of the host's replies.
+//! - [`disguise`]: what an OS persona changes in the host's replies
+//!   (`wire::rewrite` writes it), and its answers to probes.
 //! - [`gate`]: hidden services: knock sequences and single-packet
 //!   authorization.
 //! - [`engine`]: the per-packet call that ties them together.
 //! - [`event`]: the events a run reports.
-//! - [`runtime`]: drivers of the engine: offline replay, and the inline
-//!   daemon with its queues, workers, state file and control socket.
+//! - [`runtime`]: drivers of the engine: offline replay (`replay/`: driver,
+//!   survey, report), and the inline daemon (`daemon/`: start-up and
+//!   shutdown, ban keeper, housekeeping, control requests, events) with its
+//!   queues, workers, state file, control socket and typed protocol.
 //! - [`firewall`]: the nft table and queue rules the daemon owns.
 //! - [`config`] and [`time`]: the rules and the engine's notion of time.
 
