@@ -136,6 +136,12 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The bans this packet caused: its source's, then its network's.
+    pub fn bans(&self) -> impl Iterator<Item = (SourceKey, Ban)> {
+        let own = self.ban.zip(self.source).map(|(ban, source)| (source, ban));
+        own.into_iter().chain(self.escalated)
+    }
+
     fn bare(decision: Decision) -> Self {
         Self {
             verdict: decision.verdict,

@@ -13,6 +13,7 @@
 pub mod clock;
 pub mod control;
 pub mod daemon;
+pub mod effects;
 pub mod knock;
 pub mod listen;
 pub mod protocol;

@@ -15,9 +15,10 @@ use std::time::SystemTime;
 use crossbeam::channel::Sender;
 use nfq::Verdict as NfVerdict;
 
+use super::effects::{Effects, deliver};
 use super::queue::BoundQueue;
 use crate::disguise::Reply;
-use crate::engine::{ChecksumCheck, Direction, Engine, Meta};
+use crate::engine::{ChecksumCheck, Direction, Engine, Meta, Outcome};
 use crate::event::Event;
 use crate::gate::{GateEvent, Via};
 use crate::policy::{Reason, Verdict};
@@ -292,37 +293,63 @@ fn inspect(
             stats.rewritten.fetch_add(1, Relaxed);
         }
     }
-    if let Some(line) = out.gate.and_then(|event| gate_line(shared, now, dst, event)) {
-        hand_over(shared, stats, Output::Log(line));
-    }
-    if let Some(reply) = out.reply {
-        hand_over(shared, stats, Output::Reply(index, reply));
-    }
-    let own = out.ban.zip(out.source).map(|(ban, source)| (source, ban));
-    for (key, ban) in own.into_iter().chain(out.escalated) {
-        if shared.kernel.try_send(KernelMsg::Ban(key, ban)).is_err() {
-            stats.lost.fetch_add(1, Relaxed);
-        }
-    }
+    deliver(&mut Inline { shared, stats, index, now, direction, packet: dst }, &out);
     match out.verdict {
-        Verdict::Accept => {
-            stats.accepted.fetch_add(1, Relaxed);
-            NfVerdict::Accept
-        }
-        Verdict::Drop => {
-            stats.dropped.fetch_add(1, Relaxed);
-            if let Some(counter) = stats.drops.get(out.reason as usize) {
-                counter.fetch_add(1, Relaxed);
+        Verdict::Accept => NfVerdict::Accept,
+        Verdict::Drop => NfVerdict::Drop,
+    }
+}
+
+/// The daemon's effects of one packet: counters, bans to the ban keeper,
+/// log lines and persona answers to the output thread, drop events to the
+/// event file; never waiting on a full channel (each loss is counted).
+struct Inline<'a> {
+    shared: &'a Shared,
+    stats: &'a WorkerStats,
+    index: usize,
+    now: Timestamp,
+    direction: Direction,
+    packet: &'a [u8],
+}
+
+impl Effects for Inline<'_> {
+    fn count(&mut self, out: &Outcome) {
+        let stats = self.stats;
+        match out.verdict {
+            Verdict::Accept => {
+                stats.accepted.fetch_add(1, Relaxed);
             }
-            if let Some(events) = &shared.events {
-                let addrs = crate::wire::addresses(dst);
-                let event = Event::from_outcome(now, direction, addrs, &out).next();
-                if event.is_some_and(|e| events.try_send(e).is_err()) {
-                    stats.lost.fetch_add(1, Relaxed);
+            Verdict::Drop => {
+                stats.dropped.fetch_add(1, Relaxed);
+                if let Some(counter) = stats.drops.get(out.reason as usize) {
+                    counter.fetch_add(1, Relaxed);
+                }
+                if let Some(events) = &self.shared.events {
+                    let addrs = crate::wire::addresses(self.packet);
+                    // The drop alone: the ban keeper reports bans.
+                    let event = Event::from_outcome(self.now, self.direction, addrs, out).next();
+                    if event.is_some_and(|e| events.try_send(e).is_err()) {
+                        stats.lost.fetch_add(1, Relaxed);
+                    }
                 }
             }
-            NfVerdict::Drop
         }
+    }
+
+    fn ban(&mut self, key: SourceKey, ban: Ban) {
+        if self.shared.kernel.try_send(KernelMsg::Ban(key, ban)).is_err() {
+            self.stats.lost.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn gate(&mut self, event: GateEvent) {
+        if let Some(line) = gate_line(self.shared, self.now, self.packet, event) {
+            hand_over(self.shared, self.stats, Output::Log(line));
+        }
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        hand_over(self.shared, self.stats, Output::Reply(self.index, reply));
     }
 }
 

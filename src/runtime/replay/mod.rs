@@ -37,12 +37,15 @@ use lru::LruCache;
 
 use crate::classify::ProbeKind;
 use crate::config::Cidr;
-use crate::engine::{ChecksumCheck, Direction, Engine, Meta};
+use crate::disguise::Reply;
+use crate::engine::{ChecksumCheck, Direction, Engine, Meta, Outcome};
 use crate::event::Event;
+use crate::gate::GateEvent;
 use crate::io::pcap::{PcapReader, SourceError};
 use crate::policy::Verdict;
+use crate::runtime::effects::{Effects, deliver};
 use crate::time::Timestamp;
-use crate::track::BanKind;
+use crate::track::{Ban, BanKind, SourceKey};
 use crate::wire::{self, LinkType, PacketView, TcpFlags, Transport};
 
 mod report;
@@ -150,72 +153,17 @@ pub fn run(
                 (request, reply, engine.judge(now, meta, parsed.as_ref().map_err(|e| *e)))
             };
             let outcome = judged.apply(&mut buf, meta.l4_partial);
-            report.rewritten += u64::from(outcome.rewritten);
-            report.persona_answers += u64::from(outcome.reply.is_some());
-            let dropped = outcome.verdict == Verdict::Drop;
             if let Some(t) = request {
-                if dropped {
+                if outcome.verdict == Verdict::Drop {
                     dropped_requests.put(t, ());
                 } else {
                     dropped_requests.pop(&t);
                 }
             }
-            match direction {
-                Direction::Inbound => report.inbound += 1,
-                Direction::Outbound => report.outbound += 1,
-            }
-            if dropped {
-                report.dropped += 1;
-                *report.drops.entry(outcome.reason).or_default() += 1;
-            } else {
-                report.accepted += 1;
-            }
-            if direction == Direction::Inbound {
-                if let Some(kind) = outcome.kind {
-                    *report.kinds.entry(kind).or_default() += 1;
-                }
-            }
-            if let Some(key) = outcome.source {
-                sources.update(key, |entry| {
-                    let mut port = None;
-                    match direction {
-                        Direction::Inbound => {
-                            entry.packets += 1;
-                            entry.dropped += u64::from(dropped);
-                            // A quarantine lets the pairs it proved through.
-                            let banned = entry
-                                .ban
-                                .is_some_and(|b| b.is_active(now) && b.kind == BanKind::Ban);
-                            entry.accepted_while_banned += u64::from(banned && !dropped);
-                            if let Some(kind) = outcome.kind {
-                                *entry.kinds.entry(kind).or_default() += 1;
-                                if is_probe_kind(kind) {
-                                    port = outcome.port;
-                                }
-                            }
-                            if let Some(sig) = outcome.signature {
-                                entry.signatures.insert(sig.to_string());
-                                entry.tools.insert(crate::policy::signature_tool(sig));
-                            }
-                        }
-                        Direction::Outbound => {
-                            entry.answered += u64::from(!dropped && reply.is_some());
-                        }
-                    }
-                    if let Some(ban) = outcome.ban {
-                        entry.ban.get_or_insert(ban);
-                    }
-                    port
-                });
-                let own = outcome.ban.map(|ban| (key, ban));
-                for ban in own.into_iter().chain(outcome.escalated) {
-                    if report.bans.len() < BANS_LISTED {
-                        report.bans.push(ban);
-                    } else {
-                        report.bans_unlisted += 1;
-                    }
-                }
-            }
+            let answers = reply.is_some();
+            let mut tally =
+                Tally { report: &mut report, sources: &mut sources, now, direction, answers };
+            deliver(&mut tally, &outcome);
             if options.json {
                 for event in Event::from_outcome(now, direction, Some((src, dst)), &outcome) {
                     write_event(events, &event)?;
@@ -348,5 +296,85 @@ fn reply_tuple(view: &PacketView<'_>) -> Option<Tuple> {
             })
         }
         _ => None,
+    }
+}
+
+/// Replay's effects of one packet: the report's counts and its sources'.
+struct Tally<'a> {
+    report: &'a mut Report,
+    sources: &'a mut Sources,
+    now: Timestamp,
+    direction: Direction,
+    /// An outbound packet that answers a request.
+    answers: bool,
+}
+
+impl Effects for Tally<'_> {
+    fn count(&mut self, outcome: &Outcome) {
+        let (report, now, direction) = (&mut *self.report, self.now, self.direction);
+        let dropped = outcome.verdict == Verdict::Drop;
+        report.rewritten += u64::from(outcome.rewritten);
+        match direction {
+            Direction::Inbound => report.inbound += 1,
+            Direction::Outbound => report.outbound += 1,
+        }
+        if dropped {
+            report.dropped += 1;
+            *report.drops.entry(outcome.reason).or_default() += 1;
+        } else {
+            report.accepted += 1;
+        }
+        if direction == Direction::Inbound
+            && let Some(kind) = outcome.kind
+        {
+            *report.kinds.entry(kind).or_default() += 1;
+        }
+        let Some(key) = outcome.source else { return };
+        let answers = self.answers;
+        self.sources.update(key, |entry| {
+            let mut port = None;
+            match direction {
+                Direction::Inbound => {
+                    entry.packets += 1;
+                    entry.dropped += u64::from(dropped);
+                    // A quarantine lets the pairs it proved through.
+                    let banned =
+                        entry.ban.is_some_and(|b| b.is_active(now) && b.kind == BanKind::Ban);
+                    entry.accepted_while_banned += u64::from(banned && !dropped);
+                    if let Some(kind) = outcome.kind {
+                        *entry.kinds.entry(kind).or_default() += 1;
+                        if is_probe_kind(kind) {
+                            port = outcome.port;
+                        }
+                    }
+                    if let Some(sig) = outcome.signature {
+                        entry.signatures.insert(sig.to_string());
+                        entry.tools.insert(crate::policy::signature_tool(sig));
+                    }
+                }
+                Direction::Outbound => {
+                    entry.answered += u64::from(!dropped && answers);
+                }
+            }
+            if let Some(ban) = outcome.ban {
+                entry.ban.get_or_insert(ban);
+            }
+            port
+        });
+    }
+
+    fn ban(&mut self, key: SourceKey, ban: Ban) {
+        if self.report.bans.len() < BANS_LISTED {
+            self.report.bans.push((key, ban));
+        } else {
+            self.report.bans_unlisted += 1;
+        }
+    }
+
+    /// Counted by the gate itself: the summary prints its counters.
+    fn gate(&mut self, _event: GateEvent) {}
+
+    fn reply(&mut self, _reply: Reply) {
+        self.report.persona_answers += 1;
     }
 }
