@@ -4,7 +4,8 @@
 //! options and fragments), IPv6 (with extension headers), TCP, UDP and
 //! ICMP; SCTP is recognised by its common header. [`rewrite`] edits them in
 //! place for the persona, and builds its resets; `craft` builds packets
-//! for tests, benches and doc examples.
+//! for tests, benches and doc examples (the `craft` feature; not in the
+//! shipped binary).
 //! `etherparse` types stop here: the rest of the engine sees only our views.
 //!
 //! The contract, as in smoltcp's `wire`: [`parse`] accepts any byte slice and
@@ -13,6 +14,7 @@
 //! snap length or NFQUEUE's copy range) reports [`Checksum::Unverified`].
 
 pub(crate) mod checksum;
+#[cfg(any(test, feature = "craft"))]
 pub mod craft;
 pub mod link;
 pub mod rewrite;
