@@ -224,7 +224,7 @@ impl Engine {
             sources: t.sources,
             flows: t.flows,
             bans: t.bans,
-            ipv6_network: if t.ipv6_escalate == 0 { 0 } else { t.ipv6_escalate_prefix },
+            ipv6_network: t.escalation_prefix().unwrap_or(0),
         });
         let persona = config.persona().map(Persona::new);
         let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0x5eed_u64);
@@ -291,8 +291,8 @@ impl Engine {
 
     /// The wider IPv6 network of `key` that escalation bans, when it is on.
     fn network(&self, key: SourceKey) -> Option<SourceKey> {
-        let t = &self.config().tracking;
-        (t.ipv6_escalate > 0 && key.is_ipv6()).then(|| key.widen(t.ipv6_escalate_prefix))
+        let len = self.config().tracking.escalation_prefix()?;
+        key.is_ipv6().then(|| key.widen(len))
     }
 
     /// The ban that holds for `key`: its own, or else its network's, which
@@ -631,7 +631,7 @@ impl Engine {
         let t = &self.config().tracking;
         !key.is_ipv6()
             || key.prefix_len() == t.ipv6_prefix
-            || (t.ipv6_escalate > 0 && key.prefix_len() == t.ipv6_escalate_prefix)
+            || t.escalation_prefix() == Some(key.prefix_len())
     }
 
     /// Table sizes and counters.

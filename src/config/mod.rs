@@ -320,11 +320,19 @@ impl Daemon {
         const NETWORK: u64 = 160;
         const BASE: u64 = 32 << 20;
         let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
-        let networks = if tracking.ipv6_escalate == 0 { 0 } else { tracking.sources.div_ceil(8) };
+        let networks = tracking.escalation_prefix().map_or(0, |_| tracking.sources.div_ceil(8));
         BASE.saturating_add(n(tracking.sources).saturating_mul(SOURCE))
             .saturating_add(n(networks).saturating_mul(NETWORK))
             .saturating_add(n(tracking.flows).saturating_mul(FLOW))
             .saturating_add(n(tracking.bans).saturating_mul(BAN))
+    }
+}
+
+impl Tracking {
+    /// The wider IPv6 network escalation bans, in bits, while
+    /// `ipv6_escalate` is on.
+    pub const fn escalation_prefix(&self) -> Option<u8> {
+        if self.ipv6_escalate == 0 { None } else { Some(self.ipv6_escalate_prefix) }
     }
 }
 

@@ -134,8 +134,7 @@ impl Plan {
             outbound,
             bypass: d.fail_mode == FailMode::Open,
             ipv6_prefix: config.tracking.ipv6_prefix,
-            ipv6_network: (config.tracking.ipv6_escalate > 0)
-                .then_some(config.tracking.ipv6_escalate_prefix),
+            ipv6_network: config.tracking.escalation_prefix(),
             copy_range: d.copy_range,
             allow: config.lists.allow.clone(),
             deny: config.lists.deny.clone(),
