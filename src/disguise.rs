@@ -14,15 +14,157 @@
 //! fixes each checksum incrementally (RFC 1624), so the work does not grow
 //! with the payload. A packet cut short by the
 //! copy range, or a fragment, is never planned: it passes unmodified.
+//!
+//! [`Disguise`] is a persona at work in the engine: the persona, and the
+//! side table of what it keeps per peer ([`Peer`]), made only when the
+//! persona needs it.
 
 use std::net::IpAddr;
 
-use crate::classify::OsProbe;
-use crate::config::{EchoField, IpId, PersonaSpec, RstAck, TcpOpt};
-use crate::track::Peer;
+use std::time::Duration;
+
+use crate::classify::{OsProbe, Signature};
+use crate::config::{EchoField, IpId, PersonaSpec, RstAck, TcpOpt, Tracking};
+use crate::time::Timestamp;
+use crate::track::{Evidence, SideTable, SourceKey};
 pub use crate::wire::rewrite::Edits;
 use crate::wire::rewrite::{self, MAX_OPTIONS};
 use crate::wire::{Fragment, PacketView, TcpFlags, Transport};
+
+/// What an OS persona keeps about one peer: the IP ID counter of the
+/// replies it gets, and its latest echo request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// The last IP ID sent to it; meaningful once `ip_id_started`.
+    pub ip_id: u16,
+    /// Whether the counter has been seeded.
+    pub ip_id_started: bool,
+    /// Its latest echo request had DF set.
+    pub echo_df: bool,
+    /// Identifier and sequence of its latest echo request, when it sent one.
+    pub echo: Option<(u16, u16)>,
+}
+
+/// A peer's counters are no evidence: the table is a plain LRU, and a
+/// peer pushed out starts a new counter from a new unpredictable value.
+impl Evidence for Peer {
+    fn evidence(&self, _now: Timestamp, _horizon: Duration) -> u32 {
+        0
+    }
+}
+
+/// What a persona does with an inbound packet the policy accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Nothing: the packet goes on.
+    Pass,
+    /// An OS probe the persona's OS never answers, or answers with a reset
+    /// of its own: dropped, with the reset to send, if any.
+    Drop(Option<Reply>),
+}
+
+/// A persona at work: its rules, and what it keeps per peer.
+#[derive(Debug)]
+pub struct Disguise {
+    persona: Persona,
+    /// Per-peer IP ID counters and echo requests; `None` when the persona
+    /// keeps neither.
+    peers: Option<SideTable<Peer>>,
+    /// Seeds each destination's first IP ID.
+    seed: u64,
+}
+
+impl Disguise {
+    /// The persona `spec` describes, with a peer table as large as the
+    /// source table of `tracking` when it needs one.
+    pub fn new(spec: &PersonaSpec, tracking: &Tracking) -> Self {
+        let persona = Persona::new(spec);
+        let peers =
+            persona.needs_peer().then(|| SideTable::plain(tracking.sources, tracking.shards));
+        let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0x5eed_u64);
+        Self { persona, peers, seed }
+    }
+
+    /// The persona.
+    pub const fn persona(&self) -> &Persona {
+        &self.persona
+    }
+
+    /// Entries of the peer table and its capacity; (0, 0) without one.
+    pub fn table(&self) -> (usize, usize) {
+        self.peers.as_ref().map_or((0, 0), |t| (t.stats().len, t.capacity()))
+    }
+
+    /// The persona's say on an inbound packet from `peer` that the policy
+    /// accepted: an OS probe its OS never answers is dropped, or answered
+    /// with its own reset; the DF of an echo request is remembered when
+    /// the persona copies it into the reply.
+    pub fn inbound(
+        &self,
+        view: &PacketView<'_>,
+        signature: Option<Signature>,
+        peer: SourceKey,
+    ) -> Answer {
+        let p = &self.persona;
+        let os_probe = match signature {
+            Some(Signature::OsProbe(probe)) => Some(probe),
+            _ => None,
+        };
+        if let Some(probe) = os_probe.filter(|x| p.silences(*x) || p.answers(*x)) {
+            let reply = if p.answers(probe) {
+                self.with_peer(peer, |state| p.reset(view, state, self.seed))
+            } else {
+                None
+            };
+            return Answer::Drop(reply);
+        }
+        if let Transport::Icmp(icmp) = view.transport
+            && p.copies_echo_df()
+            && !icmp.v6
+            && icmp.kind == 8
+        {
+            self.with_peer(peer, |state| {
+                if let Some(state) = state {
+                    state.echo = Some((icmp.ident(), icmp.sequence()));
+                    state.echo_df = view.ip.df;
+                }
+            });
+        }
+        Answer::Pass
+    }
+
+    /// The edits for a packet this host sends to `peer`; a forwarded
+    /// packet (its TTL was the sender's to set) is never edited.
+    pub fn outbound(
+        &self,
+        view: &PacketView<'_>,
+        peer: SourceKey,
+        forwarded: bool,
+    ) -> Option<Edits> {
+        if forwarded {
+            return None;
+        }
+        // Only IPv4 replies carry what a persona keeps per peer (the IP ID;
+        // the DF of echo requests).
+        if view.ip.dst.is_ipv4() {
+            self.with_peer(peer, |state| self.persona.plan(view, state, self.seed))
+        } else {
+            self.persona.plan(view, None, self.seed)
+        }
+    }
+
+    /// Runs `f` on the state of `peer`, made if new, when the persona
+    /// keeps any; on `None` otherwise.
+    fn with_peer<R>(&self, peer: SourceKey, f: impl FnOnce(Option<&mut Peer>) -> R) -> R {
+        match &self.peers {
+            Some(table) => {
+                let mut shard = table.lock(&peer);
+                f(Some(shard.get_or_insert(peer, Peer::default)))
+            }
+            None => f(None),
+        }
+    }
+}
 
 /// A persona, resolved from its rules for use per packet.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -32,13 +32,13 @@ use serde::Serialize;
 
 use crate::classify::{self, PortProto, ProbeKind, Signature};
 use crate::config::Config;
-use crate::disguise::{Edits, Persona, Reply};
+use crate::disguise::{Answer, Disguise, Edits, Reply};
 use crate::gate::{Gate, GateCounters, GateEvent, Gated};
 use crate::policy::{Decision, GuardCounters, Inbound, Policy, PortMap, Reason, Verdict};
 use crate::time::Timestamp;
 use crate::track::{
-    Ban, BanKind, BanReason, Flow, FlowKey, FlowState, Shard, SourceKey, Sweep, Table, TableLimits,
-    TableStats,
+    Ban, BanKind, BanReason, Evidence, FlowKey, FlowMatch, Shard, SourceKey, Sweep, Table,
+    TableLimits, TableStats,
 };
 use crate::wire::{self, Checksum, PacketView, TcpFlags, Transport};
 
@@ -209,9 +209,7 @@ pub struct EngineStats {
 pub struct Engine {
     policy: Policy,
     table: Table,
-    persona: Option<Persona>,
-    /// Seeds each destination's first IP ID under a persona.
-    seed: u64,
+    disguise: Option<Disguise>,
     gate: Gate,
 }
 
@@ -226,10 +224,9 @@ impl Engine {
             bans: t.bans,
             ipv6_network: t.escalation_prefix().unwrap_or(0),
         });
-        let persona = config.persona().map(Persona::new);
-        let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0x5eed_u64);
+        let disguise = config.persona().map(|spec| Disguise::new(spec, t));
         let gate = Gate::new(&config, None);
-        Self { policy: Policy::new(config), table, persona, seed, gate }
+        Self { policy: Policy::new(config), table, disguise, gate }
     }
 
     /// The same engine, checking single-packet authorization with `key`
@@ -347,7 +344,7 @@ impl Engine {
         if self.policy.is_local(src) {
             return Outcome { verdict: Verdict::Drop, reason: Reason::Martian, ..out };
         }
-        let flow_key = flow_key(view, Direction::Inbound);
+        let flow_key = FlowKey::inbound(view);
         let allowed = lists.allows(src);
         let mut shard = self.table.lock(&key);
         let idle = self.config().tracking.flow_idle.get();
@@ -381,20 +378,19 @@ impl Engine {
                 };
             }
         }
-        let flow = flow_key
-            .map_or(FlowMatch::None, |fk| track_inbound_flow(&mut shard, fk, view, now, idle));
+        let flow = flow_key.map_or(FlowMatch::None, |fk| shard.follow_inbound(fk, view, now, idle));
         let in_flow = flow != FlowMatch::None;
         let probe = classify::classify(view, in_flow);
         out.kind = Some(probe.kind);
         out.signature = probe.signature;
         out.port = probe.port;
         if allowed {
-            open_flow(&mut shard, flow_key, view, now);
+            shard.open_inbound(flow_key, view, now);
             return Outcome { reason: Reason::Allowlisted, ..out };
         }
         let state = shard.source(key, now);
         if flow == FlowMatch::Handshake {
-            state.last_handshake = now;
+            state.handshake(now);
             if let Some((proto, port)) = probe.port {
                 state.proven.add(proto, port);
             }
@@ -409,7 +405,7 @@ impl Engine {
             proven,
         };
         state.seen(now, probe.kind);
-        let (gated, event) = self.gate.check(now, view, probe.kind, in_flow, &mut state.gate);
+        let (gated, event) = self.gate.check(now, view, key, probe.kind, in_flow);
         out.gate = event;
         let mut decision = match gated {
             Gated::Pass => self.policy.inbound(ctx, state),
@@ -418,25 +414,11 @@ impl Engine {
             Gated::Open => accept(Reason::Authorized),
         };
         if decision.verdict == Verdict::Accept
-            && let Some(persona) = &self.persona
+            && let Some(disguise) = &self.disguise
+            && let Answer::Drop(reply) = disguise.inbound(view, probe.signature, key)
         {
-            let os_probe = match probe.signature {
-                Some(Signature::OsProbe(p)) => Some(p),
-                _ => None,
-            };
-            if let Some(p) = os_probe.filter(|p| persona.silences(*p) || persona.answers(*p)) {
-                decision = Decision { verdict: Verdict::Drop, reason: Reason::Persona, ban: None };
-                if persona.answers(p) {
-                    out.reply = persona.reset(view, Some(&mut state.peer), self.seed);
-                }
-            } else if let Transport::Icmp(icmp) = view.transport
-                && persona.copies_echo_df()
-                && !icmp.v6
-                && icmp.kind == 8
-            {
-                state.peer.echo = Some((icmp.ident(), icmp.sequence()));
-                state.peer.echo_df = view.ip.df;
-            }
+            decision = Decision { verdict: Verdict::Drop, reason: Reason::Persona, ban: None };
+            out.reply = reply;
         }
         let horizon = self.config().scan.slow_window.get();
         let evidence = state.evidence(now, horizon);
@@ -444,7 +426,7 @@ impl Engine {
         shard.protect(key, evidence, now, horizon);
         let opens = matches!(probe.kind, ProbeKind::TcpSyn | ProbeKind::Udp | ProbeKind::Sctp);
         if decision.verdict == Verdict::Accept && opens {
-            open_flow(&mut shard, flow_key, view, now);
+            shard.open_inbound(flow_key, view, now);
         }
         // A quarantined source that got this far sent a proven pair's
         // packet: it is not banned again.
@@ -475,22 +457,16 @@ impl Engine {
             return (Outcome { verdict: Verdict::Drop, reason: Reason::Banned, ..out }, None);
         }
         out.port = self.track_outbound_flow(&mut shard, view, now);
-        let Some(persona) = self.persona.as_ref().filter(|_| !meta.forwarded) else {
-            return (out, None);
-        };
-        // Only IPv4 replies carry what a persona keeps per peer (the IP ID;
-        // the DF of echo requests).
-        let per_peer = persona.needs_peer() && view.ip.dst.is_ipv4();
-        let peer = per_peer.then(|| &mut shard.source(key, now).peer);
-        (out, persona.plan(view, peer, self.seed))
+        drop(shard);
+        let edits = self.disguise.as_ref().and_then(|d| d.outbound(view, key, meta.forwarded));
+        (out, edits)
     }
 
     /// True when an outbound packet belongs to a flow this host opens or
     /// opened: a ban never cuts those off.
     fn ours(&self, shard: &Shard, view: &PacketView<'_>, now: Timestamp) -> bool {
         let idle = self.config().tracking.flow_idle.get();
-        let known =
-            flow_key(view, Direction::Outbound).and_then(|fk| shard.peek_flow(&fk, now, idle));
+        let known = FlowKey::outbound(view).and_then(|fk| shard.peek_flow(&fk, now, idle));
         match (known, view.transport) {
             (Some(flow), _) => !flow.inbound,
             (None, Transport::Tcp(t)) => {
@@ -501,7 +477,8 @@ impl Engine {
         }
     }
 
-    /// Follows a connection or datagram flow this host answers or starts;
+    /// Follows a connection or datagram flow this host answers or starts,
+    /// learns the ports it answers from, and proves a peer it answered;
     /// returns the local port.
     fn track_outbound_flow(
         &self,
@@ -509,48 +486,27 @@ impl Engine {
         view: &PacketView<'_>,
         now: Timestamp,
     ) -> Option<(PortProto, u16)> {
-        let fk = flow_key(view, Direction::Outbound)?;
+        let fk = FlowKey::outbound(view)?;
         let idle = self.config().tracking.flow_idle.get();
+        let answered = shard.follow_outbound(fk, view, now, idle);
         match view.transport {
             Transport::Tcp(tcp) => {
-                let syn = tcp.flags.has(TcpFlags::SYN);
-                let ack = tcp.flags.has(TcpFlags::ACK);
-                if syn && ack && tcp.flags.classic() & (TcpFlags::RST | TcpFlags::FIN) == 0 {
+                let f = tcp.flags;
+                if f.has(TcpFlags::SYN | TcpFlags::ACK)
+                    && f.classic() & (TcpFlags::RST | TcpFlags::FIN) == 0
+                {
                     self.ports().learn(PortProto::Tcp, tcp.src_port);
-                }
-                match shard.flow(&fk, now, idle) {
-                    Some(flow) => {
-                        flow.last = now;
-                        if syn && ack && flow.state == FlowState::SynSeen {
-                            flow.state = FlowState::SynAckSeen;
-                            flow.isn = tcp.seq;
-                        }
-                    }
-                    None if syn && !ack => {
-                        shard.insert_flow(
-                            fk,
-                            Flow { state: FlowState::SynSeen, inbound: false, isn: 0, last: now },
-                        );
-                    }
-                    None => {}
                 }
                 Some((PortProto::Tcp, tcp.src_port))
             }
             Transport::Udp(udp) => {
-                match shard.flow(&fk, now, idle) {
-                    Some(flow) => {
-                        flow.last = now;
-                        if flow.inbound {
-                            self.ports().learn(PortProto::Udp, udp.src_port);
-                            // This host answered: the pair is proven.
-                            let key = self.key(view.ip.dst);
-                            shard.source(key, now).proven.add(PortProto::Udp, udp.src_port);
-                        }
-                    }
-                    None => shard.insert_flow(
-                        fk,
-                        Flow { state: FlowState::Established, inbound: false, isn: 0, last: now },
-                    ),
+                if answered.datagram {
+                    self.ports().learn(PortProto::Udp, udp.src_port);
+                    // This host answered: the pair is proven.
+                    shard
+                        .source(self.key(view.ip.dst), now)
+                        .proven
+                        .add(PortProto::Udp, udp.src_port);
                 }
                 Some((PortProto::Udp, udp.src_port))
             }
@@ -651,86 +607,6 @@ impl Engine {
 
 const fn accept(reason: Reason) -> Decision {
     Decision { verdict: Verdict::Accept, reason, ban: None }
-}
-
-/// The flow key of a TCP, UDP or SCTP packet, from this host's side.
-fn flow_key(view: &PacketView<'_>, direction: Direction) -> Option<FlowKey> {
-    let (sport, dport) = match view.transport {
-        Transport::Tcp(t) => (t.src_port, t.dst_port),
-        Transport::Udp(u) => (u.src_port, u.dst_port),
-        Transport::Sctp { src_port, dst_port } => (src_port, dst_port),
-        _ => return None,
-    };
-    let protocol = view.ip.protocol;
-    Some(match direction {
-        Direction::Inbound => FlowKey {
-            remote: view.ip.src,
-            local: view.ip.dst,
-            remote_port: sport,
-            local_port: dport,
-            protocol,
-        },
-        Direction::Outbound => FlowKey {
-            remote: view.ip.dst,
-            local: view.ip.src,
-            remote_port: dport,
-            local_port: sport,
-            protocol,
-        },
-    })
-}
-
-/// An inbound packet's relation to the flow table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FlowMatch {
-    /// Belongs to no known flow.
-    None,
-    /// Belongs to a known flow.
-    Known,
-    /// The ACK that completes a handshake the remote end started.
-    Handshake,
-}
-
-/// Looks the packet's flow up, refreshes it and advances its handshake.
-fn track_inbound_flow(
-    shard: &mut Shard,
-    fk: FlowKey,
-    view: &PacketView<'_>,
-    now: Timestamp,
-    idle: Duration,
-) -> FlowMatch {
-    let Some(flow) = shard.flow(&fk, now, idle) else {
-        return FlowMatch::None;
-    };
-    flow.last = now;
-    let Transport::Tcp(t) = view.transport else {
-        return FlowMatch::Known;
-    };
-    let f = t.flags.classic();
-    // A new SYN on a remembered 4-tuple is a new connection, not part of the old one.
-    if f == TcpFlags::SYN && flow.state != FlowState::SynSeen {
-        return FlowMatch::None;
-    }
-    let pure_ack =
-        f & (TcpFlags::SYN | TcpFlags::RST | TcpFlags::FIN) == 0 && f & TcpFlags::ACK != 0;
-    // Only the real owner of the address saw the SYN-ACK and can acknowledge it.
-    let proves = t.ack == flow.isn.wrapping_add(1);
-    if pure_ack && proves && flow.inbound && flow.state == FlowState::SynAckSeen {
-        flow.state = FlowState::Established;
-        return FlowMatch::Handshake;
-    }
-    FlowMatch::Known
-}
-
-/// Starts tracking the flow an accepted SYN or datagram opens.
-fn open_flow(shard: &mut Shard, fk: Option<FlowKey>, view: &PacketView<'_>, now: Timestamp) {
-    let Some(fk) = fk else { return };
-    let state = match view.transport {
-        Transport::Tcp(t) if t.flags.classic() == TcpFlags::SYN => FlowState::SynSeen,
-        Transport::Tcp(_) => return,
-        _ => FlowState::Established,
-    };
-    shard.insert_flow(fk, Flow { state, inbound: true, isn: 0, last: now });
 }
 
 #[cfg(test)]

@@ -6,9 +6,12 @@
 //! connections it started live on in conntrack after that.
 //!
 //! Runs under the source's shard lock, after classification and before
-//! policy. No I/O, no clock; the SPA key is handed in by the daemon.
+//! policy; what it keeps per source is in a side table of its own
+//! ([`GateState`]), made only when a port is hidden. No I/O, no clock; the
+//! SPA key is handed in by the daemon.
 
 pub mod spa;
+mod state;
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
@@ -19,11 +22,12 @@ use std::time::Duration;
 use lru::LruCache;
 use serde::Serialize;
 
+pub use self::state::GateState;
 use crate::classify::ProbeKind;
 use crate::config::{Config, GateProto, Hidden, KnockStep};
 use crate::policy::Reason;
 use crate::time::{Rate, Timestamp};
-use crate::track::GateState;
+use crate::track::{Evidence, Segmented, SideTable, SourceKey};
 use crate::wire::{PacketView, Transport};
 
 /// What the gate decided for one inbound packet.
@@ -213,9 +217,15 @@ struct SpaGate {
     nonces: Mutex<Nonces>,
 }
 
+/// Sources whose gate state is kept, per source the main table tracks.
+const STATES_PER: usize = 8;
+
 /// The gate: the hidden ports, the knock sequence and the SPA check.
 #[derive(Debug)]
 pub struct Gate {
+    /// Per-source knocks, grants and SPA allowance; `None` with no hidden
+    /// port, when the gate has nothing to do.
+    states: Option<SideTable<GateState>>,
     hidden: Vec<Hidden>,
     knock: Vec<KnockStep>,
     within: Duration,
@@ -246,7 +256,11 @@ impl Gate {
                 floor: 0,
             }),
         });
+        let t = &config.tracking;
+        let states = (!config.hidden.is_empty())
+            .then(|| SideTable::new(t.sources.div_ceil(STATES_PER), t.shards));
         Self {
+            states,
             hidden: config.hidden.clone(),
             knock: config.knock.sequence.clone(),
             within: config.knock.within.get(),
@@ -277,27 +291,39 @@ impl Gate {
         self.counters.read()
     }
 
-    /// Decides what the gate does with an inbound packet from a source
-    /// that is neither banned nor allowlisted, updating its `state`.
+    /// Entries of the side table and its capacity; (0, 0) with no hidden
+    /// port.
+    pub fn table(&self) -> (usize, usize) {
+        self.states.as_ref().map_or((0, 0), |t| (t.stats().len, t.capacity()))
+    }
+
+    /// Decides what the gate does with an inbound packet from `key`, a
+    /// source that is neither banned nor allowlisted, updating its state.
     pub fn check(
         &self,
         now: Timestamp,
         view: &PacketView<'_>,
+        key: SourceKey,
         kind: ProbeKind,
         in_flow: bool,
-        state: &mut GateState,
     ) -> (Gated, Option<GateEvent>) {
         // The rules allow knocks and SPA only with a hidden port to open:
-        // without one the gate has nothing to do and leaves the state alone.
-        if self.hidden.is_empty() {
+        // without one the gate has nothing to do and keeps no state.
+        let Some(states) = &self.states else {
             return (Gated::Pass, None);
-        }
+        };
+        let mut table = states.lock(&key);
+        let reset = |table: &mut Segmented<SourceKey, GateState>| {
+            if let Some(s) = table.get_mut(&key) {
+                s.knock_step = 0;
+            }
+        };
         let (proto, port, payload) = match view.transport {
             Transport::Tcp(t) => (GateProto::Tcp, t.dst_port, None),
             Transport::Udp(u) => (GateProto::Udp, u.dst_port, Some(u.payload)),
             _ => {
                 if !in_flow {
-                    state.knock_step = 0;
+                    reset(&mut table);
                 }
                 return (Gated::Pass, None);
             }
@@ -308,15 +334,26 @@ impl Gate {
             && port == spa.port
             && !in_flow
         {
-            state.knock_step = 0;
-            let event = self.spa(now, view.ip.src, payload.unwrap_or_default(), spa, state);
+            reset(&mut table);
+            let src = view.ip.src;
+            let event = self.spa(now, (key, src), payload.unwrap_or_default(), spa, &mut table);
             return (Gated::Drop(Reason::Spa), event);
         }
         if !self.knock.is_empty() && !in_flow {
             let hit = KnockStep { proto, port };
             let host = self.host(view.ip.src);
-            if let Some(decision) = self.knock(now, hit, opens, host, state) {
-                return decision;
+            let state = if self.knock.contains(&hit) {
+                Some(table.get_or_insert(key, || GateState::new(now)))
+            } else {
+                table.get_mut(&key)
+            };
+            if let Some(state) = state {
+                let decision = self.knock(now, hit, opens, host, state);
+                let evidence = state.evidence(now, self.within);
+                table.protect(key, evidence, now, self.within);
+                if let Some(decision) = decision {
+                    return decision;
+                }
             }
         }
         let Some(index) = self.hidden_index(proto, port) else {
@@ -325,7 +362,8 @@ impl Gate {
         if !opens {
             return (Gated::Pass, None);
         }
-        if state.authorized(index, self.host(view.ip.src), now) {
+        let host = self.host(view.ip.src);
+        if table.peek(&key).is_some_and(|s| s.authorized(index, host, now)) {
             bump(&self.counters.opened);
             (Gated::Open, None)
         } else {
@@ -383,10 +421,10 @@ impl Gate {
     fn spa(
         &self,
         now: Timestamp,
-        src: IpAddr,
+        (key, src): (SourceKey, IpAddr),
         payload: &[u8],
         spa: &SpaGate,
-        state: &mut GateState,
+        table: &mut Segmented<SourceKey, GateState>,
     ) -> Option<GateEvent> {
         // Forged packets cost at most the global budget of checks, and
         // spend nothing of the source's own allowance: a flood of junk
@@ -411,6 +449,7 @@ impl Gate {
         if req.ip != src {
             return reject(Rejection::WrongSource);
         }
+        let state = table.get_or_insert(key, || GateState::new(now));
         if !state.take_spa(now, spa.rate, spa.burst) {
             bump(&self.counters.limited);
             return None;
@@ -435,8 +474,11 @@ impl Gate {
         }
         bump(self.counters.authorized(Via::Spa));
         let open_for = self.hidden.get(index).map(|h| h.open_for.get()).unwrap_or_default();
-        let (mask, until) = (1u16 << index, now.saturating_add(open_for));
+        let mask = u32::try_from(index).ok().and_then(|i| 1u16.checked_shl(i)).unwrap_or(0);
+        let until = now.saturating_add(open_for);
         state.authorize(self.host(src), mask, now, until);
+        let evidence = state.evidence(now, open_for);
+        table.protect(key, evidence, now, open_for);
         Some(GateEvent::Authorized { via: Via::Spa, mask, until })
     }
 }

@@ -556,8 +556,7 @@ impl Policy {
 
     /// True when `state` completed a TCP handshake within the grace.
     pub fn handshake_recent(&self, state: &SourceState, now: Timestamp) -> bool {
-        state.last_handshake != Timestamp::ZERO
-            && now.saturating_since(state.last_handshake) < self.config.ban.handshake_grace.get()
+        state.handshake_within(now, self.config.ban.handshake_grace.get())
     }
 
     /// Calls for a ban at once, unless the source is proven; then the

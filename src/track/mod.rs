@@ -28,8 +28,10 @@
 //!
 //! No I/O and no clock: every call takes `now`.
 
+pub mod flow;
 mod key;
 mod network;
+mod segmented;
 mod source;
 
 use std::collections::HashMap;
@@ -44,12 +46,12 @@ use serde::Serialize;
 use crate::classify::{ProbeKind, Signature};
 use crate::time::Timestamp;
 
+pub use self::flow::{Answered, Flow, FlowMatch, FlowState};
 pub(crate) use self::key::prefix_mask;
 pub use self::key::{FlowKey, SourceKey};
 pub use self::network::{SUSPECT_SLOTS, Suspects};
-pub use self::source::{
-    GateState, PROVEN_SLOTS, Peer, ProvenPorts, RECENT_SLOTS, Scores, SourceState,
-};
+pub use self::segmented::{Evidence, SegmentStats, Segmented, SideTable};
+pub use self::source::{Bucket, PROVEN_SLOTS, ProvenPorts, RECENT_SLOTS, Scores, SourceState};
 
 /// Why a source was banned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -187,38 +189,6 @@ struct BanRecord {
     lifted: bool,
 }
 
-/// Where a tracked connection stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlowState {
-    /// The opening SYN was accepted.
-    SynSeen,
-    /// The SYN-ACK went back.
-    SynAckSeen,
-    /// The handshake completed, or the flow is not TCP.
-    Established,
-}
-
-/// A connection the engine saw start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Flow {
-    /// Handshake progress.
-    pub state: FlowState,
-    /// True when the remote end opened it.
-    pub inbound: bool,
-    /// This host's initial sequence number, from its SYN-ACK: the remote end
-    /// proves it owns its address by acknowledging `isn + 1`.
-    pub isn: u32,
-    /// Latest packet.
-    pub last: Timestamp,
-}
-
-impl Flow {
-    /// True unless the flow has been idle for longer than `idle`.
-    pub fn is_fresh(&self, now: Timestamp, idle: Duration) -> bool {
-        now.saturating_since(self.last) <= idle
-    }
-}
-
 /// Table sizes and counters, summed over shards.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TableStats {
@@ -307,106 +277,51 @@ const NETWORKS_PER: usize = 8;
 /// One shard: the state of every source that hashes to it.
 #[derive(Debug)]
 pub struct Shard {
-    /// First-seen sources, and sources with too little evidence to protect.
-    probation: LruCache<SourceKey, SourceState>,
-    /// Sources with evidence (see [`SourceState::evidence`]): a flood of
-    /// new one-packet sources churns `probation` only.
-    protected: LruCache<SourceKey, SourceState>,
+    /// Sources: first-seen ones in probation, those with evidence (see
+    /// [`SourceState::evidence`]) protected, so a flood of new one-packet
+    /// sources churns probation only.
+    sources: Segmented<SourceKey, SourceState>,
     flows: LruCache<FlowKey, Flow>,
     bans: HashMap<SourceKey, BanRecord, DefaultHasher>,
     ban_capacity: usize,
     networks: LruCache<SourceKey, Suspects>,
     network_evictions: u64,
-    source_evictions: u64,
     flow_evictions: u64,
     bans_refused_full: u64,
     bans_displaced: u64,
-    promotions: u64,
-    promotions_refused: u64,
 }
-
-/// Evidence that moves a source from probation to the protected segment.
-pub const PROTECT_AT: u32 = 2;
-
-/// Protected entries a promotion looks at, from the least recently used,
-/// for one with no more evidence than the newcomer.
-const PROTECT_TRIES: usize = 4;
 
 impl Shard {
     fn new(sources: usize, flows: usize, bans: usize, networks: usize) -> Self {
         let nz = |n: usize| NonZeroUsize::new(n.max(1)).unwrap_or(NonZeroUsize::MIN);
         Self {
-            probation: LruCache::new(nz(sources - sources / 2)),
-            protected: LruCache::new(nz(sources / 2)),
+            sources: Segmented::new(sources),
             flows: LruCache::new(nz(flows)),
             bans: HashMap::with_hasher(DefaultHasher::default()),
             ban_capacity: bans.max(1),
             networks: LruCache::new(nz(networks)),
             network_evictions: 0,
-            source_evictions: 0,
             flow_evictions: 0,
             bans_refused_full: 0,
             bans_displaced: 0,
-            promotions: 0,
-            promotions_refused: 0,
         }
     }
 
     /// The state of `key`, created at `now` in probation if it is not
     /// tracked; an eviction to make room is counted.
     pub fn source(&mut self, key: SourceKey, now: Timestamp) -> &mut SourceState {
-        if self.protected.contains(&key) {
-            return self.protected.get_or_insert_mut(key, || SourceState::new(now));
-        }
-        let full = self.probation.len() == self.probation.cap().get();
-        let mut created = false;
-        let state = self.probation.get_or_insert_mut(key, || {
-            created = true;
-            SourceState::new(now)
-        });
-        if created && full {
-            self.source_evictions += 1;
-        }
-        state
+        self.sources.get_or_insert(key, || SourceState::new(now))
     }
 
     /// The state of `key` if tracked, without creating or promoting it.
     pub fn peek_source(&self, key: &SourceKey) -> Option<&SourceState> {
-        self.protected.peek(key).or_else(|| self.probation.peek(key))
+        self.sources.peek(key)
     }
 
-    /// Moves `key`, holding `evidence` at `now` (judged over `horizon`),
-    /// from probation to the protected segment. When that is full, its
-    /// least recently used entry with no more evidence than the newcomer
-    /// goes back to probation; entries with more get a second chance. With
-    /// none among the first few, the newcomer stays in probation, counted.
+    /// Moves `key`, holding `evidence`, to the protected segment: see
+    /// [`Segmented::protect`].
     pub fn protect(&mut self, key: SourceKey, evidence: u32, now: Timestamp, horizon: Duration) {
-        if evidence < PROTECT_AT || self.protected.contains(&key) {
-            return;
-        }
-        let Some(state) = self.probation.pop(&key) else { return };
-        if self.protected.len() < self.protected.cap().get() {
-            self.protected.put(key, state);
-            self.promotions += 1;
-            return;
-        }
-        for _ in 0..PROTECT_TRIES {
-            let Some((tail, tail_state)) = self.protected.peek_lru() else { break };
-            let tail = *tail;
-            if tail_state.evidence(now, horizon) <= evidence {
-                if let Some((old, old_state)) = self.protected.pop_lru() {
-                    if self.probation.push(old, old_state).is_some() {
-                        self.source_evictions += 1;
-                    }
-                }
-                self.protected.put(key, state);
-                self.promotions += 1;
-                return;
-            }
-            self.protected.promote(&tail);
-        }
-        self.probation.put(key, state);
-        self.promotions_refused += 1;
+        self.sources.protect(key, evidence, now, horizon);
     }
 
     /// Records that `source`, of the wider `network`, showed scan evidence
@@ -539,11 +454,6 @@ impl Table {
         Self { shards, hasher: DefaultHasher::default(), mask: n - 1, limits }
     }
 
-    /// The limits in force (shards rounded to a power of two).
-    pub fn limits(&self) -> TableLimits {
-        self.limits
-    }
-
     /// Locks the shard that holds `key`: for an IPv6 key, the shard of its
     /// wider network (`ipv6_network`), which holds all of the network's
     /// sources and its record.
@@ -571,11 +481,12 @@ impl Table {
         };
         for shard in self.shards.iter() {
             let g = lock(shard);
-            s.sources += g.probation.len() + g.protected.len();
-            s.protected += g.protected.len();
-            s.promotions += g.promotions;
-            s.promotions_refused += g.promotions_refused;
-            s.source_evictions += g.source_evictions;
+            let sources = g.sources.stats();
+            s.sources += sources.len;
+            s.protected += sources.protected;
+            s.promotions += sources.promotions;
+            s.promotions_refused += sources.promotions_refused;
+            s.source_evictions += sources.evictions;
             s.flows += g.flows.len();
             s.flow_evictions += g.flow_evictions;
             s.ban_records += g.bans.len();
@@ -623,17 +534,8 @@ impl Table {
                 g.flows.pop_lru();
                 out.flows_expired += 1;
             }
-            let idle = |e: Option<(&SourceKey, &SourceState)>| {
-                e.is_some_and(|(_, s)| now.saturating_since(s.last_seen) > source_idle)
-            };
-            while idle(g.probation.peek_lru()) {
-                g.probation.pop_lru();
-                out.sources_expired += 1;
-            }
-            while idle(g.protected.peek_lru()) {
-                g.protected.pop_lru();
-                out.sources_expired += 1;
-            }
+            out.sources_expired +=
+                g.sources.expire(|s| now.saturating_since(s.last_seen) > source_idle);
             while g.networks.peek_lru().is_some_and(|(_, n)| n.is_stale(now, source_idle)) {
                 g.networks.pop_lru();
             }

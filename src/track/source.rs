@@ -2,14 +2,17 @@
 //!
 //! A [`SourceState`] remembers the distinct closed ports a source touched in
 //! a short sliding window (exact, with weights), an estimate of the distinct
-//! closed ports over a long horizon for slow scans, when it was first and
-//! last seen, when it last completed a TCP handshake, and its ICMP echo
-//! allowance. Bans and offence counts live beside it in the shard's ban map
-//! (see `track::Shard`), so that losing this state to LRU eviction never
-//! loses a ban.
+//! closed ports over a long horizon for slow scans, when it was last seen,
+//! when it last completed a TCP handshake, the pairs it proved, and its ICMP
+//! echo allowance. Bans and offence counts live beside it in the shard's ban
+//! map (see `track::Shard`), so that losing this state to LRU eviction never
+//! loses a ban. What a stage keeps only while it is on (the gate's knocks
+//! and grants, a persona's per-peer counters) lives in that stage's own
+//! side table, so a source pays nothing for a feature that is off.
 
 use std::time::Duration;
 
+use super::Evidence;
 use crate::classify::{PortProto, ProbeKind};
 use crate::time::Timestamp;
 
@@ -34,23 +37,32 @@ const SLOW_BITS: u32 = 256;
 ///
 /// The count is `popcount(current | previous)`: the distinct ports seen in
 /// the last one to two half-horizons. Hash collisions can only undercount,
-/// by about one port at the default threshold of 20 in 256 bits.
+/// by about one port at the default threshold of 20 in 256 bits. The
+/// current half's start is kept by the caller, beside its other seconds,
+/// so the state packs without padding.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct SlowWindow {
-    start_s: u32,
     current: [u64; 4],
     previous: [u64; 4],
 }
 
 impl SlowWindow {
-    fn add(&mut self, now_s: u32, half_s: u32, proto: PortProto, port: u16) -> u32 {
-        let elapsed = now_s.saturating_sub(self.start_s);
+    fn add(
+        &mut self,
+        start_s: &mut u32,
+        now_s: u32,
+        half_s: u32,
+        proto: PortProto,
+        port: u16,
+    ) -> u32 {
+        let elapsed = now_s.saturating_sub(*start_s);
         if elapsed >= half_s.saturating_mul(2) {
-            *self = Self { start_s: now_s, ..Self::default() };
+            *self = Self::default();
+            *start_s = now_s;
         } else if elapsed >= half_s {
             self.previous = self.current;
             self.current = [0; 4];
-            self.start_s = self.start_s.saturating_add(half_s);
+            *start_s = start_s.saturating_add(half_s);
         }
         // Fibonacci hashing spreads ports that differ in low bits.
         let key = (u32::from(port) | ((proto.index() as u32) << 16)).wrapping_mul(0x9e37_79b9);
@@ -62,9 +74,10 @@ impl SlowWindow {
     }
 }
 
-/// A token bucket in thousandths of a token, for ICMP echo.
+/// A token bucket in thousandths of a token: a source's ICMP echo
+/// allowance, and the gate's allowance of valid SPA packets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Bucket {
+pub struct Bucket {
     milli: u32,
     last: Timestamp,
 }
@@ -74,38 +87,22 @@ struct Bucket {
 pub struct SourceState {
     /// Latest packet seen from this source.
     pub last_seen: Timestamp,
-    /// Latest completed TCP handshake; [`Timestamp::ZERO`] for none.
-    pub last_handshake: Timestamp,
     /// The (protocol, port) pairs it proved most recently: a TCP handshake
     /// completed, or a UDP flow this host answered. A quarantine lets these
     /// through.
     pub proven: ProvenPorts,
     /// Probe kinds seen from this source, as [`ProbeKind::bit`]s.
     pub kinds: u32,
-    /// What an OS persona keeps about this address as a destination.
-    pub peer: Peer,
-    /// Knocks, authorizations and SPA allowance.
-    pub gate: GateState,
     recent: [PortHit; RECENT_SLOTS],
     slow: SlowWindow,
     echo: Bucket,
+    /// Second of the latest completed TCP handshake; 0 for none.
+    handshake_s: u32,
+    /// Second the slow window's current half started.
+    slow_start_s: u32,
     /// The larger score of the latest closed-port touch, and its second.
     closed_score: u16,
     closed_at_s: u32,
-}
-
-/// What an OS persona keeps about one peer: the IP ID counter of the
-/// replies it gets, and its latest echo request.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Peer {
-    /// The last IP ID sent to it; meaningful once `ip_id_started`.
-    pub ip_id: u16,
-    /// Whether the counter has been seeded.
-    pub ip_id_started: bool,
-    /// Its latest echo request had DF set.
-    pub echo_df: bool,
-    /// Identifier and sequence of its latest echo request, when it sent one.
-    pub echo: Option<(u16, u16)>,
 }
 
 /// Slots of [`ProvenPorts`].
@@ -156,31 +153,29 @@ impl SourceState {
     pub fn new(now: Timestamp) -> Self {
         Self {
             last_seen: now,
-            last_handshake: Timestamp::ZERO,
             proven: ProvenPorts::default(),
             kinds: 0,
-            peer: Peer::default(),
             recent: [PortHit::default(); RECENT_SLOTS],
-            slow: SlowWindow { start_s: now.secs_u32(), ..SlowWindow::default() },
+            slow: SlowWindow::default(),
             echo: Bucket::full(now),
-            gate: GateState::new(now),
+            handshake_s: 0,
+            slow_start_s: now.secs_u32(),
             closed_score: 0,
             closed_at_s: 0,
         }
     }
 
-    /// How much this source has shown at `now`, for the tables' eviction
-    /// order: its closed-port score while it is younger than `horizon`
-    /// (the slow window), the knock steps it took, 2 for a handshake within
-    /// `horizon`, and far more for a live grant, which a flood must never
-    /// erase. Sources with more are evicted last.
-    pub fn evidence(&self, now: Timestamp, horizon: Duration) -> u32 {
-        let horizon_s = u32::try_from(horizon.as_secs()).unwrap_or(u32::MAX);
-        let fresh = |at_s: u32| at_s != 0 && now.secs_u32().saturating_sub(at_s) < horizon_s;
-        let closed = self.closed_score(now, horizon);
-        let handshake = if fresh(self.last_handshake.secs_u32()) { 2 } else { 0 };
-        let grant = if self.gate.any_authorized(now) { 1 << 16 } else { 0 };
-        closed + u32::from(self.gate.knock_step) + handshake + grant
+    /// Records a TCP handshake it completed at `now`.
+    pub fn handshake(&mut self, now: Timestamp) {
+        // 0 marks "none", so stored seconds start at 1.
+        self.handshake_s = now.secs_u32().max(1);
+    }
+
+    /// True when it completed a TCP handshake less than `grace` before
+    /// `now` (to the second).
+    pub fn handshake_within(&self, now: Timestamp, grace: Duration) -> bool {
+        self.handshake_s != 0
+            && now.saturating_since(Timestamp::from_secs(u64::from(self.handshake_s))) < grace
     }
 
     /// Its closed-port score (the larger of the weighted short-window count
@@ -231,7 +226,7 @@ impl SourceState {
         let recent =
             self.recent.iter().filter(|h| fresh(h)).map(|h| u32::from(h.weight)).sum::<u32>();
         let half_s = u32::try_from(slow_window.as_secs() / 2).unwrap_or(u32::MAX).max(1);
-        let slow = self.slow.add(now_s, half_s, proto, port);
+        let slow = self.slow.add(&mut self.slow_start_s, now_s, half_s, proto, port);
         self.closed_score = u16::try_from(recent.max(slow)).unwrap_or(u16::MAX);
         self.closed_at_s = now_s;
         Scores { recent, slow }
@@ -245,12 +240,13 @@ impl SourceState {
 
 impl Bucket {
     /// A full bucket at `now`.
-    const fn full(now: Timestamp) -> Self {
+    pub const fn full(now: Timestamp) -> Self {
         Self { milli: u32::MAX, last: now }
     }
 
-    /// Takes one token; false when there is none.
-    fn take(&mut self, now: Timestamp, per_second: f64, burst: u32) -> bool {
+    /// Takes one token, refilled at `per_second` up to `burst`; false when
+    /// there is none.
+    pub fn take(&mut self, now: Timestamp, per_second: f64, burst: u32) -> bool {
         let cap = burst.saturating_mul(1000);
         let elapsed_ms = now.saturating_since(self.last).as_millis() as f64;
         let refill = (elapsed_ms * per_second).min(f64::from(cap)) as u32;
@@ -265,85 +261,14 @@ impl Bucket {
     }
 }
 
-/// Addresses of one tracked source (an IPv6 /64 holds many) that may
-/// hold an authorization at once; a newer one replaces the grant that
-/// ends first.
-const GRANTS: usize = 2;
-
-/// Hidden ports one address may open, until when.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Grant {
-    /// The address, as the gate names it (a keyed hash: the packet's exact
-    /// source address, never its network).
-    host: u64,
-    /// Hidden ports, as bits by `[[hidden]]` index.
-    mask: u16,
-    until: Timestamp,
-}
-
-/// A source's progress through the gate: its knock sequence so far, which
-/// of its addresses are authorized to reach what until when, and its
-/// allowance of valid SPA packets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GateState {
-    /// Knock steps completed in order.
-    pub knock_step: u8,
-    /// When the first step arrived.
-    pub knock_start: Timestamp,
-    grants: [Grant; GRANTS],
-    spa: Bucket,
-}
-
-impl GateState {
-    fn new(now: Timestamp) -> Self {
-        Self {
-            knock_step: 0,
-            knock_start: Timestamp::ZERO,
-            grants: [Grant::default(); GRANTS],
-            spa: Bucket::full(now),
-        }
-    }
-
-    /// Takes one valid SPA packet; false when the source is over its rate.
-    pub fn take_spa(&mut self, now: Timestamp, per_second: f64, burst: u32) -> bool {
-        self.spa.take(now, per_second, burst)
-    }
-
-    /// True when address `host` may open the hidden port with index
-    /// `index` at `now`.
-    pub fn authorized(&self, index: usize, host: u64, now: Timestamp) -> bool {
-        index < 16
-            && self
-                .grants
-                .iter()
-                .any(|g| g.host == host && now < g.until && g.mask & (1 << index) != 0)
-    }
-
-    /// True when any address of the source holds a grant at `now`.
-    pub fn any_authorized(&self, now: Timestamp) -> bool {
-        self.grants.iter().any(|g| now < g.until && g.mask != 0)
-    }
-
-    /// Opens the hidden ports in `mask` to address `host` until `until`.
-    /// Ports still open to it from an earlier grant stay open with them,
-    /// until the later end.
-    pub fn authorize(&mut self, host: u64, mask: u16, now: Timestamp, until: Timestamp) {
-        let live = |g: &Grant| now < g.until;
-        let slot = self
-            .grants
-            .iter()
-            .position(|g| live(g) && g.host == host)
-            .or_else(|| self.grants.iter().position(|g| !live(g)))
-            .or_else(|| {
-                self.grants.iter().enumerate().min_by_key(|(_, g)| g.until).map(|(i, _)| i)
-            });
-        if let Some(g) = slot.and_then(|i| self.grants.get_mut(i)) {
-            if !live(g) || g.host != host {
-                *g = Grant { host, mask: 0, until: Timestamp::ZERO };
-            }
-            g.mask |= mask;
-            g.until = g.until.max(until);
-        }
+/// How much this source has shown at `now`, for the source table's
+/// eviction order: its closed-port score while it is younger than
+/// `horizon` (the slow window), and 2 for a handshake within `horizon`.
+/// Sources with more are evicted last.
+impl Evidence for SourceState {
+    fn evidence(&self, now: Timestamp, horizon: Duration) -> u32 {
+        let handshake = if self.handshake_within(now, horizon) { 2 } else { 0 };
+        self.closed_score(now, horizon) + handshake
     }
 }
 
@@ -417,7 +342,7 @@ mod tests {
 
     #[test]
     fn state_has_a_fixed_small_size() {
-        assert_eq!(std::mem::size_of::<SourceState>(), 352, "the README states this size");
+        assert_eq!(std::mem::size_of::<SourceState>(), 248, "the README states this size");
     }
 
     #[test]
