@@ -23,7 +23,7 @@ pub trait Evidence {
 }
 
 /// Evidence that moves an entry from probation to the protected segment.
-pub const PROTECT_AT: u32 = 2;
+const PROTECT_AT: u32 = 2;
 
 /// Protected entries a promotion looks at, from the least recently used,
 /// for one with no more evidence than the newcomer.
