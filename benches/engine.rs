@@ -13,6 +13,7 @@
 mod common;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use portcloak::config::Rules;
 use portcloak::wire::TcpFlags;
 use portcloak::wire::craft::Craft;
 use portcloak::{Config, Direction, Engine, Timestamp};
@@ -61,9 +62,9 @@ fn syn_ack(c: &mut Criterion) {
         })
         .collect();
     for persona in ["none", "windows"] {
-        let mut config = Config::default();
-        config.persona.name = persona.to_owned();
-        let engine = Engine::new(config);
+        let mut rules = Rules::default();
+        rules.persona.name = persona.to_owned();
+        let engine = Engine::new(Config::try_from(rules).expect("valid rules"));
         let mut buf = packets[0].clone();
         let mut i = 0usize;
         group.bench_function(persona, |b| {

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use portcloak::config::PortList;
+use portcloak::config::{PortList, Rules};
 use portcloak::wire::TcpFlags;
 use portcloak::wire::craft::Craft;
 use portcloak::{Config, Direction, Engine, Timestamp};
@@ -66,9 +66,9 @@ fn bench(c: &mut Criterion) {
 
     // Caps and memory, measured once, outside criterion's timing.
     let before = common::rss_bytes();
-    let mut config = Config::default();
-    config.services.tcp = PortList::from_ports([80]);
-    let engine = Engine::new(config);
+    let mut rules = Rules::default();
+    rules.services.tcp = PortList::from_ports([80]);
+    let engine = Engine::new(Config::try_from(rules).expect("valid rules"));
     flood(&engine, &packets, &mut scratch);
     flood(&engine, &to_open_port, &mut scratch);
     let bans = engine.config().tracking.bans as u32;

@@ -171,7 +171,7 @@ impl Target {
             return Ok(s.clone());
         }
         match &self.rules {
-            Some(path) => Ok(Config::load(path)?.daemon.socket),
+            Some(path) => Ok(Config::load(path)?.into_rules().daemon.socket),
             None => Ok(PathBuf::from(DEFAULT_SOCKET)),
         }
     }
@@ -318,9 +318,9 @@ fn load_or_default(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
 fn check(file: &std::path::Path) -> anyhow::Result<Status> {
     let config = match Config::load(file) {
         Ok(config) => config,
-        Err(crate::config::ConfigError::Invalid { path, message }) => {
+        Err(crate::config::ConfigError::Invalid { path, error }) => {
             let mut err = std::io::stderr().lock();
-            writeln!(err, "portcloak: {}: {message}", path.display())?;
+            writeln!(err, "portcloak: {}: {error}", path.display())?;
             return Ok(Status::Failed);
         }
         Err(e) => return Err(e.into()),

@@ -8,7 +8,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
 
 use portcloak::Timestamp;
-use portcloak::config::Daemon;
 use portcloak::io::pcap::PcapWriter;
 use portcloak::runtime::replay::{REPORT_BUDGET, REPORTED};
 use portcloak::wire::TcpFlags;
@@ -110,8 +109,8 @@ fn replay_of_two_million_sources_stays_within_the_tables_and_the_reports_bound()
     let (summary, peak) = replay_peak(&capture);
     std::fs::remove_dir_all(&dir).expect("clean up");
 
-    let tracking = portcloak::Config::default().tracking;
-    let bound = Daemon::table_budget(&tracking) + REPORT_BUDGET;
+    let rules = portcloak::Config::default();
+    let bound = rules.table_budget() + REPORT_BUDGET;
     eprintln!(
         "replay of {frames} frames from {SOURCES} sources: peak {} MiB, bound {} MiB",
         peak >> 20,

@@ -1,11 +1,16 @@
-//! The rules: every threshold and switch, loaded from a TOML file and
-//! checked once, so the engine only ever sees a valid [`Config`].
+//! The rules: every threshold and switch. [`Rules`] is the file as written
+//! (TOML, or built in code); [`Config`] is rules that passed every check,
+//! and the only form the engine, the firewall plan and the daemon take.
 //!
-//! Values are parsed into their real types while the file is read (ports,
-//! CIDRs, durations, actions), so a bad value is reported by TOML with its
-//! line and column. Unknown keys are errors too. `rules/default.toml` lists
-//! every key with its default; a test checks that it equals
-//! [`Config::default`].
+//! `Config::try_from(rules)` checks every invariant that involves more than
+//! one value, whether the rules came from a file or from code, and a
+//! `Config` is read-only after that: it derefs to its [`Rules`], never
+//! mutably. Values are parsed into their real types while a file is read
+//! (ports, CIDRs, durations, actions), so a bad value is reported by TOML
+//! with its line and column; a failed check names its key, and its line
+//! when the rules came from a file. Unknown keys are errors too.
+//! `rules/default.toml` lists every key with its default; a test checks that
+//! it equals [`Config::default`].
 
 mod hidden;
 mod persona;
@@ -26,6 +31,41 @@ pub use self::types::{Action, Cidr, ClosedPorts, Dur, PortList, Toggle};
 use crate::classify::OsProbe;
 use crate::track::RECENT_SLOTS;
 
+/// A rule that fails a check: its `section.key`, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("key `{section}.{key}` {why}")]
+pub struct Invalid {
+    /// The section, e.g. `scan` or `personas.mine.sysctls`.
+    pub section: String,
+    /// The key within it.
+    pub key: String,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+impl Invalid {
+    fn new(section: &str, key: &str, why: impl Into<String>) -> Self {
+        Self { section: section.to_owned(), key: key.to_owned(), why: why.into() }
+    }
+}
+
+/// Why rules in TOML text are not a [`Config`].
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum RulesError {
+    /// TOML syntax, an unknown key or a bad value, as TOML reports it,
+    /// with the key and its line.
+    #[error("{0}")]
+    Toml(String),
+    /// A failed check, with the line of its key when the text has it.
+    #[error("{}{invalid}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+    Invalid {
+        /// The key's line in the text.
+        line: Option<usize>,
+        /// The failed check.
+        invalid: Invalid,
+    },
+}
+
 /// Why a rules file could not be loaded.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -39,19 +79,49 @@ pub enum ConfigError {
     },
     /// TOML syntax, an unknown key or a bad value. The message names the key
     /// and its line.
-    #[error("{path}: {message}")]
+    #[error("{path}: {error}")]
     Invalid {
         /// The file.
         path: PathBuf,
         /// What is wrong and where.
-        message: String,
+        error: RulesError,
     },
 }
 
-/// The whole rules file.
+/// Rules that passed every check; read-only, through [`Rules`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Config(#[serde(deserialize_with = "checked")] Rules);
+
+fn checked<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Rules, D::Error> {
+    let rules = Rules::deserialize(d)?;
+    rules.check().map_err(serde::de::Error::custom)?;
+    Ok(rules)
+}
+
+impl std::ops::Deref for Config {
+    type Target = Rules;
+
+    fn deref(&self) -> &Rules {
+        &self.0
+    }
+}
+
+impl TryFrom<Rules> for Config {
+    type Error = Invalid;
+
+    /// Checks every rule that involves more than one value.
+    fn try_from(rules: Rules) -> Result<Self, Invalid> {
+        rules.check()?;
+        Ok(Self(rules))
+    }
+}
+
+/// The whole rules file, as written: any values, checked by turning it
+/// into a [`Config`].
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Config {
+pub struct Rules {
     /// Ports that are open, and whether to learn more from replies.
     pub services: Services,
     /// Networks never dropped or banned, and networks always dropped.
@@ -306,11 +376,14 @@ pub enum FailMode {
     Closed,
 }
 
-impl Daemon {
+impl Rules {
     /// Bytes the tables may take at their configured sizes, with the fixed
-    /// cost of buffers and threads. Per-entry figures are measured upper
-    /// bounds (benches/flood.rs fills every table), rounded up.
-    pub fn table_budget(tracking: &Tracking) -> u64 {
+    /// cost of buffers and threads: the source, flow, ban and network
+    /// tables, and the side tables of the stages that are on (the gate's
+    /// with a hidden port, the persona's per-peer counters). Per-entry
+    /// figures of the main tables are measured upper bounds
+    /// (benches/flood.rs fills every table), rounded up.
+    pub fn table_budget(&self) -> u64 {
         const SOURCE: u64 = 448;
         const FLOW: u64 = 192;
         const BAN: u64 = 128;
@@ -318,13 +391,26 @@ impl Daemon {
         // node (key 18, `Suspects` 64, links 16 bytes, in a 112-byte
         // allocation) and its map slot, rounded up; computed, not measured.
         const NETWORK: u64 = 160;
+        // The gate's state of a source (one per 8 sources): key 18,
+        // `GateState` 80, links 16, in a 128-byte allocation, and its map
+        // slot; computed.
+        const GATE: u64 = 160;
+        // A persona's peer (one per source): key 18, `Peer` 10, links 16,
+        // in a 48-byte allocation, and its map slot; computed.
+        const PEER: u64 = 80;
         const BASE: u64 = 32 << 20;
+        let t = &self.tracking;
         let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
-        let networks = tracking.escalation_prefix().map_or(0, |_| tracking.sources.div_ceil(8));
-        BASE.saturating_add(n(tracking.sources).saturating_mul(SOURCE))
-            .saturating_add(n(networks).saturating_mul(NETWORK))
-            .saturating_add(n(tracking.flows).saturating_mul(FLOW))
-            .saturating_add(n(tracking.bans).saturating_mul(BAN))
+        let per8 = n(t.sources.div_ceil(8));
+        let networks = t.escalation_prefix().map_or(0, |_| per8);
+        let gates = if self.hidden.is_empty() { 0 } else { per8 };
+        let peers = if self.persona().is_some() { n(t.sources) } else { 0 };
+        BASE.saturating_add(n(t.sources).saturating_mul(SOURCE))
+            .saturating_add(networks.saturating_mul(NETWORK))
+            .saturating_add(gates.saturating_mul(GATE))
+            .saturating_add(peers.saturating_mul(PEER))
+            .saturating_add(n(t.flows).saturating_mul(FLOW))
+            .saturating_add(n(t.bans).saturating_mul(BAN))
     }
 }
 
@@ -480,16 +566,26 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
         Self::from_toml(&text)
-            .map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })
+            .map_err(|error| ConfigError::Invalid { path: path.to_owned(), error })
     }
 
     /// Parses and checks rules from TOML text. The error names the key and its line.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        let config: Self = toml::from_str(text).map_err(|e| describe(text, &e))?;
-        config.check(text)?;
-        Ok(config)
+    pub fn from_toml(text: &str) -> Result<Self, RulesError> {
+        let rules: Rules =
+            toml::from_str(text).map_err(|e| RulesError::Toml(describe(text, &e)))?;
+        Self::try_from(rules).map_err(|invalid| RulesError::Invalid {
+            line: line_of(text, &invalid.section, &invalid.key),
+            invalid,
+        })
     }
 
+    /// The rules, to change and check again: `Config::try_from(rules)`.
+    pub fn into_rules(self) -> Rules {
+        self.0
+    }
+}
+
+impl Rules {
     /// The persona in force: `None` for `"none"`. One of this file's
     /// `[personas.NAME]` tables wins over a built-in one of the same name.
     pub fn persona(&self) -> Option<&PersonaSpec> {
@@ -501,8 +597,8 @@ impl Config {
     }
 
     /// Checks the rules that involve more than one value.
-    fn check(&self, text: &str) -> Result<(), String> {
-        let fail = |section: &str, key: &str, why: String| Err(at_key(text, section, key, &why));
+    fn check(&self) -> Result<(), Invalid> {
+        let fail = |section: &str, key: &str, why: String| Err(Invalid::new(section, key, why));
         let s = &self.scan;
         if !(1..=RECENT_SLOTS as u32).contains(&s.closed_port_threshold) {
             return fail(
@@ -589,9 +685,9 @@ impl Config {
         if d.listen_interval.get() < Duration::from_millis(100) {
             return fail("daemon", "listen_interval", "must be at least 100ms".to_owned());
         }
-        self.check_personas(text)?;
-        self.check_gate(text)?;
-        let need = Daemon::table_budget(t) >> 20;
+        self.check_personas()?;
+        self.check_gate()?;
+        let need = self.table_budget() >> 20;
         if d.memory_limit < need {
             return fail(
                 "daemon",
@@ -605,9 +701,9 @@ impl Config {
     }
 }
 
-impl Config {
-    fn check_gate(&self, text: &str) -> Result<(), String> {
-        let fail = |section: &str, key: &str, why: &str| Err(at_key(text, section, key, why));
+impl Rules {
+    fn check_gate(&self) -> Result<(), Invalid> {
+        let fail = |section: &str, key: &str, why: &str| Err(Invalid::new(section, key, why));
         if self.hidden.len() > 16 {
             return fail("hidden", "port", "lists more than 16 hidden ports");
         }
@@ -686,22 +782,21 @@ impl Config {
         Ok(())
     }
 
-    fn check_personas(&self, text: &str) -> Result<(), String> {
+    fn check_personas(&self) -> Result<(), Invalid> {
         let name = &self.persona.name;
         if name != NO_PERSONA && self.persona().is_none() {
             let mut known: Vec<&str> = vec![NO_PERSONA];
             known.extend(builtin_personas().keys().map(String::as_str));
             known.extend(self.personas.keys().map(String::as_str));
-            return Err(at_key(
-                text,
+            return Err(Invalid::new(
                 "persona",
                 "name",
-                &format!("names no persona; known: {}", known.join(", ")),
+                format!("names no persona; known: {}", known.join(", ")),
             ));
         }
         for (pname, p) in &self.personas {
             let section = format!("personas.{pname}");
-            let fail = |key: &str, why: &str| Err(at_key(text, &section, key, why));
+            let fail = |key: &str, why: &str| Err(Invalid::new(&section, key, why));
             if pname == NO_PERSONA {
                 return fail("description", "defines `none`, which means no persona");
             }
@@ -726,7 +821,7 @@ impl Config {
             }
             let s = &p.sysctls;
             let sysctl =
-                |key: &str, why: &str| Err(at_key(text, &format!("{section}.sysctls"), key, why));
+                |key: &str, why: &str| Err(Invalid::new(&format!("{section}.sysctls"), key, why));
             if s.tcp_ecn.is_some_and(|v| v > 2) {
                 return sysctl("tcp_ecn", "must be 0, 1 or 2");
             }
@@ -785,18 +880,18 @@ fn section_header(line: &str) -> Option<&str> {
     line.trim().strip_prefix('[').and_then(|r| r.strip_suffix(']')).map(str::trim)
 }
 
-/// Formats an error about `section.key`, with the line it is on if present.
-fn at_key(text: &str, section: &str, key: &str, why: &str) -> String {
+/// The line `section.key` is on in `text`, if it is there.
+fn line_of(text: &str, section: &str, key: &str) -> Option<usize> {
     let mut current = "";
     for (n, line) in text.lines().enumerate() {
         let l = line.trim();
         if let Some(name) = section_header(line) {
             current = name;
         } else if current == section && l.split_once('=').is_some_and(|(k, _)| k.trim() == key) {
-            return format!("line {}: key `{section}.{key}` {why}", n + 1);
+            return Some(n + 1);
         }
     }
-    format!("key `{section}.{key}` {why}")
+    None
 }
 
 #[cfg(test)]

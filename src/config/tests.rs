@@ -40,7 +40,7 @@ ack = "off"
 }
 
 fn error(text: &str) -> String {
-    Config::from_toml(text).unwrap_err()
+    Config::from_toml(text).unwrap_err().to_string()
 }
 
 #[test]
@@ -84,4 +84,36 @@ fn a_narrower_ipv6_prefix_needs_a_narrower_escalation() {
 fn syntax_errors_have_a_line() {
     let e = error("[scan]\nwindow = \n");
     assert!(e.contains("line 2"), "{e}");
+}
+
+#[test]
+fn rules_built_in_code_are_checked_like_a_file() {
+    // The 17th hidden port would overflow the gate's 16-bit masks: it can
+    // no more reach the engine from code than from a file.
+    let mut rules = Rules::default();
+    rules.hidden = (1..=17)
+        .map(|port| Hidden { port: 2000 + port, proto: GateProto::Tcp, open_for: Dur::secs(30) })
+        .collect();
+    let e = Config::try_from(rules.clone()).unwrap_err();
+    assert_eq!((e.section.as_str(), e.key.as_str()), ("hidden", "port"), "{e}");
+    rules.hidden.truncate(16);
+    assert!(Config::try_from(rules).is_ok());
+
+    let mut rules = Rules::default();
+    rules.tracking.shards = 3;
+    let e = Config::try_from(rules).unwrap_err();
+    assert_eq!(e.to_string(), "key `tracking.shards` must be a power of two up to 4096");
+    // From a file, the same check names the line too.
+    let e = error("\n[tracking]\nshards = 3\n");
+    assert_eq!(e, "line 3: key `tracking.shards` must be a power of two up to 4096");
+}
+
+#[test]
+fn a_config_read_back_is_checked_again() {
+    let text = serde_json::to_string(&Config::default()).unwrap();
+    let back: Config = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, Config::default());
+    let bad = text.replace("\"shards\":64", "\"shards\":3");
+    assert_ne!(bad, text, "the default shard count is in the text");
+    assert!(serde_json::from_str::<Config>(&bad).is_err());
 }

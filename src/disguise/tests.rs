@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::config::{Action, ClosedPorts, Config};
+use crate::config::{Action, ClosedPorts, Config, Rules};
 use crate::engine::{Direction, Engine, Meta};
 use crate::policy::{Reason, Verdict};
 use crate::time::Timestamp;
@@ -37,8 +37,8 @@ fn now() -> Timestamp {
 
 /// Rules with every detection rule off, so scanner probes reach the
 /// persona, and the kernel answers closed ports.
-fn open_rules(persona: &str) -> Config {
-    let mut c = Config::default();
+fn open_rules(persona: &str) -> Rules {
+    let mut c = Rules::default();
     c.persona.name = persona.to_owned();
     c.policy.closed_ports = ClosedPorts::Reject;
     c.probes.os_detection = Action::Off;
@@ -52,7 +52,7 @@ fn open_rules(persona: &str) -> Config {
 }
 
 fn engine(persona: &str) -> Engine {
-    Engine::new(open_rules(persona))
+    Engine::new(Config::try_from(open_rules(persona)).unwrap())
 }
 
 fn out(e: &Engine, bytes: &mut [u8]) -> bool {
@@ -338,7 +338,7 @@ fn builtin_personas_parse_and_check() {
         let c = Config::from_toml(&format!("[persona]\nname = \"{name}\"\n")).unwrap();
         assert!(c.persona().is_some());
     }
-    let err = Config::from_toml("[persona]\nname = \"solaris\"\n").unwrap_err();
+    let err = Config::from_toml("[persona]\nname = \"solaris\"\n").unwrap_err().to_string();
     assert!(err.contains("persona.name") && err.contains("windows"), "{err}");
     // A persona is data: a rules file can define its own.
     let c = Config::from_toml(
@@ -346,7 +346,8 @@ fn builtin_personas_parse_and_check() {
     )
     .unwrap();
     assert_eq!(c.persona().map(|p| p.ttl), Some(255));
-    let err = Config::from_toml("[personas.x.sysctls]\nwindow_scale = 15\n").unwrap_err();
+    let err =
+        Config::from_toml("[personas.x.sysctls]\nwindow_scale = 15\n").unwrap_err().to_string();
     assert!(err.contains("personas.x.sysctls.window_scale"), "{err}");
 }
 
@@ -364,7 +365,7 @@ fn answering() -> Engine {
             ..Default::default()
         },
     );
-    Engine::new(c)
+    Engine::new(Config::try_from(c).unwrap())
 }
 
 #[test]
@@ -418,9 +419,10 @@ fn a_reset_to_a_segment_with_ack_takes_its_sequence_from_the_ack_and_works_over_
 
 #[test]
 fn answers_must_be_tcp_probes_and_not_silenced_too() {
-    let err = Config::from_toml("[personas.x]\nanswer = [\"ie1\"]\n").unwrap_err();
+    let err = Config::from_toml("[personas.x]\nanswer = [\"ie1\"]\n").unwrap_err().to_string();
     assert!(err.contains("personas.x.answer"), "{err}");
-    let err =
-        Config::from_toml("[personas.x]\nanswer = [\"t2\"]\nsilence = [\"t2\"]\n").unwrap_err();
+    let err = Config::from_toml("[personas.x]\nanswer = [\"t2\"]\nsilence = [\"t2\"]\n")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("silence"), "{err}");
 }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use super::*;
 use crate::classify::{Fingerprint, OsProbe};
-use crate::config::{Action, ClosedPorts, PortList};
+use crate::config::{Action, ClosedPorts, PortList, Rules};
 use crate::wire::TcpFlags as F;
 use crate::wire::craft::Craft;
 
@@ -23,11 +23,19 @@ fn at(ms: u64) -> Timestamp {
     Timestamp::from_micros(1_000_000_000 + ms * 1000)
 }
 
+fn rules() -> Rules {
+    let mut r = Rules::default();
+    r.services.tcp = PortList::from_ports([22, 80]);
+    r.services.udp = PortList::from_ports([53]);
+    r
+}
+
 fn config() -> Config {
-    let mut c = Config::default();
-    c.services.tcp = PortList::from_ports([22, 80]);
-    c.services.udp = PortList::from_ports([53]);
-    c
+    checked(rules())
+}
+
+fn checked(rules: Rules) -> Config {
+    Config::try_from(rules).expect("valid rules")
 }
 
 fn syn(src: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
@@ -228,7 +236,7 @@ fn stealth_probes_ban_at_once_unless_switched_off() {
         assert_eq!((o.verdict, o.kind), (Verdict::Drop, Some(kind)));
         assert_eq!(o.ban.map(|b| b.reason), Some(BanReason::Probe(kind)), "{kind}");
 
-        let mut c = config();
+        let mut c = rules();
         c.probes = crate::config::Probes {
             null: Action::Off,
             fin: Action::Off,
@@ -241,7 +249,7 @@ fn stealth_probes_ban_at_once_unless_switched_off() {
             illegal: Action::Off,
             os_detection: Action::Off,
         };
-        let e = Engine::new(c);
+        let e = Engine::new(checked(c));
         let o = run(&e, at(0), Direction::Inbound, probe);
         assert_eq!(
             (o.verdict, o.reason, o.ban),
@@ -274,9 +282,9 @@ fn fingerprints_can_be_switched_off() {
     assert_eq!((o.verdict, o.reason), (Verdict::Drop, Reason::Signature));
     assert!(o.ban.is_some());
 
-    let mut c = config();
+    let mut c = rules();
     c.fingerprints.nmap_syn = Action::Off;
-    let e = Engine::new(c);
+    let e = Engine::new(checked(c));
     let o = run(&e, at(0), Direction::Inbound, nmap());
     assert_eq!(
         (o.verdict, o.reason, o.ban),
@@ -418,10 +426,10 @@ fn other_protocols_count_like_closed_ports() {
 
 #[test]
 fn single_packet_bans_have_a_pool_of_their_own_bounded_per_network() {
-    let mut c = config();
+    let mut c = rules();
     c.ban.single_packet_per_second = 5;
     c.ban.single_packet_per_prefix = 3;
-    let e = Engine::new(c);
+    let e = Engine::new(checked(c));
     // NULL probes from 100 networks at once: the pool's burst bans 5.
     let null =
         |src: IpAddr, t| run(&e, t, Direction::Inbound, Craft::tcp(src, server(), 1, 1, 0).build());
@@ -455,9 +463,9 @@ fn forged_signatures_at_any_rate_cannot_stop_a_real_scans_ban() {
     // the start of each second and spread over it. Without the flood it is
     // banned after six closed ports and reaches what it reached before.
     let reach = |flood: bool| {
-        let mut c = config();
+        let mut c = rules();
         c.services.tcp = PortList::from_ports([22, 80, 443]);
-        let e = Engine::new(c);
+        let e = Engine::new(checked(c));
         let scanner = IpAddr::from([198, 18, 99, 7]);
         let mut rng = 0x1234_5678u32;
         let mut banned = None;
@@ -492,10 +500,10 @@ fn forged_signatures_at_any_rate_cannot_stop_a_real_scans_ban() {
 
 #[test]
 fn evidence_bans_displace_forged_ones_from_a_full_table() {
-    let mut c = config();
+    let mut c = rules();
     c.tracking.bans = 4;
     c.tracking.shards = 1;
-    let e = Engine::new(c);
+    let e = Engine::new(checked(c));
     for i in 1..=4u8 {
         let null = Craft::tcp(host(i), server(), 1, 1, 0).build();
         assert!(run(&e, at(0), Direction::Inbound, null).ban.is_some());
@@ -509,19 +517,19 @@ fn evidence_bans_displace_forged_ones_from_a_full_table() {
 
 #[test]
 fn closed_ports_reject_lets_the_kernel_answer() {
-    let mut c = config();
+    let mut c = rules();
     c.policy.closed_ports = ClosedPorts::Reject;
-    let e = Engine::new(c);
+    let e = Engine::new(checked(c));
     let o = run(&e, at(0), Direction::Inbound, syn(host(9), 40_000, 9999));
     assert_eq!((o.verdict, o.reason), (Verdict::Accept, Reason::ClosedPortReject));
 }
 
 #[test]
 fn allow_and_deny_lists() {
-    let mut c = config();
+    let mut c = rules();
     c.lists.allow = vec!["198.18.2.0/28".parse().unwrap()];
     c.lists.deny = vec!["198.18.3.0/24".parse().unwrap()];
-    let e = Engine::new(c);
+    let e = Engine::new(checked(c));
     for port in 1..100 {
         let o =
             run(&e, at(0), Direction::Inbound, Craft::tcp(host(5), server(), 1, port, 0).build());
@@ -655,11 +663,11 @@ fn ipv6_sources_are_tracked_per_prefix() {
 
 #[test]
 fn flood_of_spoofed_sources_keeps_tables_bounded_and_bans() {
-    let mut c = config();
+    let mut c = rules();
     c.tracking.sources = 1024;
     c.tracking.flows = 1024;
     c.tracking.shards = 4;
-    let e = Engine::new(c);
+    let e = Engine::new(checked(c));
     assert!(e.ban(at(0), host(66), Duration::from_secs(3600)).is_ok());
     for i in 0..20_000u32 {
         let src = IpAddr::from((0x0a00_0000u32 | i).to_be_bytes());
@@ -823,10 +831,10 @@ fn a_spoofed_flood_cannot_erase_a_slow_scans_evidence() {
     // 5 closed ports every 61 s (under the short window's threshold), and
     // 140 000 spoofed SYNs from new sources between the batches: 35 times
     // what the source table holds.
-    let mut c = config();
+    let mut c = rules();
     c.tracking.sources = 4096;
     c.tracking.shards = 4;
-    let e = Engine::new(c);
+    let e = Engine::new(checked(c));
     let scanner = IpAddr::from([198, 18, 77, 7]);
     let mut rng = 0x9e37_79b9u32;
     let mut banned = None;
@@ -855,10 +863,10 @@ fn a_spoofed_flood_cannot_erase_a_slow_scans_evidence() {
 
 #[test]
 fn only_sources_with_as_much_evidence_push_a_protected_one_out() {
-    let mut c = config();
+    let mut c = rules();
     c.tracking.sources = 4;
     c.tracking.shards = 1;
-    let e = Engine::new(c);
+    let e = Engine::new(checked(c));
     // Two protected slots: a source with 4 closed ports, one with 2.
     for port in 1000..1004 {
         run(&e, at(0), Direction::Inbound, syn(host(1), 40_000, port));
@@ -905,9 +913,9 @@ fn spread_scan(e: &Engine, network: [u16; 3], dst: IpAddr) -> (u32, Vec<(SourceK
 fn a_scan_that_moves_to_a_new_64_of_its_48_ends_in_a_ban_of_the_48() {
     let dst = IpAddr::from([0xfd5c, 0x0a11, 1, 0, 0, 0, 0, 1]);
     // Off, the scan of the issue goes through: no /64 reaches a threshold.
-    let mut off = config();
+    let mut off = rules();
     off.tracking.ipv6_escalate = 0;
-    let e = Engine::new(off);
+    let e = Engine::new(checked(off));
     assert_eq!(spread_scan(&e, [0xfd5c, 0x0a11, 2], dst), (1000, vec![]));
     assert!(e.bans(at(200_000)).is_empty());
 
@@ -954,9 +962,9 @@ fn a_scan_that_moves_to_a_new_64_of_its_48_ends_in_a_ban_of_the_48() {
     // Saved bans of keys these rules do not track are left out at start.
     assert!(e.tracks(network) && e.tracks(SourceKey::new(fresh, 64)));
     assert!(!e.tracks(SourceKey::new(fresh, 56)));
-    let mut off = config();
+    let mut off = rules();
     off.tracking.ipv6_escalate = 0;
-    assert!(!Engine::new(off).tracks(network));
+    assert!(!Engine::new(checked(off)).tracks(network));
 
     // The /48 that holds this host's own address is never banned whole.
     let own = Engine::new(config());

@@ -152,9 +152,9 @@ fn forged_spa_junk_from_the_client_cannot_stop_its_real_packets() {
 
 #[test]
 fn spa_checks_are_bounded_by_a_global_budget_and_valid_packets_by_the_sources_rate() {
-    let mut config = engine().config().clone();
+    let mut config = engine().config().clone().into_rules();
     config.spa.checks_per_second = 50;
-    let e = Engine::new(config).with_spa_key(KEY.to_vec());
+    let e = Engine::new(Config::try_from(config).unwrap()).with_spa_key(KEY.to_vec());
     for i in 0..100 {
         send(&e, at(0), udp(attacker(), 62_201, &[i; 80]));
     }
@@ -174,9 +174,9 @@ fn spa_checks_are_bounded_by_a_global_budget_and_valid_packets_by_the_sources_ra
 
 #[test]
 fn an_authorization_covers_exactly_the_address_it_names() {
-    let mut config = engine().config().clone();
+    let mut config = engine().config().clone().into_rules();
     config.tracking.ipv6_prefix = 64;
-    let e = Engine::new(config).with_spa_key(KEY.to_vec());
+    let e = Engine::new(Config::try_from(config).unwrap()).with_spa_key(KEY.to_vec());
     let me: IpAddr = "fd5c:a11:5::10".parse().unwrap();
     let neighbour: IpAddr = "fd5c:a11:5::11".parse().unwrap();
     let o = send(&e, at(0), spa_packet(me, now_s(at(0)), 1, &KEY));
@@ -205,9 +205,9 @@ fn spa_dates_are_judged_by_the_wall_clock_offset() {
 
 #[test]
 fn an_evicted_nonce_cannot_be_replayed() {
-    let mut config = engine().config().clone();
+    let mut config = engine().config().clone().into_rules();
     config.spa.nonces = 2;
-    let e = Engine::new(config).with_spa_key(KEY.to_vec());
+    let e = Engine::new(Config::try_from(config).unwrap()).with_spa_key(KEY.to_vec());
     let t = now_s(at(0));
     for (n, dt) in [(1u8, 0), (2, 1), (3, 2)] {
         let o = send(&e, at(10 * u64::from(n)), spa_packet(client(), t + dt, n, &KEY));
@@ -269,7 +269,7 @@ fn gate_rules_are_checked() {
         ("[[hidden]]\nport = 22\n[spa]\nkey_file = \"k\"\nport = 0\n", "spa.port"),
         ("[knock]\nsequence = [\"icmp:1\"]\n", "knock.sequence"),
     ] {
-        let err = Config::from_toml(text).unwrap_err();
+        let err = Config::from_toml(text).unwrap_err().to_string();
         assert!(err.contains(key), "{text}: {err}");
     }
 }

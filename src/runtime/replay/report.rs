@@ -113,7 +113,7 @@ pub const PORT_ENTRIES: usize = 1 << 20;
 /// Bans a report lists one by one.
 pub const BANS_LISTED: usize = 1 << 16;
 /// An upper bound on the memory replay itself takes beyond the engine's
-/// tables ([`crate::config::Daemon::table_budget`]), whatever the capture
+/// tables ([`crate::config::Rules::table_budget`]), whatever the capture
 /// holds: the reported sources with their ports, the listed bans, the
 /// remembered tuples and datagrams, the survey's port maps, and buffers.
 /// Measured by `tests/scale.rs` with two million sources.
