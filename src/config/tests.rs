@@ -90,10 +90,10 @@ fn syntax_errors_have_a_line() {
 fn rules_built_in_code_are_checked_like_a_file() {
     // The 17th hidden port would overflow the gate's 16-bit masks: it can
     // no more reach the engine from code than from a file.
-    let mut rules = Rules::default();
-    rules.hidden = (1..=17)
+    let hidden = (1..=17)
         .map(|port| Hidden { port: 2000 + port, proto: GateProto::Tcp, open_for: Dur::secs(30) })
         .collect();
+    let mut rules = Rules { hidden, ..Rules::default() };
     let e = Config::try_from(rules.clone()).unwrap_err();
     assert_eq!((e.section.as_str(), e.key.as_str()), ("hidden", "port"), "{e}");
     rules.hidden.truncate(16);
