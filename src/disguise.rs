@@ -27,8 +27,8 @@ use crate::classify::{OsProbe, Signature};
 use crate::config::{EchoField, IpId, PersonaSpec, RstAck, TcpOpt, Tracking};
 use crate::time::Timestamp;
 use crate::track::{Evidence, SideTable, SourceKey};
+use crate::wire::rewrite;
 pub use crate::wire::rewrite::Edits;
-use crate::wire::rewrite::{self, MAX_OPTIONS};
 use crate::wire::{Fragment, PacketView, TcpFlags, Transport};
 
 /// What an OS persona keeps about one peer: the IP ID counter of the
@@ -276,7 +276,7 @@ impl Persona {
                         e.set_window(w);
                     }
                     if let Some((options, len)) =
-                        reorder(tcp.options, &self.options, self.eol_padding)
+                        rewrite::reorder_options(tcp.options, &self.options, self.eol_padding)
                     {
                         e.set_options(options, len);
                     }
@@ -378,118 +378,6 @@ const fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-/// The options of a SYN-ACK, as read.
-#[derive(Clone, Copy, Debug, Default)]
-struct SynAckOptions {
-    mss: Option<[u8; 4]>,
-    ws: Option<[u8; 3]>,
-    sok: bool,
-    ts: Option<[u8; 10]>,
-}
-
-impl SynAckOptions {
-    /// Reads options made only of MSS, WS, SACK-permitted, timestamps,
-    /// NOPs and a trailing EOL; anything else (or a repeat) is not ours to
-    /// lay out, and gives `None`.
-    fn read(bytes: &[u8]) -> Option<Self> {
-        let mut o = Self::default();
-        let mut i = 0;
-        while let Some(&kind) = bytes.get(i) {
-            match kind {
-                0 => break,
-                1 => {
-                    i += 1;
-                    continue;
-                }
-                _ => {}
-            }
-            let len = usize::from(*bytes.get(i + 1)?);
-            let opt = bytes.get(i..i + len)?;
-            match (kind, len) {
-                (2, 4) if o.mss.is_none() => o.mss = opt.try_into().ok(),
-                (3, 3) if o.ws.is_none() => o.ws = opt.try_into().ok(),
-                (4, 2) if !o.sok => o.sok = true,
-                (8, 10) if o.ts.is_none() => o.ts = opt.try_into().ok(),
-                _ => return None,
-            }
-            i += len;
-        }
-        Some(o)
-    }
-
-    fn has(&self, opt: TcpOpt) -> bool {
-        match opt {
-            TcpOpt::Mss => self.mss.is_some(),
-            TcpOpt::Ws => self.ws.is_some(),
-            TcpOpt::Sok => self.sok,
-            TcpOpt::Ts => self.ts.is_some(),
-        }
-    }
-}
-
-/// The options in the persona's `order`, each on a 4-byte boundary as BSD
-/// and Windows lay them out (a last lone SACK-permitted padded with EOLs
-/// after it under `eol_padding`), padded with EOL to the original length.
-/// `None` when there is no order, the options are not all ours to move,
-/// the layout would not fit, or nothing changes.
-fn reorder(
-    bytes: &[u8],
-    order: &[TcpOpt],
-    eol_padding: bool,
-) -> Option<([u8; MAX_OPTIONS], usize)> {
-    if order.is_empty() || bytes.len() > MAX_OPTIONS {
-        return None;
-    }
-    let o = SynAckOptions::read(bytes)?;
-    // Options the order leaves out keep their place after the others, so
-    // none is ever lost.
-    let all = [TcpOpt::Mss, TcpOpt::Ws, TcpOpt::Sok, TcpOpt::Ts];
-    let mut seq = [TcpOpt::Mss; 4];
-    let mut n = 0;
-    for opt in order.iter().chain(all.iter().filter(|a| !order.contains(a))) {
-        if o.has(*opt)
-            && let Some(slot) = seq.get_mut(n)
-        {
-            *slot = *opt;
-            n += 1;
-        }
-    }
-    let mut out = [0u8; MAX_OPTIONS];
-    let mut len = 0;
-    let mut push = |part: &[u8]| -> Option<()> {
-        out.get_mut(len..len + part.len())?.copy_from_slice(part);
-        len += part.len();
-        Some(())
-    };
-    let seq = seq.get(..n)?;
-    let mut i = 0;
-    while let Some(opt) = seq.get(i) {
-        match opt {
-            TcpOpt::Mss => push(&o.mss?)?,
-            TcpOpt::Ws => {
-                push(&[1])?;
-                push(&o.ws?)?;
-            }
-            TcpOpt::Sok if seq.get(i + 1) == Some(&TcpOpt::Ts) => {
-                push(&[4, 2])?;
-                push(&o.ts?)?;
-                i += 1;
-            }
-            TcpOpt::Sok if eol_padding && i + 1 == seq.len() => push(&[4, 2, 0, 0])?,
-            TcpOpt::Sok => push(&[1, 1, 4, 2])?,
-            TcpOpt::Ts => {
-                push(&[1, 1])?;
-                push(&o.ts?)?;
-            }
-        }
-        i += 1;
-    }
-    if len > bytes.len() || out.get(..bytes.len())? == bytes {
-        return None;
-    }
-    Some((out, bytes.len()))
 }
 
 #[cfg(test)]

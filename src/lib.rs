@@ -10,21 +10,24 @@
 //! io (an NFQUEUE worker, or a pcap frame) ─ { now, direction, bytes from the IP header }
 //!   └─ Engine::handle(now, direction, &mut bytes)          engine.rs
 //!        ├─ wire::parse       bytes → PacketView, checksums verified  wire/
-//!        ├─ track: lock the source's shard; ban/quarantine; flows      track/
+//!        ├─ track: lock the source's shard; ban/quarantine            track/
+//!        ├─ track::flow       the connection it belongs to, handshakes  track/flow.rs
 //!        ├─ classify          PacketView + in-flow → Probe            classify.rs
 //!        ├─ track             SourceState: seen, closed ports, echo   track/
 //!        ├─ gate              hidden ports, knocks, SPA → Gated       gate/
 //!        ├─ policy::inbound   Probe + state + proven? → Decision, ban?   policy/
+//!        ├─ disguise          an OS probe the persona ignores → drop  disguise.rs
 //!        └─ outbound: disguise  a persona's edits, in place            disguise.rs
-//!   ← Outcome { verdict, reason, kind, signature, ban, rewritten }
+//!   ← Outcome { verdict, reason, kind, signature, ban, rewritten, reply, gate }
 //! runtime (replay summary / JSON events; the daemon's verdicts)       runtime/, event.rs
 //! daemon: a ban goes to the kernel set within 50 ms and to the state file  runtime/daemon/keeper.rs
 //! Engine::sweep(now) on a timer: idle flows and sources go, ended bans are reported
 //! ```
 //!
 //! The engine does no I/O and reads no clock: `now` comes from the capture
-//! in replay and from the wall clock inline (so ban ends saved in the
-//! state file mean the same after a restart). Nothing from `wire` to
+//! in replay and, inline, from the monotonic clock anchored at the wall
+//! clock (`runtime::clock`), so a wall step moves no rate limit and ban ends
+//! saved in the state file mean the same after a restart. Nothing from `wire` to
 //! `policy` panics on packet bytes or allocates, except a new table entry
 //! while its table is below its cap.
 //!
@@ -33,15 +36,17 @@
 //!   `runtime::queue`).
 //! - [`wire`]: parsing, checksums, link layers, in-place rewrites with
 //!   incremental checksums (`wire::rewrite`), and a packet crafter for
-//!   tests.
+//!   tests (the `craft` feature).
 //! - [`classify`]: probe kinds and scanner signatures.
-//! - [`track`]: sharded, bounded tables of sources, flows, bans and the
-//!   IPv6 networks escalation watches.
+//! - [`track`]: sharded, bounded tables of sources, flows (and the
+//!   handshake's transitions), bans and the IPv6 networks escalation
+//!   watches; the segmented LRU they and the stages' side tables use.
 //! - [`policy`]: verdicts, bans and their guards, open ports.
 //! - [`disguise`]: what an OS persona changes in the host's replies
-//!   (`wire::rewrite` writes it), and its answers to probes.
+//!   (`wire::rewrite` writes it), its answers to probes, and its side table
+//!   of peers.
 //! - [`gate`]: hidden services: knock sequences and single-packet
-//!   authorization.
+//!   authorization, with the gate's side table of per-source state.
 //! - [`engine`]: the per-packet call that ties them together.
 //! - [`event`]: the events a run reports.
 //! - [`runtime`]: drivers of the engine: offline replay (`replay/`: driver,
@@ -49,7 +54,8 @@
 //!   shutdown, ban keeper, housekeeping, control requests, events) with its
 //!   queues, workers, state file, control socket and typed protocol.
 //! - [`firewall`]: the nft table and queue rules the daemon owns.
-//! - [`config`] and [`time`]: the rules and the engine's notion of time.
+//! - [`config`] and [`time`]: the rules (as written, [`config::Rules`], and
+//!   as checked, [`Config`]) and the engine's notion of time.
 
 pub mod classify;
 pub mod cli;

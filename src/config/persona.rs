@@ -46,19 +46,7 @@ pub enum IpId {
     RandomIncrements,
 }
 
-/// One TCP option of a SYN-ACK, as p0f names them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TcpOpt {
-    /// Maximum segment size.
-    Mss,
-    /// Window scale.
-    Ws,
-    /// SACK permitted.
-    Sok,
-    /// Timestamps.
-    Ts,
-}
+pub use crate::wire::rewrite::TcpOpt;
 
 /// What a persona does to an echo reply's field.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -109,7 +109,7 @@ fn none_rewrites_nothing() {
 #[test]
 fn option_layouts_follow_bsd_and_windows_alignment() {
     let order = [TcpOpt::Mss, TcpOpt::Ws, TcpOpt::Sok, TcpOpt::Ts];
-    let lay = |b: &[u8]| reorder(b, &order, false).map(|(o, n)| o[..n].to_vec());
+    let lay = |b: &[u8]| rewrite::reorder_options(b, &order, false).map(|(o, n)| o[..n].to_vec());
     // No timestamps (Linux: MSS NOP NOP SACKP NOP WS).
     assert_eq!(
         lay(&[2, 4, 5, 180, 1, 1, 4, 2, 1, 3, 3, 8]).unwrap(),
@@ -117,7 +117,7 @@ fn option_layouts_follow_bsd_and_windows_alignment() {
     );
     // BSD pads a last lone SACK-permitted with EOLs instead.
     assert_eq!(
-        reorder(&[2, 4, 5, 180, 1, 1, 4, 2, 1, 3, 3, 8], &order, true)
+        rewrite::reorder_options(&[2, 4, 5, 180, 1, 1, 4, 2, 1, 3, 3, 8], &order, true)
             .map(|(o, n)| o[..n].to_vec()),
         Some(vec![2, 4, 5, 180, 1, 3, 3, 8, 4, 2, 0, 0])
     );
@@ -142,7 +142,9 @@ fn option_layouts_follow_bsd_and_windows_alignment() {
     assert_eq!(lay(&[2, 4, 5, 180, 1, 3, 3]), None);
     assert_eq!(lay(&[2, 5, 5, 180, 1, 1, 1, 1]), None);
     // An order that leaves options out keeps them, after the named ones.
-    let short = reorder(&LINUX_FULL, &[TcpOpt::Ws], false).map(|(o, n)| o[..n].to_vec()).unwrap();
+    let short = rewrite::reorder_options(&LINUX_FULL, &[TcpOpt::Ws], false)
+        .map(|(o, n)| o[..n].to_vec())
+        .unwrap();
     assert_eq!(short, [1, 3, 3, 7, 2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 1, 2, 0, 0, 0, 0]);
 }
 
