@@ -2,8 +2,10 @@
 //! shape of `hping3 --flood --rand-source`. Reports throughput, then checks
 //! and prints that the tables stayed at their caps, and the resident memory
 //! of a default-sized engine with every table full: a million spoofed SYNs
-//! to a closed port fill the sources, a million more to an open port fill
-//! the flows, and the ban table is filled by hand.
+//! to a closed port and a million more from the same sources to another
+//! fill the sources (the second touch is evidence, which fills the
+//! protected half), a million more to an open port fill the flows, and the
+//! ban table is filled by hand.
 //!
 //! Run: `cargo bench --bench flood`. Results are in the README (Benchmarks).
 #![allow(
@@ -29,9 +31,11 @@ use portcloak::{Config, Direction, Engine, Timestamp};
 
 const FLOOD: u32 = 1_000_000;
 
-fn spoofed_syns(n: u32, dport: u16) -> Vec<Vec<u8>> {
+/// `n` SYNs to `dport` from spoofed sources, the same sources for the
+/// same `seed`.
+fn spoofed_syns(n: u32, seed: u32, dport: u16) -> Vec<Vec<u8>> {
     let dst: IpAddr = "198.18.1.1".parse().expect("addr");
-    let mut x: u32 = 0x1234_5678 ^ u32::from(dport);
+    let mut x: u32 = 0x1234_5678 ^ seed;
     (0..n)
         .map(|i| {
             x ^= x << 13;
@@ -60,8 +64,14 @@ fn flood(engine: &Engine, packets: &[Vec<u8>], scratch: &mut [u8]) {
 }
 
 fn bench(c: &mut Criterion) {
-    let packets = spoofed_syns(FLOOD, 9999);
-    let to_open_port = spoofed_syns(FLOOD, 80);
+    let packets = spoofed_syns(FLOOD, 9999, 9999);
+    // The same sources again at a second closed port, newest first, while
+    // they are still tracked: two closed-port touches are evidence, which
+    // fills the protected half of the table that a flood of one-packet
+    // sources never reaches.
+    let mut again = spoofed_syns(FLOOD, 9999, 9998);
+    again.reverse();
+    let to_open_port = spoofed_syns(FLOOD, 80, 80);
     let mut scratch = vec![0u8; 2048];
 
     // Caps and memory, measured once, outside criterion's timing.
@@ -70,6 +80,7 @@ fn bench(c: &mut Criterion) {
     rules.services.tcp = PortList::from_ports([80]);
     let engine = Engine::new(Config::try_from(rules).expect("valid rules"));
     flood(&engine, &packets, &mut scratch);
+    flood(&engine, &again, &mut scratch);
     flood(&engine, &to_open_port, &mut scratch);
     let bans = engine.config().tracking.bans as u32;
     for i in 0..bans {
@@ -102,6 +113,7 @@ fn bench(c: &mut Criterion) {
     );
     drop(engine);
     drop(to_open_port);
+    drop(again);
 
     let mut group = c.benchmark_group("flood");
     group.sample_size(10);
