@@ -592,8 +592,16 @@ impl Engine {
 
     /// Table sizes and counters.
     pub fn stats(&self) -> EngineStats {
+        let (gate_states, gate_capacity) = self.gate.table();
+        let (peers, peer_capacity) = self.disguise.as_ref().map_or((0, 0), Disguise::table);
         EngineStats {
-            tables: self.table.stats(),
+            tables: TableStats {
+                gate_states,
+                gate_capacity,
+                peers,
+                peer_capacity,
+                ..self.table.stats()
+            },
             guards: self.policy.guard_counters(),
             gate: self.gate.counters(),
         }

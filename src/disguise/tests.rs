@@ -428,3 +428,17 @@ fn answers_must_be_tcp_probes_and_not_silenced_too() {
         .to_string();
     assert!(err.contains("silence"), "{err}");
 }
+
+#[test]
+fn per_peer_counters_live_in_the_personas_own_table() {
+    let e = engine("windows");
+    let t = e.stats().tables;
+    assert!(t.peer_capacity > 0 && t.peers == 0);
+    let mut reply = syn_ack(server(), peer(), &LINUX_FULL);
+    assert!(out(&e, &mut reply));
+    let t = e.stats().tables;
+    assert_eq!(t.peers, 1, "one destination, one counter");
+    assert_eq!(t.sources, 0, "the host's replies make no source in the source table");
+    let plain = engine("none").stats().tables;
+    assert_eq!((plain.peers, plain.peer_capacity), (0, 0), "no persona: no table");
+}

@@ -273,3 +273,24 @@ fn gate_rules_are_checked() {
         assert!(err.contains(key), "{text}: {err}");
     }
 }
+
+#[test]
+fn the_gate_keeps_state_only_for_sources_that_knock_or_send_spa_and_only_with_a_hidden_port() {
+    let none = Engine::new(Config::default());
+    let mut p = syn(client(), 7001);
+    none.handle(at(0), Direction::Inbound, &mut p);
+    let t = none.stats().tables;
+    assert_eq!((t.gate_states, t.gate_capacity), (0, 0), "no hidden port: no table at all");
+
+    let e = engine();
+    for i in 0..50u8 {
+        send(&e, at(0), syn(IpAddr::from([198, 18, 7, i]), 80));
+    }
+    let t = e.stats().tables;
+    assert_eq!(t.gate_states, 0, "a packet to a service is not the gate's business");
+    assert_eq!(t.gate_capacity, t.source_capacity.div_ceil(8));
+    send(&e, at(1), syn(client(), 7001));
+    send(&e, at(1), spa_packet(attacker(), now_s(at(1)), 1, &KEY));
+    assert_eq!(e.stats().tables.gate_states, 2, "a knock and an SPA packet");
+    assert!(e.stats().tables.to_string().ends_with(&format!(", gate 2/{}", t.gate_capacity)));
+}

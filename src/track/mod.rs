@@ -224,6 +224,18 @@ pub struct TableStats {
     pub network_capacity: usize,
     /// Networks evicted to make room.
     pub network_evictions: u64,
+    /// Sources in the gate's side table (with a hidden port).
+    #[serde(default)]
+    pub gate_states: usize,
+    /// Its capacity; 0 when the gate keeps none.
+    #[serde(default)]
+    pub gate_capacity: usize,
+    /// Peers in a persona's side table.
+    #[serde(default)]
+    pub peers: usize,
+    /// Its capacity; 0 when the persona keeps none.
+    #[serde(default)]
+    pub peer_capacity: usize,
 }
 
 /// `sources 3/131072 (0 evicted), flows …, 1 ban records, networks …`:
@@ -244,7 +256,14 @@ impl std::fmt::Display for TableStats {
             self.networks,
             self.network_capacity,
             self.network_evictions,
-        )
+        )?;
+        if self.gate_capacity > 0 {
+            write!(f, ", gate {}/{}", self.gate_states, self.gate_capacity)?;
+        }
+        if self.peer_capacity > 0 {
+            write!(f, ", peers {}/{}", self.peers, self.peer_capacity)?;
+        }
+        Ok(())
     }
 }
 
