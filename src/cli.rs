@@ -57,6 +57,12 @@ pub enum Command {
         /// Never show a progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// Which checksums to believe: `auto` accepts the checksums a
+        /// kernel leaves for the NIC (captures taken with offload on) and
+        /// drops wrong ones, unless a tenth of each file's first packets
+        /// are wrong; `verify` drops both; `off` checks none.
+        #[arg(long, value_enum, default_value_t = replay::ChecksumMode::Auto)]
+        checksums: replay::ChecksumMode,
     },
     /// Run inline: install the firewall objects, inspect the queues, ban
     /// scanners in the kernel. Needs root or CAP_NET_ADMIN.
@@ -190,7 +196,7 @@ pub enum Status {
 pub fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
         Command::Check { file } => check(&file),
-        Command::Replay { files, rules, local, json, no_progress } => {
+        Command::Replay { files, rules, local, json, no_progress, checksums } => {
             let config = load_or_default(rules.as_deref())?;
             let local = local
                 .iter()
@@ -198,7 +204,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
                 .collect::<anyhow::Result<Vec<_>>>()
                 .context("bad --local")?;
             let engine = Engine::new(config);
-            let options = replay::Options { local, json, progress: !no_progress };
+            let options = replay::Options { local, json, progress: !no_progress, checksums };
             let stdout = std::io::stdout();
             let mut events = stdout.lock();
             let report = replay::run(&engine, &files, &options, &mut events)?;

@@ -79,9 +79,10 @@ pub struct Meta {
     /// Routed through this host rather than sent by it: an outbound packet
     /// the persona never rewrites (its TTL was the sender's to set).
     pub forwarded: bool,
-    /// The transport checksum holds only the pseudo-header sum, for the
-    /// NIC to complete (the kernel's CHECKSUM_PARTIAL): rewrites of
-    /// transport bytes leave it alone.
+    /// The transport checksum may hold only the pseudo-header sum, for the
+    /// NIC to complete (the kernel's CHECKSUM_PARTIAL inline; a capture
+    /// taken with checksum offload in replay): such a checksum is not bad,
+    /// and rewrites of transport bytes leave it alone.
     pub l4_partial: bool,
     /// The kernel vouches for the source (inline: the mark of the `proof`
     /// chain): it completed a handshake with this host, this host answered
@@ -330,7 +331,15 @@ impl Engine {
         let src = view.ip.src;
         let key = self.key(src);
         let mut out = Outcome { source: Some(key), ..Outcome::bare(accept(Reason::Flow)) };
-        if meta.checksum != ChecksumCheck::Kernel && view.checksum == Checksum::Bad {
+        // A checksum left for the NIC is whole when the caller says the
+        // packet's transport checksum may be partial (the kernel's flag
+        // inline; replay, for a capture taken with checksum offload).
+        let bad = match view.checksum {
+            Checksum::Bad => true,
+            Checksum::Partial => !meta.l4_partial,
+            Checksum::Valid | Checksum::Unverified => false,
+        };
+        if meta.checksum != ChecksumCheck::Kernel && bad {
             return Outcome { verdict: Verdict::Drop, reason: Reason::BadChecksum, ..out };
         }
         if meta.checksum == ChecksumCheck::Verify && view.truncated {

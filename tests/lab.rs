@@ -65,6 +65,85 @@ fn captures_recorded_now_from_live_tools_meet_the_same_bounds() {
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 
+/// Captures taken with checksum offload on, the default on veth, as an
+/// operator takes them: the kernels' packets carry checksums left for the
+/// NIC. Recorded twice from the live tools, offload on and off, and
+/// replayed with the default `--checksums auto`: the same bans, and the
+/// clients never dropped.
+#[test]
+fn captures_taken_with_checksum_offload_replay_as_those_without() {
+    use portcloak::runtime::replay::{self, Decided};
+    let Some(_lab) = take_lab() else { return };
+    let names = ["nmap-sT", "nmap-sU", "legit-burst", "legit-parallel"];
+    let record = |offload: &str| {
+        let dir = std::env::temp_dir()
+            .join(format!("portcloak-offload-{offload}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let out = Command::new("bash")
+            .arg(root().join("tests/fixtures/record.sh"))
+            .args(names)
+            .env("PORTCLOAK_FIXTURE_DIR", &dir)
+            .env("PORTCLOAK_OFFLOAD", offload)
+            .output()
+            .expect("run record.sh");
+        assert!(
+            out.status.success(),
+            "record.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    };
+    let (on, off) = (record("on"), record("off"));
+    let replay = |dir: &Path, name: &str, mode: replay::ChecksumMode| {
+        let engine = portcloak::Engine::new(portcloak::Config::default());
+        let options = replay::Options { checksums: mode, ..replay::Options::default() };
+        let path = dir.join(format!("{name}.pcap"));
+        replay::run(&engine, &[path], &options, &mut std::io::sink()).expect("replay")
+    };
+    let bans = |r: &replay::Report| -> Vec<String> {
+        r.bans
+            .iter()
+            .map(|(k, b)| format!("{k} {:?} {:?}", b.kind, std::mem::discriminant(&b.reason)))
+            .collect()
+    };
+    for name in names {
+        let (with, without) = (
+            replay(&on, name, replay::ChecksumMode::Auto),
+            replay(&off, name, replay::ChecksumMode::Auto),
+        );
+        let c = &with.checksums[0];
+        eprintln!("offload: {name}: {:?}, drops {:?} against {:?}", c, with.drops, without.drops);
+        assert_eq!(c.decided, Decided::Offload, "{name}");
+        assert_eq!(bans(&with), bans(&without), "{name}: the same bans with offload on and off");
+        assert!(
+            !with.drops.contains_key(&portcloak::Reason::BadChecksum),
+            "{name}: {:?}",
+            with.drops
+        );
+        if name.starts_with("legit") {
+            assert_eq!((with.dropped, without.dropped), (0, 0), "{name}: a client dropped");
+        } else {
+            assert_eq!(with.bans.len(), 1, "{name}: the scanner is banned");
+        }
+    }
+    // The recordings did carry offloaded checksums: strict verification
+    // drops the connect scan's and the clients' packets, which the kernel
+    // built.
+    for name in ["nmap-sT", "legit-burst"] {
+        let strict = replay(&on, name, replay::ChecksumMode::Verify);
+        let auto = replay(&on, name, replay::ChecksumMode::Auto);
+        assert!(auto.checksums[0].partial_accepted > 0, "{name}: no checksum left for the NIC");
+        assert!(
+            strict.drops.get(&portcloak::Reason::BadChecksum).copied().unwrap_or(0) > 0,
+            "{name}: {:?}",
+            strict.drops
+        );
+    }
+    for dir in [on, off] {
+        std::fs::remove_dir_all(dir).expect("clean up");
+    }
+}
+
 fn check_all(dir: &Path) {
     for (name, check) in CHECKS {
         eprintln!("lab: {name}");

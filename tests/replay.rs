@@ -281,3 +281,98 @@ fn replay_shows_the_personas_rewrites_and_the_gates_drops() {
     assert!(report.engine.gate.hidden_dropped >= 1, "{summary}");
     assert!(summary.contains("gate       hidden ports: 0 opened, "), "{summary}");
 }
+
+/// Sets each TCP and UDP checksum of an Ethernet frame to what a kernel
+/// with checksum offload leaves for the NIC: the pseudo-header's sum.
+fn offload(frame: &mut [u8]) {
+    let fold = |mut s: u32| {
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s as u16
+    };
+    let words = |b: &[u8]| b.chunks(2).map(|c| u32::from(c[0]) << 8 | u32::from(c[1])).sum::<u32>();
+    let ip = &frame[14..];
+    let (proto, l4, sum) = match ip[0] >> 4 {
+        4 => {
+            let ihl = usize::from(ip[0] & 0xf) * 4;
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            (ip[9], 14 + ihl, words(&ip[12..20]) + (total - ihl) as u32)
+        }
+        6 => {
+            let len = u32::from(u16::from_be_bytes([ip[4], ip[5]]));
+            (ip[6], 14 + 40, words(&ip[8..40]) + len)
+        }
+        _ => return,
+    };
+    let at = match proto {
+        6 => l4 + 16,
+        17 => l4 + 6,
+        _ => return,
+    };
+    let partial = fold(sum + u32::from(proto));
+    frame[at..at + 2].copy_from_slice(&partial.to_be_bytes());
+}
+
+/// A fixture rewritten as if captured with checksum offload on: every
+/// packet a kernel built (all of a connect scan's and a client's) carries
+/// its checksum left for the NIC. `--checksums auto` replays it as the
+/// original; `verify` drops those packets as bad; `off` judges every
+/// packet on its headers; and nmap's --badsum probes stay bad under auto.
+#[test]
+fn checksums_left_for_the_nic_replay_as_whole_ones_under_auto() {
+    use portcloak::io::pcap::{PcapReader, write_pcap};
+    use portcloak::runtime::replay::{ChecksumMode, Decided};
+
+    let dir = std::env::temp_dir().join(format!("portcloak-offload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let fixtures = crate::util::root().join("tests/fixtures");
+    let rewrite = |name: &str, change: &dyn Fn(&mut [u8])| {
+        let mut reader = PcapReader::open(&fixtures.join(format!("{name}.pcap"))).expect("open");
+        let mut frames = Vec::new();
+        while let Some(f) = reader.next_frame().expect("read") {
+            let mut data = f.data.to_vec();
+            change(&mut data);
+            frames.push((f.ts, data));
+        }
+        let path = dir.join(format!("{name}-changed.pcap"));
+        write_pcap(&mut std::fs::File::create(&path).expect("create"), 1, &frames).expect("write");
+        path
+    };
+    let run = |path: &Path, checksums: ChecksumMode| {
+        let engine = Engine::new(Config::default());
+        let options = replay::Options { checksums, ..replay::Options::default() };
+        replay::run(&engine, &[path.to_owned()], &options, &mut Vec::new()).expect("replay")
+    };
+    let essence = |r: &Report| format!("{} {} {:?} {:?}", r.accepted, r.dropped, r.drops, r.bans);
+    for name in ["nmap-sT", "legit-burst", "legit-parallel"] {
+        let original = run(&fixtures.join(format!("{name}.pcap")), ChecksumMode::Auto);
+        let path = rewrite(name, &offload);
+        let auto = run(&path, ChecksumMode::Auto);
+        assert_eq!(essence(&auto), essence(&original), "{name}");
+        let c = &auto.checksums[0];
+        assert_eq!(c.decided, Decided::Offload, "{name}");
+        assert_eq!(c.sample.partial, c.sample.sampled, "{name}: every packet was rewritten");
+        assert!(c.partial_accepted > 0, "{name}");
+        let strict = run(&path, ChecksumMode::Verify);
+        assert!(strict.drops.get(&Reason::BadChecksum).copied().unwrap_or(0) > 0, "{name}");
+        assert_eq!(essence(&run(&path, ChecksumMode::Off)), essence(&original), "{name}");
+    }
+    // nmap --badsum: every probe's checksum wrong, and not in the partial
+    // form. More than a tenth of the sample is wrong, so auto checks none,
+    // as Suricata does, and judges the probes on their headers: still
+    // banned on the first. Verify drops every one as bad.
+    let badsum = rewrite("nmap-sS", &|f: &mut [u8]| {
+        // IPv4 without options (nmap's), TCP: the checksum is at 14 + 20 + 16.
+        if f[14] == 0x45 && f[23] == 6 && f[26..30] == ATTACKER {
+            f[50] ^= 0x5a;
+        }
+    });
+    let r = run(&badsum, ChecksumMode::Auto);
+    assert_eq!(r.checksums[0].decided, Decided::Off, "all wrong: more than a tenth");
+    assert_eq!(r.bans.len(), 1, "judged on its headers: {:?}", r.drops);
+    let r = run(&badsum, ChecksumMode::Verify);
+    assert_eq!(r.drops.keys().collect::<Vec<_>>(), [&Reason::BadChecksum], "{:?}", r.drops);
+    assert!(r.bans.is_empty());
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

@@ -575,6 +575,26 @@ fn os_probes_ban() {
 }
 
 #[test]
+fn a_checksum_left_for_the_nic_is_whole_only_when_the_caller_says_it_may_be() {
+    let e = Engine::new(config());
+    let partial = || {
+        Craft::tcp(host(9), server(), 1, 80, F::SYN)
+            .window(64_240)
+            .options(&[2, 4, 5, 180, 4, 2, 1, 3, 3, 7])
+            .partial_checksum()
+            .build()
+    };
+    let o = run(&e, at(0), Direction::Inbound, partial());
+    assert_eq!(o.reason, Reason::BadChecksum, "strict: a partial checksum is bad");
+    let offload = Meta { l4_partial: true, ..Meta::new(Direction::Inbound) };
+    let o = e.handle_with(at(1), offload, &mut partial());
+    assert_eq!((o.verdict, o.reason), (Verdict::Accept, Reason::OpenPort));
+    // Any other wrong value stays bad, offload or not.
+    let mut bad = Craft::tcp(host(9), server(), 1, 81, F::SYN).bad_checksum().build();
+    assert_eq!(e.handle_with(at(2), offload, &mut bad).reason, Reason::BadChecksum);
+}
+
+#[test]
 fn bad_checksums_are_dropped_and_never_count() {
     let e = Engine::new(config());
     for port in 1..50 {

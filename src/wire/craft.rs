@@ -48,6 +48,7 @@ pub struct Craft {
     upper: Upper,
     payload: Vec<u8>,
     bad_checksum: bool,
+    partial_checksum: bool,
 }
 
 impl Craft {
@@ -62,6 +63,7 @@ impl Craft {
             upper,
             payload: Vec::new(),
             bad_checksum: false,
+            partial_checksum: false,
         }
     }
 
@@ -175,6 +177,13 @@ impl Craft {
         self
     }
 
+    /// Leaves the TCP or UDP checksum as a kernel with checksum offload
+    /// hands it to the NIC: the pseudo-header's sum alone.
+    pub fn partial_checksum(mut self) -> Self {
+        self.partial_checksum = true;
+        self
+    }
+
     /// Serialises the packet, starting at the IP header.
     pub fn build(&self) -> Vec<u8> {
         let (protocol, mut l4) = self.upper_bytes();
@@ -199,6 +208,9 @@ impl Craft {
             }
             if self.bad_checksum {
                 c ^= 0x5a5a;
+            }
+            if self.partial_checksum && !icmp_v4 {
+                c = checksum::fold(initial);
             }
             if let Some(field) = l4.get_mut(at..at + 2) {
                 field.copy_from_slice(&c.to_be_bytes());

@@ -72,6 +72,12 @@ pub enum Checksum {
     Valid,
     /// The IP header checksum or the L4 checksum is wrong.
     Bad,
+    /// The TCP or UDP checksum holds only the pseudo-header's sum: the
+    /// sending kernel left it for the NIC to complete (checksum offload,
+    /// `CHECKSUM_PARTIAL`), and a capture taken before the NIC, on the
+    /// sending host or across a veth, shows it so. Any other wrong value is
+    /// [`Checksum::Bad`]. The IP header checksum, if any, was correct.
+    Partial,
     /// The packet is cut short or fragmented, so the L4 checksum cannot be
     /// computed. The IP header checksum, if any, was correct.
     Unverified,
@@ -301,6 +307,8 @@ pub fn parse(bytes: &[u8]) -> Result<PacketView<'_>, Error> {
         Checksum::Unverified
     } else if l4_checksum_ok(&ip, protocol, l4) {
         Checksum::Valid
+    } else if l4_checksum_partial(&ip, protocol, l4) {
+        Checksum::Partial
     } else {
         Checksum::Bad
     };
@@ -382,6 +390,23 @@ fn l4_checksum_ok(ip: &Ip, protocol: IpNumber, l4: &[u8]) -> bool {
         // SCTP uses CRC32c, which portcloak does not check; others carry none we know.
         _ => true,
     }
+}
+
+/// True when a TCP or UDP checksum field holds the folded sum of the
+/// pseudo-header alone, as Linux leaves it for the NIC under checksum
+/// offload (`~csum_tcpudp_magic(..., 0)`). One's complement has two zeros,
+/// so 0 and 0xffff are the same value here.
+fn l4_checksum_partial(ip: &Ip, protocol: IpNumber, l4: &[u8]) -> bool {
+    let at = match protocol {
+        IpNumber::TCP => 16,
+        IpNumber::UDP => 6,
+        _ => return false,
+    };
+    let Some(&[hi, lo]) = l4.get(at..at + 2) else { return false };
+    let field = u16::from_be_bytes([hi, lo]);
+    let partial = checksum::fold(checksum::pseudo_header(ip.src, ip.dst, protocol.0, l4.len()));
+    let norm = |v: u16| if v == 0xffff { 0 } else { v };
+    norm(field) == norm(partial)
 }
 
 /// The 4-tuple of the packet an ICMP error quotes, as the quoted packet saw it.

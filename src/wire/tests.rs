@@ -80,6 +80,27 @@ fn bad_checksums_are_caught_at_every_layer() {
 }
 
 #[test]
+fn offloaded_checksums_are_told_from_bad_ones() {
+    for packet in [
+        Craft::tcp(v4(2), v4(1), 1, 2, TcpFlags::SYN).partial_checksum().build(),
+        Craft::tcp(v4(2), v4(1), 1, 2, TcpFlags::ACK).payload(b"data").partial_checksum().build(),
+        Craft::udp(v4(2), v4(1), 1, 2).payload(b"x").partial_checksum().build(),
+        Craft::tcp(v6(2), v6(1), 1, 2, TcpFlags::SYN).partial_checksum().build(),
+        Craft::udp(v6(2), v6(1), 1, 2).payload(b"query").partial_checksum().build(),
+    ] {
+        assert_eq!(parse(&packet).unwrap().checksum, Checksum::Partial, "{packet:?}");
+    }
+    // nmap's --badsum and random corruption stay bad: the field must be the
+    // pseudo-header's sum exactly.
+    let mut bytes = Craft::tcp(v4(2), v4(1), 1, 2, TcpFlags::SYN).partial_checksum().build();
+    bytes[37] ^= 1;
+    assert_eq!(parse(&bytes).unwrap().checksum, Checksum::Bad);
+    // ICMP is always summed in software: never partial.
+    let icmp = Craft::icmp(v4(2), v4(1), 8, 0).partial_checksum().build();
+    assert_eq!(parse(&icmp).unwrap().checksum, Checksum::Valid);
+}
+
+#[test]
 fn udp_zero_checksum_means_none_on_v4_only() {
     let mut bytes = Craft::udp(v4(2), v4(1), 1, 2).payload(b"abc").build();
     bytes[26..28].copy_from_slice(&[0, 0]);

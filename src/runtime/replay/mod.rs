@@ -46,11 +46,13 @@ use crate::policy::Verdict;
 use crate::runtime::effects::{Effects, deliver};
 use crate::time::Timestamp;
 use crate::track::{Ban, BanKind, SourceKey};
-use crate::wire::{self, LinkType, PacketView, TcpFlags, Transport};
+use crate::wire::{self, Checksum, LinkType, PacketView, TcpFlags, Transport};
 
+mod checksums;
 mod report;
 mod survey;
 
+pub use self::checksums::{ChecksumMode, Decided, FileChecksums, SAMPLE, Sample};
 use self::report::Sources;
 pub use self::report::{
     BANS_LISTED, Others, PORT_ENTRIES, REPORT_BUDGET, REPORTED, Report, SourceReport, scanner_name,
@@ -68,6 +70,8 @@ pub struct Options {
     pub json: bool,
     /// Show a progress bar on stderr for large inputs (only on a terminal).
     pub progress: bool,
+    /// Which checksums to believe (`--checksums`).
+    pub checksums: ChecksumMode,
 }
 
 /// Request tuples remembered, to suppress replies to dropped requests.
@@ -99,6 +103,17 @@ pub fn run(
         let local = if options.local.is_empty() { survey.local() } else { options.local.clone() };
         report.local.extend(local.iter().map(ToString::to_string));
         survey.learn_ports(engine, &local);
+        let decided = survey.checksums.decide(options.checksums);
+        let mut file_checksums = FileChecksums {
+            file: path.display().to_string(),
+            mode: options.checksums,
+            decided,
+            sample: survey.checksums,
+            partial_accepted: 0,
+        };
+        if options.json {
+            write_event(events, &file_checksums.event())?;
+        }
         drop(survey);
         let mut reader = PcapReader::open(path)?;
         let progress = progress_bar(path, options.progress);
@@ -133,15 +148,19 @@ pub fn run(
             };
             // A frame cut short by the snap length cannot have its transport
             // checksum verified; one captured whole must be consistent.
-            let checksum = if frame.data.len() < frame.orig_len {
-                ChecksumCheck::VerifyPartial
-            } else {
-                ChecksumCheck::Verify
+            let checksum = match decided {
+                Decided::Off => ChecksumCheck::Kernel,
+                _ if frame.data.len() < frame.orig_len => ChecksumCheck::VerifyPartial,
+                _ => ChecksumCheck::Verify,
             };
-            let meta = Meta { checksum, ..Meta::new(direction) };
             // One parse: the tuples, then the engine, from the same view.
-            let (request, reply, judged) = {
+            let (request, reply, judged, meta) = {
                 let parsed = wire::parse(&buf);
+                // A checksum left for the NIC, in a file taken with offload.
+                let offloaded = decided == Decided::Offload
+                    && parsed.as_ref().is_ok_and(|v| v.checksum == Checksum::Partial);
+                file_checksums.partial_accepted += u64::from(offloaded);
+                let meta = Meta { checksum, l4_partial: offloaded, ..Meta::new(direction) };
                 let (request, reply) =
                     parsed.as_ref().map_or((None, None), |v| tuples(v, direction));
                 if direction == Direction::Outbound
@@ -150,7 +169,7 @@ pub fn run(
                     report.replies_suppressed += 1;
                     continue;
                 }
-                (request, reply, engine.judge(now, meta, parsed.as_ref().map_err(|e| *e)))
+                (request, reply, engine.judge(now, meta, parsed.as_ref().map_err(|e| *e)), meta)
             };
             let outcome = judged.apply(&mut buf, meta.l4_partial);
             if let Some(t) = request {
@@ -178,6 +197,7 @@ pub fn run(
         if let Some(bar) = progress {
             bar.finish_and_clear();
         }
+        report.checksums.push(file_checksums);
     }
     report.engine = engine.stats();
     report.memory_peak = super::memory().1;
@@ -196,7 +216,7 @@ pub enum ReplayError {
     Write(#[from] std::io::Error),
 }
 
-fn write_event(out: &mut dyn Write, event: &Event) -> Result<(), ReplayError> {
+fn write_event(out: &mut dyn Write, event: &impl serde::Serialize) -> Result<(), ReplayError> {
     serde_json::to_writer(&mut *out, event).map_err(std::io::Error::from)?;
     out.write_all(b"\n")?;
     Ok(())

@@ -81,6 +81,8 @@ pub struct Report {
     /// This process's peak resident memory at the end of the run, in bytes
     /// (0 where `/proc` does not say).
     pub memory_peak: u64,
+    /// Which checksums each file's replay believed, and why.
+    pub checksums: Vec<super::FileChecksums>,
 }
 
 impl Report {
@@ -253,6 +255,30 @@ pub fn write_summary(
         report.frames, report.inbound, report.outbound, report.not_ip, report.replies_suppressed
     )?;
     writeln!(out, "verdicts   accept {}, drop {}", report.accepted, report.dropped)?;
+    for c in &report.checksums {
+        let file = if report.checksums.len() > 1 { format!("{}: ", c.file) } else { String::new() };
+        let mode = match c.mode {
+            super::ChecksumMode::Auto => "auto",
+            super::ChecksumMode::Verify => "verify",
+            super::ChecksumMode::Off => "off",
+        };
+        let s = c.sample;
+        let what = match c.decided {
+            super::Decided::Verify => "every one must be right",
+            super::Decided::Offload => "checked, those left for the NIC by offload accepted",
+            super::Decided::Off => "none checked, packets judged on their headers",
+        };
+        writeln!(
+            out,
+            "checksums  {file}{mode} -> {}: {what} (first {} TCP/UDP packets: {} left for the \
+             NIC, {} wrong; {} accepted as left for the NIC in all)",
+            c.decided.name(),
+            s.sampled,
+            s.partial,
+            s.bad,
+            c.partial_accepted,
+        )?;
+    }
     if !report.drops.is_empty() {
         writeln!(out, "drops      {}", counts(&report.drops, |r| r.name()))?;
     }

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use lru::LruCache;
 
+use super::checksums::Sample;
 use super::{ReplayError, ip_bytes};
 use crate::classify::PortProto;
 use crate::config::Cidr;
@@ -33,6 +34,8 @@ pub(super) struct Survey {
     ports_to: HashMap<IpAddr, [PortBits; 2]>,
     /// Packets each address received.
     received: HashMap<IpAddr, u64>,
+    /// The checksums of the first TCP and UDP packets.
+    pub(super) checksums: Sample,
 }
 
 /// A set of ports, as 8 KiB of bits.
@@ -81,6 +84,7 @@ impl Survey {
             else {
                 continue;
             };
+            survey.checksums.add(&view);
             let (src, dst) = (view.ip.src, view.ip.dst);
             if let Some(n) = bounded(&mut survey.received, dst) {
                 *n += 1;
