@@ -70,9 +70,60 @@ fn replay_json_prints_one_event_per_line() {
     assert_eq!(bans[0]["seconds"], 3600);
     let drops = events.iter().filter(|e| e["event"] == "drop").count();
     assert!(drops >= 100, "{drops}");
-    assert!(events.iter().all(|e| e["event"] == "drop" || e["event"] == "ban"));
+    assert_eq!(events[0]["event"], "checksums", "the file's checksum decision comes first");
+    assert_eq!(events[0]["decided"], "offload");
+    assert!(events[1..].iter().all(|e| e["event"] == "drop" || e["event"] == "ban"));
     // The human summary moves to stderr.
     assert!(stderr.contains("bans       1"), "{stderr}");
+}
+
+/// `tcpdump -w - | portcloak replay -`: a capture on standard input,
+/// streamed, replays as the same file does.
+#[test]
+fn replay_reads_a_capture_from_standard_input() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let replay_stdin = |bytes: Vec<u8>| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcloak"))
+            .args(["replay", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut stdin = child.stdin.take().expect("stdin");
+        // Written from a thread, a little at a time, as a live tcpdump does.
+        let writer = std::thread::spawn(move || {
+            for chunk in bytes.chunks(1000) {
+                stdin.write_all(chunk).expect("write");
+            }
+        });
+        let out = child.wait_with_output().expect("wait");
+        writer.join().expect("writer");
+        out
+    };
+    for name in ["nmap-sT", "legit-burst"] {
+        let path = fixture(name);
+        let file = portcloak(&["replay", path.to_str().expect("path")]);
+        let piped = replay_stdin(std::fs::read(&path).expect("read fixture"));
+        let (want, _) = text(&file);
+        let (got, stderr) = text(&piped);
+        assert!(piped.status.success(), "{stderr}");
+        // All but the first line, which names the input, and the memory line.
+        let body = |s: &str| {
+            s.lines()
+                .skip(1)
+                .filter(|l| !l.starts_with("memory") && !l.starts_with("checksums"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(body(&got), body(&want), "{name}");
+        assert!(got.starts_with("replay     -\n"), "{got}");
+    }
+    let empty = replay_stdin(Vec::new());
+    assert_eq!(empty.status.code(), Some(2));
+    let (_, stderr) = text(&empty);
+    assert!(stderr.contains("standard input"), "{stderr}");
 }
 
 #[test]

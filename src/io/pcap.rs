@@ -1,14 +1,26 @@
-//! A streaming reader of pcap and pcapng files.
+//! A streaming reader of pcap and pcapng captures, from a file or a pipe,
+//! and a pcap writer.
 //!
-//! Reads both byte orders, microsecond and nanosecond pcap, and pcapng's
-//! enhanced, simple and obsolete packet blocks with per-interface link types
-//! and timestamp resolutions. Frames are lent from one reused buffer; a
-//! file of any size is read in constant memory.
+//! The formats are parsed by `pcap-parser` (the Rusticata project's, kept
+//! and fuzzed): pcap in either byte order, in microseconds or nanoseconds,
+//! and the "modified" pcap of old Red Hat tcpdumps; pcapng with any number
+//! of sections and interfaces, enhanced and simple packet blocks,
+//! per-interface link types, timestamp resolutions (`if_tsresol`) and
+//! offsets (`if_tsoffset`), and frame check sequences (`if_fcslen`, and
+//! the FCS bits of a pcap link type), which are cut off. Frames are lent
+//! from one reused buffer; a capture of any size is read in constant
+//! memory.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use pcap_parser::nom;
+use pcap_parser::pcapng::{SHB_MAGIC, parse_block_be, parse_block_le};
+use pcap_parser::{
+    LegacyPcapBlock, PcapError, parse_pcap_frame, parse_pcap_frame_be, parse_pcap_frame_modified,
+    parse_pcap_header,
+};
 use thiserror::Error;
 
 use crate::time::Timestamp;
@@ -51,9 +63,15 @@ pub struct Frame<'a> {
 /// Largest block or record accepted, so a corrupt length cannot exhaust memory.
 const MAX_BLOCK: usize = 64 << 20;
 
+/// Bytes read from the input at a time.
+const CHUNK: usize = 1 << 16;
+
+/// The pcapng `if_fcslen` option.
+const IF_FCSLEN: u16 = 13;
+
 #[derive(Clone, Copy, Debug)]
 enum Format {
-    Pcap { big_endian: bool, nanos: bool, linktype: u32 },
+    Pcap { big_endian: bool, nanos: bool, modified: bool, linktype: u32, fcs: usize },
     PcapNg { big_endian: bool },
 }
 
@@ -61,16 +79,44 @@ enum Format {
 struct Interface {
     linktype: u32,
     /// Timestamp units per second.
-    units_per_sec: u128,
+    units_per_sec: u64,
+    /// Seconds added to every timestamp (`if_tsoffset`).
+    offset_s: i64,
+    /// Bytes of frame check sequence at the end of each frame (`if_fcslen`).
+    fcs: usize,
 }
 
-/// A capture file opened for reading.
+/// A pcap-parser function: the bytes left and what it parsed from the front.
+type Parser<'b, T> = fn(&'b [u8]) -> nom::IResult<&'b [u8], T, PcapError<&'b [u8]>>;
+
+/// pcap-parser's parser of one legacy pcap record.
+type LegacyParser =
+    for<'a> fn(&'a [u8]) -> nom::IResult<&'a [u8], LegacyPcapBlock<'a>, PcapError<&'a [u8]>>;
+
+/// What one parsed block or record says, as plain values, so the buffer
+/// it was parsed from can move on before the frame is lent out.
+enum Block {
+    Frame { ts: Timestamp, linktype: u32, at: usize, len: usize, orig_len: usize },
+    Section { big_endian: bool },
+    Interface(Interface),
+    Other,
+}
+
+/// A capture opened for reading: a file, or any byte stream (standard
+/// input). The pcap and pcapng formats are parsed by the `pcap-parser`
+/// crate (Rusticata's, fuzzed in OSS-Fuzz); this reader owns the buffer,
+/// so each frame is lent straight from the bytes read, never copied.
 pub struct PcapReader {
     path: PathBuf,
-    input: Counting<BufReader<File>>,
+    input: Box<dyn Read + Send>,
+    buf: Vec<u8>,
+    /// The unparsed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    eof: bool,
+    count: u64,
     format: Format,
     interfaces: Vec<Interface>,
-    buf: Vec<u8>,
     last_ts: Timestamp,
 }
 
@@ -79,198 +125,230 @@ impl PcapReader {
     pub fn open(path: &Path) -> Result<Self, SourceError> {
         let file =
             File::open(path).map_err(|source| SourceError::Io { path: path.to_owned(), source })?;
+        Self::from_reader(path, Box::new(file))
+    }
+
+    /// Reads a capture from `input` (standard input, a pipe), named `name`
+    /// in errors.
+    pub fn from_reader(name: &Path, input: Box<dyn Read + Send>) -> Result<Self, SourceError> {
         let mut reader = Self {
-            path: path.to_owned(),
-            input: Counting { inner: BufReader::with_capacity(1 << 16, file), count: 0 },
+            path: name.to_owned(),
+            input,
+            buf: vec![0; CHUNK],
+            start: 0,
+            end: 0,
+            eof: false,
+            count: 0,
             format: Format::PcapNg { big_endian: false },
             interfaces: Vec::new(),
-            buf: Vec::with_capacity(1 << 16),
             last_ts: Timestamp::ZERO,
         };
-        let mut magic = [0u8; 4];
-        reader.read_exact_or(&mut magic, "file is empty or shorter than a capture header")?;
-        reader.format = match u32::from_le_bytes(magic) {
-            0xa1b2_c3d4 => reader.pcap_header(false, false)?,
-            0xd4c3_b2a1 => reader.pcap_header(true, false)?,
-            0xa1b2_3c4d => reader.pcap_header(false, true)?,
-            0x4d3c_b2a1 => reader.pcap_header(true, true)?,
-            0x0a0d_0d0a => reader.section_header()?,
-            _ => {
-                return Err(reader.format_error("not a pcap or pcapng file (unknown magic number)"));
-            }
+        reader.refill(4)?;
+        if reader.end == 0 {
+            return Err(reader.format_error("file is empty or shorter than a capture header"));
+        }
+        let magic = reader.buf.get(..4).and_then(|m| <[u8; 4]>::try_from(m).ok());
+        let magic = magic.map(u32::from_le_bytes);
+        if magic == Some(SHB_MAGIC) {
+            // The section header is parsed as the first block.
+            return Ok(reader);
+        }
+        // Microseconds, nanoseconds and "modified", in either byte order.
+        let is_pcap = matches!(
+            magic,
+            Some(0xa1b2_c3d4 | 0xd4c3_b2a1 | 0xa1b2_3c4d | 0x4d3c_b2a1 | 0xa1b2_cd34 | 0x34cd_b2a1)
+        );
+        if !is_pcap {
+            return Err(reader.format_error("not a pcap or pcapng file (unknown magic number)"));
+        }
+        reader.refill(24)?;
+        let (header, used) = match parse_pcap_header(reader.unparsed()) {
+            Ok((rest, h)) => (h, reader.end - reader.start - rest.len()),
+            Err(_) => return Err(reader.format_error("truncated pcap file header")),
+        };
+        reader.start += used;
+        // The upper bits say whether frames end in a frame check sequence
+        // (bit 26) and how many 16-bit words it has (bits 28-31).
+        let network = u32::from_ne_bytes(header.network.0.to_ne_bytes());
+        let fcs = if network & 0x0400_0000 != 0 { (network >> 28) as usize * 2 } else { 0 };
+        reader.format = Format::Pcap {
+            big_endian: header.is_bigendian(),
+            nanos: header.is_nanosecond_precision(),
+            modified: header.is_modified_format(),
+            linktype: network & 0xffff,
+            fcs,
         };
         Ok(reader)
     }
 
     /// Bytes consumed so far, for progress reporting.
     pub fn bytes_read(&self) -> u64 {
-        self.input.count
+        self.count
     }
 
-    /// The next frame, or `None` at the end of the file.
+    /// The next frame, or `None` at the end of the capture.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, SourceError> {
-        match self.format {
-            Format::Pcap { big_endian, nanos, linktype } => {
-                let mut header = [0u8; 16];
-                if !self.read_header(&mut header)? {
+        loop {
+            if self.start == self.end {
+                self.refill(1)?;
+                if self.start == self.end {
                     return Ok(None);
                 }
-                let word = |i: usize| read_u32(&header, i, big_endian);
-                let (secs, frac, caplen, orig_len) =
-                    (word(0), word(4), word(8) as usize, word(12) as usize);
-                if caplen > MAX_BLOCK {
-                    return Err(
-                        self.format_error(&format!("record of {caplen} bytes is too large"))
-                    );
-                }
-                self.fill(caplen)?;
-                let micros = if nanos { u64::from(frac) / 1000 } else { u64::from(frac) };
-                let ts = Timestamp::from_micros(u64::from(secs) * 1_000_000 + micros);
-                Ok(Some(Frame { ts, linktype, data: &self.buf, orig_len }))
             }
-            Format::PcapNg { .. } => self.next_ng_frame(),
-        }
-    }
-
-    fn pcap_header(&mut self, big_endian: bool, nanos: bool) -> Result<Format, SourceError> {
-        let mut rest = [0u8; 20];
-        self.read_exact_or(&mut rest, "truncated pcap file header")?;
-        let linktype = read_u32(&rest, 16, big_endian) & 0x0fff_ffff;
-        Ok(Format::Pcap { big_endian, nanos, linktype })
-    }
-
-    /// Reads the rest of a section header block whose type was just read.
-    fn section_header(&mut self) -> Result<Format, SourceError> {
-        let mut total = [0u8; 4];
-        self.read_exact_or(&mut total, "truncated pcapng section header")?;
-        self.section_header_from(total)
-    }
-
-    fn next_ng_frame(&mut self) -> Result<Option<Frame<'_>>, SourceError> {
-        loop {
-            let Format::PcapNg { big_endian } = self.format else {
-                return Ok(None);
-            };
-            let mut head = [0u8; 8];
-            if !self.read_header(&mut head)? {
-                return Ok(None);
-            }
-            let kind = read_u32(&head, 0, big_endian);
-            if kind == 0x0a0d_0d0a {
-                self.format = self.section_header_from([head[4], head[5], head[6], head[7]])?;
-                continue;
-            }
-            let total = read_u32(&head, 4, big_endian) as usize;
-            if !(12..=MAX_BLOCK).contains(&total) || total % 4 != 0 {
-                return Err(self.format_error(&format!("bad pcapng block length {total}")));
-            }
-            self.fill(total - 8)?;
-            let body_len = total - 12;
-            let word = |buf: &[u8], i: usize| read_u32(buf, i, big_endian);
-            match kind {
-                1 => {
-                    let linktype = u32::from(read_u16(&self.buf, 0, big_endian));
-                    let units_per_sec =
-                        tsresol(self.buf.get(8..body_len).unwrap_or_default(), big_endian);
-                    self.interfaces.push(Interface { linktype, units_per_sec });
-                }
-                2 | 6 => {
-                    // Enhanced (6) and obsolete (2) packet blocks share the layout after the id.
-                    let iface = if kind == 6 {
-                        word(&self.buf, 0) as usize
-                    } else {
-                        usize::from(read_u16(&self.buf, 0, big_endian))
+            let parsed = match self.format {
+                Format::Pcap { big_endian, nanos, modified, linktype, fcs } => {
+                    let parse = match (modified, big_endian) {
+                        (true, _) => parse_pcap_frame_modified,
+                        (false, true) => parse_pcap_frame_be,
+                        (false, false) => parse_pcap_frame,
                     };
-                    let units =
-                        (u64::from(word(&self.buf, 4)) << 32) | u64::from(word(&self.buf, 8));
-                    let caplen = word(&self.buf, 12) as usize;
-                    let orig_len = word(&self.buf, 16) as usize;
-                    let Some(&Interface { linktype, units_per_sec }) = self.interfaces.get(iface)
-                    else {
-                        return Err(
-                            self.format_error(&format!("packet on undeclared interface {iface}"))
+                    self.parse_with(parse, |r, base| {
+                        let frac = u64::from(r.ts_usec);
+                        let micros = if nanos { frac / 1000 } else { frac };
+                        let ts = Timestamp::from_micros(
+                            u64::from(r.ts_sec).saturating_mul(1_000_000).saturating_add(micros),
                         );
-                    };
-                    if 20 + caplen > body_len {
-                        return Err(
-                            self.format_error("packet block shorter than its captured length")
-                        );
+                        let len = (r.data.len().min(r.caplen as usize)).saturating_sub(fcs);
+                        let orig_len = (r.origlen as usize).saturating_sub(fcs);
+                        Block::Frame { ts, linktype, at: offset(base, r.data), len, orig_len }
+                    })
+                }
+                Format::PcapNg { big_endian } => {
+                    let parse = if big_endian { parse_block_be } else { parse_block_le };
+                    let interfaces = &self.interfaces;
+                    let last_ts = self.last_ts;
+                    match Self::parse_in(&self.buf, self.start, self.end, parse) {
+                        Ok((used, block)) => Ok((used, ng_block(&block, interfaces, last_ts))),
+                        // A block replay has no use for (statistics, name
+                        // resolution, …) is skipped even when malformed.
+                        Err(Some(_)) if let Some(used) = self.skippable(big_endian) => {
+                            Ok((used, Ok(Block::Other)))
+                        }
+                        Err(e) => Err(e),
                     }
-                    let micros = u128::from(units) * 1_000_000 / units_per_sec.max(1);
-                    self.last_ts =
-                        Timestamp::from_micros(u64::try_from(micros).unwrap_or(u64::MAX));
-                    let data = self.buf.get(20..20 + caplen).unwrap_or_default();
-                    return Ok(Some(Frame { ts: self.last_ts, linktype, data, orig_len }));
+                    .and_then(|(used, b)| b.map(|b| (used, b)).map_err(Some))
+                    .map_err(|e| e.map(|m| self.format_error(&m)))
                 }
-                3 => {
-                    let Some(&Interface { linktype, .. }) = self.interfaces.first() else {
-                        return Err(self.format_error("simple packet block before any interface"));
-                    };
-                    let orig_len = word(&self.buf, 0) as usize;
-                    let caplen = orig_len.min(body_len.saturating_sub(4));
-                    let data = self.buf.get(4..4 + caplen).unwrap_or_default();
-                    return Ok(Some(Frame { ts: self.last_ts, linktype, data, orig_len }));
+            };
+            let (used, block) = match parsed {
+                Ok(done) => done,
+                // Incomplete: read more, or end inside a block.
+                Err(None) => {
+                    let have = self.end - self.start;
+                    if have >= MAX_BLOCK {
+                        return Err(self.format_error("a block longer than 64 MiB"));
+                    }
+                    self.refill(have + 1)?;
+                    if self.end - self.start == have {
+                        return Err(self.format_error("file ends inside a packet"));
+                    }
+                    continue;
                 }
-                _ => {}
+                Err(Some(e)) => return Err(e),
+            };
+            let at = self.start;
+            self.start += used;
+            match block {
+                Block::Frame { ts, linktype, at: data_at, len, orig_len } => {
+                    self.last_ts = ts;
+                    let data = self.buf.get(at + data_at..at + data_at + len).unwrap_or_default();
+                    return Ok(Some(Frame { ts, linktype, data, orig_len }));
+                }
+                Block::Section { big_endian } => {
+                    self.format = Format::PcapNg { big_endian };
+                    self.interfaces.clear();
+                }
+                Block::Interface(i) => self.interfaces.push(i),
+                Block::Other => {}
             }
         }
     }
 
-    /// Reads a section header block after its type and raw total length:
-    /// the byte-order magic says how to read that length and everything after.
-    fn section_header_from(&mut self, total: [u8; 4]) -> Result<Format, SourceError> {
-        let mut bom = [0u8; 4];
-        self.read_exact_or(&mut bom, "truncated pcapng section header")?;
-        let big_endian = match u32::from_le_bytes(bom) {
-            0x1a2b_3c4d => false,
-            0x4d3c_2b1a => true,
-            _ => return Err(self.format_error("bad pcapng byte-order magic")),
-        };
-        let total = read_u32(&total, 0, big_endian) as usize;
-        if !(28..=MAX_BLOCK).contains(&total) {
-            return Err(self.format_error("bad pcapng section header length"));
+    /// Parses one legacy record with `parse` and turns it into a [`Block`].
+    fn parse_with(
+        &self,
+        parse: LegacyParser,
+        block: impl Fn(&LegacyPcapBlock<'_>, &[u8]) -> Block,
+    ) -> Result<(usize, Block), Option<SourceError>> {
+        match Self::parse_in(&self.buf, self.start, self.end, parse) {
+            Ok((used, record)) => {
+                let base = self.unparsed();
+                if record.caplen as usize > MAX_BLOCK {
+                    return Err(Some(self.format_error("a record longer than 64 MiB")));
+                }
+                Ok((used, block(&record, base)))
+            }
+            Err(e) => Err(e.map(|m| self.format_error(&m))),
         }
-        self.fill(total - 12)?;
-        self.interfaces.clear();
-        Ok(Format::PcapNg { big_endian })
     }
 
-    /// Reads a record or block header; false at a clean end of file.
-    fn read_header(&mut self, header: &mut [u8]) -> Result<bool, SourceError> {
-        let mut got = 0;
-        while got < header.len() {
-            let n = match self.input.read(header.get_mut(got..).unwrap_or_default()) {
+    /// Runs a pcap-parser `parse` on `buf[start..end]`: the bytes it used
+    /// and what it parsed; `Err(None)` when it needs more bytes.
+    fn parse_in<'b, T>(
+        buf: &'b [u8],
+        start: usize,
+        end: usize,
+        parse: Parser<'b, T>,
+    ) -> Result<(usize, T), Option<String>> {
+        let input = buf.get(start..end).unwrap_or_default();
+        match parse(input) {
+            Ok((rest, t)) => Ok((input.len() - rest.len(), t)),
+            Err(nom::Err::Incomplete(_)) => Err(None),
+            Err(nom::Err::Error(e) | nom::Err::Failure(e)) => Err(Some(describe(&e))),
+        }
+    }
+
+    /// The length of the pcapng block at the front, when it is neither a
+    /// section, an interface nor a packet block and lies whole in the
+    /// buffer: a block that can be stepped over.
+    fn skippable(&self, big_endian: bool) -> Option<usize> {
+        let head = self.unparsed().get(..8)?;
+        let word = |b: &[u8]| {
+            let w = <[u8; 4]>::try_from(b).ok()?;
+            Some(if big_endian { u32::from_be_bytes(w) } else { u32::from_le_bytes(w) })
+        };
+        let (kind, total) = (word(head.get(..4)?)?, word(head.get(4..8)?)? as usize);
+        let essential = matches!(kind, SHB_MAGIC | 1 | 3 | 6);
+        let whole = total >= 12 && total % 4 == 0 && total <= self.end - self.start;
+        (!essential && whole).then_some(total)
+    }
+
+    fn unparsed(&self) -> &[u8] {
+        self.buf.get(self.start..self.end).unwrap_or_default()
+    }
+
+    /// Reads until at least `want` unparsed bytes are buffered or the input
+    /// ends, moving the unparsed bytes to the front first.
+    fn refill(&mut self, want: usize) -> Result<(), SourceError> {
+        if self.eof {
+            return Ok(());
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < want.max(CHUNK) {
+            self.buf.resize(want.max(CHUNK).next_power_of_two(), 0);
+        }
+        while self.end < want {
+            let space = self.buf.get_mut(self.end..).unwrap_or_default();
+            if space.is_empty() {
+                break;
+            }
+            let n = match self.input.read(space) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(SourceError::Io { path: self.path.clone(), source });
-                }
+                Err(source) => return Err(SourceError::Io { path: self.path.clone(), source }),
             };
             if n == 0 {
-                return if got == 0 {
-                    Ok(false)
-                } else {
-                    Err(self.format_error("file ends inside a record header"))
-                };
+                self.eof = true;
+                break;
             }
-            got += n;
+            self.end += n;
+            self.count += n as u64;
         }
-        Ok(true)
-    }
-
-    fn fill(&mut self, len: usize) -> Result<(), SourceError> {
-        self.buf.resize(len, 0);
-        let mut buf = std::mem::take(&mut self.buf);
-        let result = self.read_exact_or(&mut buf, "file ends inside a packet");
-        self.buf = buf;
-        result
-    }
-
-    fn read_exact_or(&mut self, buf: &mut [u8], what: &str) -> Result<(), SourceError> {
-        self.input.read_exact(buf).map_err(|source| match source.kind() {
-            io::ErrorKind::UnexpectedEof => self.format_error(what),
-            _ => SourceError::Io { path: self.path.clone(), source },
-        })
+        Ok(())
     }
 
     fn format_error(&self, message: &str) -> SourceError {
@@ -278,46 +356,72 @@ impl PcapReader {
     }
 }
 
-/// The `if_tsresol` option of an interface block, as units per second.
-fn tsresol(mut options: &[u8], big_endian: bool) -> u128 {
-    while options.len() >= 4 {
-        let code = read_u16(options, 0, big_endian);
-        let len = usize::from(read_u16(options, 2, big_endian));
-        if code == 0 {
-            break;
+/// Where `inner` starts within `outer`, which holds it.
+fn offset(outer: &[u8], inner: &[u8]) -> usize {
+    (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize)
+}
+
+/// What a pcapng block says; `Err` for a packet on an interface never
+/// described.
+fn ng_block(
+    block: &pcap_parser::pcapng::Block<'_>,
+    interfaces: &[Interface],
+    last_ts: Timestamp,
+) -> Result<Block, String> {
+    use pcap_parser::pcapng::Block as B;
+    Ok(match block {
+        B::SectionHeader(shb) => Block::Section { big_endian: shb.big_endian() },
+        B::InterfaceDescription(idb) => {
+            let fcs = idb
+                .options
+                .iter()
+                .find(|o| o.code.0 == IF_FCSLEN)
+                .and_then(|o| o.value.first().copied())
+                .map_or(0, usize::from);
+            Block::Interface(Interface {
+                linktype: u32::from_ne_bytes(idb.linktype.0.to_ne_bytes()),
+                units_per_sec: idb.ts_resolution().unwrap_or(1_000_000).max(1),
+                offset_s: idb.ts_offset(),
+                fcs,
+            })
         }
-        if code == 9 && len == 1 {
-            if let Some(&v) = options.get(4) {
-                let exp = u32::from(v & 0x7f).min(30);
-                return if v & 0x80 == 0 { 10u128.pow(exp.min(24)) } else { 1u128 << exp };
-            }
+        B::EnhancedPacket(epb) => {
+            let iface = usize::try_from(epb.if_id).unwrap_or(usize::MAX);
+            let Some(i) = interfaces.get(iface) else {
+                return Err(format!("packet on undeclared interface {iface}"));
+            };
+            let units = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
+            let micros = u128::from(units) * 1_000_000 / u128::from(i.units_per_sec);
+            let micros =
+                i128::try_from(micros).unwrap_or(i128::MAX) + i128::from(i.offset_s) * 1_000_000;
+            let ts = Timestamp::from_micros(u64::try_from(micros.max(0)).unwrap_or(u64::MAX));
+            let caplen = (epb.caplen as usize).min(epb.data.len());
+            let len = caplen.saturating_sub(i.fcs);
+            let orig_len = (epb.origlen as usize).saturating_sub(i.fcs);
+            Block::Frame { ts, linktype: i.linktype, at: 28, len, orig_len }
         }
-        let step = 4 + len.div_ceil(4) * 4;
-        options = options.get(step..).unwrap_or_default();
-    }
-    1_000_000
+        B::SimplePacket(spb) => {
+            let Some(i) = interfaces.first() else {
+                return Err("simple packet block before any interface".to_owned());
+            };
+            // No timestamp of its own: the latest one.
+            let caplen = (spb.origlen as usize).min(spb.data.len());
+            let len = caplen.saturating_sub(i.fcs);
+            let orig_len = (spb.origlen as usize).saturating_sub(i.fcs);
+            Block::Frame { ts: last_ts, linktype: i.linktype, at: 12, len, orig_len }
+        }
+        _ => Block::Other,
+    })
 }
 
-fn read_u32(buf: &[u8], at: usize, big_endian: bool) -> u32 {
-    let b: [u8; 4] = buf.get(at..at + 4).and_then(|s| s.try_into().ok()).unwrap_or([0; 4]);
-    if big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
-}
-
-fn read_u16(buf: &[u8], at: usize, big_endian: bool) -> u16 {
-    let b: [u8; 2] = buf.get(at..at + 2).and_then(|s| s.try_into().ok()).unwrap_or([0; 2]);
-    if big_endian { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) }
-}
-
-struct Counting<R> {
-    inner: R,
-    count: u64,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count += n as u64;
-        Ok(n)
+/// One line for a parse error.
+fn describe(e: &PcapError<&[u8]>) -> String {
+    match e {
+        PcapError::HeaderNotRecognized => "bad pcapng section header".to_owned(),
+        PcapError::NomError(_, kind) | PcapError::OwnedNomError(_, kind) => {
+            format!("malformed block or record ({kind:?})")
+        }
+        other => format!("{other}"),
     }
 }
 

@@ -41,7 +41,7 @@ use crate::disguise::Reply;
 use crate::engine::{ChecksumCheck, Direction, Engine, Meta, Outcome};
 use crate::event::Event;
 use crate::gate::GateEvent;
-use crate::io::pcap::{PcapReader, SourceError};
+use crate::io::pcap::{Frame, PcapReader, SourceError};
 use crate::policy::Verdict;
 use crate::runtime::effects::{Effects, deliver};
 use crate::time::Timestamp;
@@ -86,110 +86,90 @@ struct Tuple {
     dport: u16,
 }
 
-/// Replays `files` in order through `engine`. JSON events go to `events`.
+/// Frames of standard input read ahead for the survey before replay starts
+/// (`-` as a file): a live capture piped in is replayed as it arrives, after
+/// at most this many frames or [`STDIN_HEAD_BYTES`].
+pub const STDIN_HEAD_FRAMES: usize = 1 << 16;
+/// Bytes of standard input read ahead at most.
+pub const STDIN_HEAD_BYTES: usize = 64 << 20;
+
+/// A captured frame held in memory: the head of standard input.
+struct OwnedFrame {
+    ts: Timestamp,
+    linktype: u32,
+    data: Vec<u8>,
+    orig_len: usize,
+}
+
+impl OwnedFrame {
+    fn frame(&self) -> Frame<'_> {
+        Frame { ts: self.ts, linktype: self.linktype, data: &self.data, orig_len: self.orig_len }
+    }
+}
+
+/// True for the file name that means standard input.
+pub fn is_stdin(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// Replays `files` in order through `engine`; `-` reads a capture from
+/// standard input. JSON events go to `events`.
 pub fn run(
     engine: &Engine,
     files: &[PathBuf],
     options: &Options,
     events: &mut dyn Write,
 ) -> Result<Report, ReplayError> {
-    let mut report = Report::default();
-    // The requests portcloak dropped; one accepted later is taken out.
-    let mut dropped_requests: LruCache<Tuple, ()> =
-        LruCache::new(NonZeroUsize::new(TUPLES).unwrap_or(NonZeroUsize::MIN));
-    let mut sources = Sources::default();
+    let mut state = Run {
+        engine,
+        options,
+        events,
+        report: Report::default(),
+        dropped_requests: LruCache::new(NonZeroUsize::new(TUPLES).unwrap_or(NonZeroUsize::MIN)),
+        sources: Sources::default(),
+        buf: Vec::with_capacity(2048),
+    };
     for path in files {
-        let survey = Survey::of(path)?;
-        let local = if options.local.is_empty() { survey.local() } else { options.local.clone() };
-        report.local.extend(local.iter().map(ToString::to_string));
-        survey.learn_ports(engine, &local);
-        let decided = survey.checksums.decide(options.checksums);
-        let mut file_checksums = FileChecksums {
-            file: path.display().to_string(),
-            mode: options.checksums,
-            decided,
-            sample: survey.checksums,
-            partial_accepted: 0,
-        };
-        if options.json {
-            write_event(events, &file_checksums.event())?;
+        if is_stdin(path) {
+            let name = Path::new("standard input");
+            let mut reader = PcapReader::from_reader(name, Box::new(std::io::stdin()))?;
+            let mut head = Vec::new();
+            let mut bytes = 0;
+            while head.len() < STDIN_HEAD_FRAMES && bytes < STDIN_HEAD_BYTES {
+                let Some(f) = reader.next_frame()? else { break };
+                bytes += f.data.len();
+                head.push(OwnedFrame {
+                    ts: f.ts,
+                    linktype: f.linktype,
+                    data: f.data.to_vec(),
+                    orig_len: f.orig_len,
+                });
+            }
+            let mut survey = Survey::default();
+            for f in &head {
+                survey.add(f.linktype, &f.data);
+            }
+            let mut file = state.start(name, &survey)?;
+            drop(survey);
+            for f in &head {
+                state.frame(&mut file, f.frame())?;
+            }
+            drop(head);
+            while let Some(frame) = reader.next_frame()? {
+                state.frame(&mut file, frame)?;
+            }
+            state.report.checksums.push(file.checksums);
+            continue;
         }
+        let survey = Survey::of(path)?;
+        let mut file = state.start(path, &survey)?;
         drop(survey);
         let mut reader = PcapReader::open(path)?;
         let progress = progress_bar(path, options.progress);
-        let mut buf = Vec::with_capacity(2048);
-        let mut next_sweep = Timestamp::ZERO;
         while let Some(frame) = reader.next_frame()? {
-            report.frames += 1;
-            let now = frame.ts;
-            report.span = Some(report.span.map_or((now, now), |(a, b)| (a.min(now), b.max(now))));
-            let Some(ip) = ip_bytes(frame.linktype, frame.data) else {
-                report.not_ip += 1;
-                continue;
-            };
-            buf.clear();
-            buf.extend_from_slice(ip);
-            if now >= next_sweep {
-                for (source, _) in engine.sweep(now).lifted {
-                    if options.json {
-                        write_event(events, &Event::unban(now, source))?;
-                    }
-                }
-                next_sweep = now.saturating_add(std::time::Duration::from_secs(1));
-            }
-            let Some((src, dst)) = wire::addresses(&buf) else {
-                report.not_ip += 1;
-                continue;
-            };
-            let direction = if local.iter().any(|c| c.contains(src)) {
-                Direction::Outbound
-            } else {
-                Direction::Inbound
-            };
-            // A frame cut short by the snap length cannot have its transport
-            // checksum verified; one captured whole must be consistent.
-            let checksum = match decided {
-                Decided::Off => ChecksumCheck::Kernel,
-                _ if frame.data.len() < frame.orig_len => ChecksumCheck::VerifyPartial,
-                _ => ChecksumCheck::Verify,
-            };
-            // One parse: the tuples, then the engine, from the same view.
-            let (request, reply, judged, meta) = {
-                let parsed = wire::parse(&buf);
-                // A checksum left for the NIC, in a file taken with offload.
-                let offloaded = decided == Decided::Offload
-                    && parsed.as_ref().is_ok_and(|v| v.checksum == Checksum::Partial);
-                file_checksums.partial_accepted += u64::from(offloaded);
-                let meta = Meta { checksum, l4_partial: offloaded, ..Meta::new(direction) };
-                let (request, reply) =
-                    parsed.as_ref().map_or((None, None), |v| tuples(v, direction));
-                if direction == Direction::Outbound
-                    && reply.is_some_and(|t| dropped_requests.contains(&t))
-                {
-                    report.replies_suppressed += 1;
-                    continue;
-                }
-                (request, reply, engine.judge(now, meta, parsed.as_ref().map_err(|e| *e)), meta)
-            };
-            let outcome = judged.apply(&mut buf, meta.l4_partial);
-            if let Some(t) = request {
-                if outcome.verdict == Verdict::Drop {
-                    dropped_requests.put(t, ());
-                } else {
-                    dropped_requests.pop(&t);
-                }
-            }
-            let answers = reply.is_some();
-            let mut tally =
-                Tally { report: &mut report, sources: &mut sources, now, direction, answers };
-            deliver(&mut tally, &outcome);
-            if options.json {
-                for event in Event::from_outcome(now, direction, Some((src, dst)), &outcome) {
-                    write_event(events, &event)?;
-                }
-            }
+            state.frame(&mut file, frame)?;
             if let Some(bar) = &progress {
-                if report.frames % 4096 == 0 {
+                if state.report.frames % 4096 == 0 {
                     bar.set_position(reader.bytes_read());
                 }
             }
@@ -197,12 +177,130 @@ pub fn run(
         if let Some(bar) = progress {
             bar.finish_and_clear();
         }
-        report.checksums.push(file_checksums);
+        state.report.checksums.push(file.checksums);
     }
+    let mut report = state.report;
     report.engine = engine.stats();
     report.memory_peak = super::memory().1;
-    (report.sources, report.others) = sources.into_report();
+    (report.sources, report.others) = state.sources.into_report();
     Ok(report)
+}
+
+/// A replay under way: what lives from file to file.
+struct Run<'a> {
+    engine: &'a Engine,
+    options: &'a Options,
+    events: &'a mut dyn Write,
+    report: Report,
+    /// The requests portcloak dropped; one accepted later is taken out.
+    dropped_requests: LruCache<Tuple, ()>,
+    sources: Sources,
+    /// The frame's IP packet, which a persona may rewrite.
+    buf: Vec<u8>,
+}
+
+/// What one file's replay decided from its survey.
+struct File {
+    local: Vec<Cidr>,
+    checksums: FileChecksums,
+    next_sweep: Timestamp,
+}
+
+impl Run<'_> {
+    /// Starts a file: its local addresses, the ports it answered on, and
+    /// what it does with checksums, all from `survey`.
+    fn start(&mut self, path: &Path, survey: &Survey) -> Result<File, ReplayError> {
+        let options = self.options;
+        let local = if options.local.is_empty() { survey.local() } else { options.local.clone() };
+        self.report.local.extend(local.iter().map(ToString::to_string));
+        survey.learn_ports(self.engine, &local);
+        let checksums = FileChecksums {
+            file: path.display().to_string(),
+            mode: options.checksums,
+            decided: survey.checksums.decide(options.checksums),
+            sample: survey.checksums,
+            partial_accepted: 0,
+        };
+        if options.json {
+            write_event(self.events, &checksums.event())?;
+        }
+        Ok(File { local, checksums, next_sweep: Timestamp::ZERO })
+    }
+
+    /// Drives one frame through the engine and accounts for it.
+    fn frame(&mut self, file: &mut File, frame: Frame<'_>) -> Result<(), ReplayError> {
+        let (engine, options) = (self.engine, self.options);
+        let report = &mut self.report;
+        report.frames += 1;
+        let now = frame.ts;
+        report.span = Some(report.span.map_or((now, now), |(a, b)| (a.min(now), b.max(now))));
+        let Some(ip) = ip_bytes(frame.linktype, frame.data) else {
+            report.not_ip += 1;
+            return Ok(());
+        };
+        let buf = &mut self.buf;
+        buf.clear();
+        buf.extend_from_slice(ip);
+        if now >= file.next_sweep {
+            for (source, _) in engine.sweep(now).lifted {
+                if options.json {
+                    write_event(self.events, &Event::unban(now, source))?;
+                }
+            }
+            file.next_sweep = now.saturating_add(std::time::Duration::from_secs(1));
+        }
+        let Some((src, dst)) = wire::addresses(buf) else {
+            report.not_ip += 1;
+            return Ok(());
+        };
+        let direction = if file.local.iter().any(|c| c.contains(src)) {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        };
+        let decided = file.checksums.decided;
+        // A frame cut short by the snap length cannot have its transport
+        // checksum verified; one captured whole must be consistent.
+        let checksum = match decided {
+            Decided::Off => ChecksumCheck::Kernel,
+            _ if frame.data.len() < frame.orig_len => ChecksumCheck::VerifyPartial,
+            _ => ChecksumCheck::Verify,
+        };
+        // One parse: the tuples, then the engine, from the same view.
+        let (request, reply, judged, meta) = {
+            let parsed = wire::parse(buf);
+            // A checksum left for the NIC, in a file taken with offload.
+            let offloaded = decided == Decided::Offload
+                && parsed.as_ref().is_ok_and(|v| v.checksum == Checksum::Partial);
+            file.checksums.partial_accepted += u64::from(offloaded);
+            let meta = Meta { checksum, l4_partial: offloaded, ..Meta::new(direction) };
+            let (request, reply) = parsed.as_ref().map_or((None, None), |v| tuples(v, direction));
+            if direction == Direction::Outbound
+                && reply.is_some_and(|t| self.dropped_requests.contains(&t))
+            {
+                report.replies_suppressed += 1;
+                return Ok(());
+            }
+            (request, reply, engine.judge(now, meta, parsed.as_ref().map_err(|e| *e)), meta)
+        };
+        let outcome = judged.apply(buf, meta.l4_partial);
+        if let Some(t) = request {
+            if outcome.verdict == Verdict::Drop {
+                self.dropped_requests.put(t, ());
+            } else {
+                self.dropped_requests.pop(&t);
+            }
+        }
+        let answers = reply.is_some();
+        let mut tally = Tally { report, sources: &mut self.sources, now, direction, answers };
+        deliver(&mut tally, &outcome);
+        if options.json {
+            for event in Event::from_outcome(now, direction, Some((src, dst)), &outcome) {
+                write_event(self.events, &event)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why a replay stopped.

@@ -36,6 +36,32 @@ pub(super) struct Survey {
     received: HashMap<IpAddr, u64>,
     /// The checksums of the first TCP and UDP packets.
     pub(super) checksums: Sample,
+    /// Recent datagrams, to find the ones answered.
+    datagrams: Datagrams,
+}
+
+/// The last [`DATAGRAMS`] datagrams: (source, port, destination, port).
+#[derive(Debug)]
+struct Datagrams(LruCache<(IpAddr, u16, IpAddr, u16), ()>);
+
+impl Default for Datagrams {
+    fn default() -> Self {
+        Self(LruCache::new(NonZeroUsize::new(DATAGRAMS).unwrap_or(NonZeroUsize::MIN)))
+    }
+}
+
+impl std::ops::Deref for Datagrams {
+    type Target = LruCache<(IpAddr, u16, IpAddr, u16), ()>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Datagrams {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 /// A set of ports, as 8 KiB of bits.
@@ -74,47 +100,50 @@ pub(super) fn bounded<V: Default>(map: &mut HashMap<IpAddr, V>, key: IpAddr) -> 
 }
 
 impl Survey {
+    /// Surveys the capture at `path`, one pass over the whole file.
     pub(super) fn of(path: &Path) -> Result<Self, ReplayError> {
         let mut survey = Self::default();
-        let mut datagrams: LruCache<(IpAddr, u16, IpAddr, u16), ()> =
-            LruCache::new(NonZeroUsize::new(DATAGRAMS).unwrap_or(NonZeroUsize::MIN));
         let mut reader = PcapReader::open(path)?;
         while let Some(frame) = reader.next_frame()? {
-            let Some(view) = ip_bytes(frame.linktype, frame.data).and_then(|b| wire::parse(b).ok())
-            else {
-                continue;
-            };
-            survey.checksums.add(&view);
-            let (src, dst) = (view.ip.src, view.ip.dst);
-            if let Some(n) = bounded(&mut survey.received, dst) {
-                *n += 1;
-            }
-            match view.transport {
-                Transport::Tcp(t) if t.flags.classic() == TcpFlags::SYN | TcpFlags::ACK => {
-                    if let Some(ports) = bounded(&mut survey.syn_ack, src) {
-                        ports.insert(t.src_port);
-                    }
-                }
-                Transport::Tcp(t) => {
-                    if let Some([tcp, _]) = bounded(&mut survey.ports_to, dst) {
-                        tcp.insert(t.dst_port);
-                    }
-                }
-                Transport::Udp(u) => {
-                    if let Some([_, udp]) = bounded(&mut survey.ports_to, dst) {
-                        udp.insert(u.dst_port);
-                    }
-                    if datagrams.contains(&(dst, u.dst_port, src, u.src_port)) {
-                        if let Some(ports) = bounded(&mut survey.udp_answers, src) {
-                            ports.insert(u.src_port);
-                        }
-                    }
-                    datagrams.put((src, u.src_port, dst, u.dst_port), ());
-                }
-                _ => {}
-            }
+            survey.add(frame.linktype, frame.data);
         }
         Ok(survey)
+    }
+
+    /// Takes one frame into account.
+    pub(super) fn add(&mut self, linktype: u32, frame: &[u8]) {
+        let Some(view) = ip_bytes(linktype, frame).and_then(|b| wire::parse(b).ok()) else {
+            return;
+        };
+        self.checksums.add(&view);
+        let (src, dst) = (view.ip.src, view.ip.dst);
+        if let Some(n) = bounded(&mut self.received, dst) {
+            *n += 1;
+        }
+        match view.transport {
+            Transport::Tcp(t) if t.flags.classic() == TcpFlags::SYN | TcpFlags::ACK => {
+                if let Some(ports) = bounded(&mut self.syn_ack, src) {
+                    ports.insert(t.src_port);
+                }
+            }
+            Transport::Tcp(t) => {
+                if let Some([tcp, _]) = bounded(&mut self.ports_to, dst) {
+                    tcp.insert(t.dst_port);
+                }
+            }
+            Transport::Udp(u) => {
+                if let Some([_, udp]) = bounded(&mut self.ports_to, dst) {
+                    udp.insert(u.dst_port);
+                }
+                if self.datagrams.contains(&(dst, u.dst_port, src, u.src_port)) {
+                    if let Some(ports) = bounded(&mut self.udp_answers, src) {
+                        ports.insert(u.src_port);
+                    }
+                }
+                self.datagrams.put((src, u.src_port, dst, u.dst_port), ());
+            }
+            _ => {}
+        }
     }
 
     /// The capturing host's own addresses: the senders of SYN-ACKs; else
