@@ -63,6 +63,11 @@ pub enum Command {
         /// are wrong; `verify` drops both; `off` checks none.
         #[arg(long, value_enum, default_value_t = replay::ChecksumMode::Auto)]
         checksums: replay::ChecksumMode,
+        /// Also write a self-contained HTML page to look at: packets over
+        /// time, drops by reason, and each banned source's probes over time
+        /// with its ban marked.
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<PathBuf>,
     },
     /// Run inline: install the firewall objects, inspect the queues, ban
     /// scanners in the kernel. Needs root or CAP_NET_ADMIN.
@@ -196,7 +201,7 @@ pub enum Status {
 pub fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
         Command::Check { file } => check(&file),
-        Command::Replay { files, rules, local, json, no_progress, checksums } => {
+        Command::Replay { files, rules, local, json, no_progress, checksums, report: html } => {
             let config = load_or_default(rules.as_deref())?;
             let local = local
                 .iter()
@@ -204,11 +209,26 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
                 .collect::<anyhow::Result<Vec<_>>>()
                 .context("bad --local")?;
             let engine = Engine::new(config);
-            let options = replay::Options { local, json, progress: !no_progress, checksums };
+            let options = replay::Options {
+                local,
+                json,
+                progress: !no_progress,
+                checksums,
+                trails: html.is_some(),
+            };
             let stdout = std::io::stdout();
             let mut events = stdout.lock();
             let report = replay::run(&engine, &files, &options, &mut events)?;
             events.flush()?;
+            if let Some(path) = &html {
+                let mut out = std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot write {}", path.display()))?,
+                );
+                replay::write_html(&mut out, &files, &report)
+                    .and_then(|()| out.flush())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
             if json {
                 replay::write_summary(&mut std::io::stderr().lock(), &files, &report)?;
             } else {

@@ -7,6 +7,7 @@
 //! - `formats`: one capture in every link layer and file format, alike.
 //! - `rules`: every file under `rules/` loads.
 //! - `robustness`: every prefix and corruption of every fixture packet.
+//! - `report`: the HTML report in a real browser, and with 10 000 sources.
 //! - `scale`: replay of two million sources within a stated memory bound.
 #![allow(
     clippy::expect_used,
@@ -20,6 +21,7 @@ mod cli;
 mod formats;
 mod lab;
 mod replay;
+mod report;
 mod robustness;
 mod rules;
 mod scale;

@@ -49,15 +49,18 @@ use crate::track::{Ban, BanKind, SourceKey};
 use crate::wire::{self, Checksum, LinkType, PacketView, TcpFlags, Transport};
 
 mod checksums;
+mod html;
 mod report;
 mod survey;
 
 pub use self::checksums::{ChecksumMode, Decided, FileChecksums, SAMPLE, Sample};
+pub use self::html::{DRAWN, TABLED, write_html};
 use self::report::Sources;
 pub use self::report::{
     BANS_LISTED, Others, PORT_ENTRIES, REPORT_BUDGET, REPORTED, Report, SourceReport, scanner_name,
     write_summary,
 };
+pub use self::report::{Fate, TIMELINE_BINS, TRAIL, TRAIL_POINTS, Timeline, TrailPoint};
 pub use self::survey::SURVEY_HOSTS;
 use self::survey::Survey;
 
@@ -72,6 +75,9 @@ pub struct Options {
     pub progress: bool,
     /// Which checksums to believe (`--checksums`).
     pub checksums: ChecksumMode,
+    /// Keep each source's probes over time ([`SourceReport::trail`]), for
+    /// the HTML report.
+    pub trails: bool,
 }
 
 /// Request tuples remembered, to suppress replies to dropped requests.
@@ -126,7 +132,7 @@ pub fn run(
         events,
         report: Report::default(),
         dropped_requests: LruCache::new(NonZeroUsize::new(TUPLES).unwrap_or(NonZeroUsize::MIN)),
-        sources: Sources::default(),
+        sources: Sources::new(options.trails),
         buf: Vec::with_capacity(2048),
     };
     for path in files {
@@ -447,9 +453,22 @@ impl Effects for Tally<'_> {
         {
             *report.kinds.entry(kind).or_default() += 1;
         }
+        report.timeline.add(now, dropped);
         let Some(key) = outcome.source else { return };
         let answers = self.answers;
-        self.sources.update(key, |entry| {
+        let fate = match direction {
+            Direction::Inbound if dropped => Some(Fate::Dropped),
+            Direction::Inbound => Some(Fate::Accepted),
+            Direction::Outbound if answers && !dropped => Some(Fate::Answered),
+            Direction::Outbound => None,
+        };
+        let probe = direction == Direction::Outbound || outcome.kind.is_some_and(is_probe_kind);
+        let point = fate.filter(|_| probe).zip(outcome.port).map(|(fate, (_, port))| TrailPoint {
+            at: now,
+            port,
+            fate,
+        });
+        self.sources.update(key, point, |entry| {
             let mut port = None;
             match direction {
                 Direction::Inbound => {

@@ -37,6 +37,86 @@ pub struct SourceReport {
     pub ban: Option<Ban>,
     /// Inbound packets accepted while it was banned (should stay 0).
     pub accepted_while_banned: u64,
+    /// Its probes and the replies it got, over time, for `--report`: at
+    /// most [`TRAIL`] points, evenly thinned as it grows.
+    pub trail: Vec<TrailPoint>,
+}
+
+/// One probe of a source, or one reply it got, for the report's picture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct TrailPoint {
+    /// When.
+    pub at: Timestamp,
+    /// The port probed, or the port the reply came from.
+    pub port: u16,
+    /// What became of it.
+    pub fate: Fate,
+}
+
+/// What became of a probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fate {
+    /// Let through.
+    Accepted,
+    /// Dropped.
+    Dropped,
+    /// A reply the host sent it: what it learned.
+    Answered,
+}
+
+/// Trail points a source keeps.
+pub const TRAIL: usize = 1024;
+/// Trail points over all reported sources.
+pub const TRAIL_POINTS: usize = 1 << 21;
+
+/// Packets per time bin by verdict, over the whole run, in at most
+/// [`TIMELINE_BINS`] bins that start a millisecond wide and double as the
+/// capture grows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Timeline {
+    /// Millisecond of the first packet.
+    pub start_ms: u64,
+    /// Milliseconds per bin; 0 before the first packet.
+    pub width_ms: u64,
+    /// (accepted, dropped) per bin.
+    pub bins: Vec<(u64, u64)>,
+}
+
+/// Bins of a timeline at most.
+pub const TIMELINE_BINS: usize = 720;
+
+impl Timeline {
+    /// Counts one packet at `now`.
+    pub fn add(&mut self, now: Timestamp, dropped: bool) {
+        let ms = now.micros() / 1000;
+        if self.width_ms == 0 {
+            (self.start_ms, self.width_ms) = (ms, 1);
+        }
+        // A packet stamped before the first (captures are not always in
+        // order) counts in the first bin.
+        let mut i = ms.saturating_sub(self.start_ms) / self.width_ms;
+        while i >= TIMELINE_BINS as u64 {
+            self.bins = self
+                .bins
+                .chunks(2)
+                .map(|c| c.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1)))
+                .collect();
+            self.width_ms *= 2;
+            i = ms.saturating_sub(self.start_ms) / self.width_ms;
+        }
+        let i = usize::try_from(i).unwrap_or(0);
+        if self.bins.len() <= i {
+            self.bins.resize(i + 1, (0, 0));
+        }
+        if let Some(bin) = self.bins.get_mut(i) {
+            if dropped {
+                bin.1 += 1;
+            } else {
+                bin.0 += 1;
+            }
+        }
+    }
 }
 
 /// Totals of a replay run.
@@ -83,6 +163,8 @@ pub struct Report {
     pub memory_peak: u64,
     /// Which checksums each file's replay believed, and why.
     pub checksums: Vec<super::FileChecksums>,
+    /// Packets over time by verdict.
+    pub timeline: Timeline,
 }
 
 impl Report {
@@ -137,6 +219,10 @@ pub(super) struct Sources {
     /// Ports remembered over all slots.
     ports: usize,
     others: Others,
+    /// Keep each source's trail (`--report`).
+    trails: bool,
+    /// Trail points held over all slots.
+    trail_points: usize,
 }
 
 #[derive(Default)]
@@ -145,6 +231,10 @@ pub(super) struct Slot {
     ports: HashSet<(PortProto, u16)>,
     rank: u8,
     since: u64,
+    /// Every `stride`-th point goes into the trail.
+    stride: u32,
+    /// Points offered to the trail.
+    offered: u32,
 }
 
 impl Slot {
@@ -172,17 +262,54 @@ impl Slot {
     }
 }
 
+impl Slot {
+    /// Adds `point` to the trail while fewer than [`TRAIL_POINTS`] are
+    /// `held` over all slots: every `stride`-th point, and when the trail
+    /// is full, every other one is dropped and the stride doubles, so the
+    /// trail covers the source's whole life evenly.
+    fn trail(&mut self, point: TrailPoint, held: &mut usize) {
+        let stride = self.stride.max(1);
+        self.offered += 1;
+        if self.offered % stride != 0 || *held >= TRAIL_POINTS {
+            return;
+        }
+        self.report.trail.push(point);
+        *held += 1;
+        if self.report.trail.len() >= TRAIL {
+            let before = self.report.trail.len();
+            let mut i = 0;
+            self.report.trail.retain(|_| {
+                i += 1;
+                i % 2 == 0
+            });
+            *held -= before - self.report.trail.len();
+            self.stride = stride * 2;
+        }
+    }
+}
+
 impl Sources {
+    /// No sources yet; `trails` keeps each one's trail.
+    pub(super) fn new(trails: bool) -> Self {
+        Self { trails, ..Self::default() }
+    }
+
     /// Applies `f` to `key`'s report, making one if needed; `f` returns a
-    /// port the source probed.
+    /// port the source probed. `point` goes on its trail, when trails are
+    /// kept.
     pub(super) fn update(
         &mut self,
         key: SourceKey,
+        point: Option<TrailPoint>,
         f: impl FnOnce(&mut SourceReport) -> Option<(PortProto, u16)>,
     ) {
+        let point = point.filter(|_| self.trails);
         if let Some(slot) = self.slots.get_mut(&key) {
             let port = f(&mut slot.report);
             slot.remember(port, &mut self.ports);
+            if let Some(p) = point {
+                slot.trail(p, &mut self.trail_points);
+            }
             let rank = slot.rank();
             if rank != slot.rank {
                 self.order.remove(&(slot.rank, slot.since, key));
@@ -204,10 +331,14 @@ impl Sources {
             self.order.remove(&lowest);
             if let Some(out) = self.slots.remove(&lowest.2) {
                 self.ports -= out.ports.len();
+                self.trail_points -= out.report.trail.len();
                 self.fold(&out.report);
             }
         }
         slot.remember(port, &mut self.ports);
+        if let Some(p) = point {
+            slot.trail(p, &mut self.trail_points);
+        }
         self.clock += 1;
         slot.since = self.clock;
         self.order.insert((slot.rank, slot.since, key));
@@ -396,4 +527,21 @@ pub fn scanner_name(s: &SourceReport) -> String {
         _ => "a port scan",
     };
     format!("unknown tool, {style} (no tool signature)")
+}
+
+#[cfg(test)]
+mod timeline_tests {
+    use super::*;
+
+    #[test]
+    fn the_timeline_widens_and_keeps_every_packet() {
+        let mut t = Timeline::default();
+        for i in 0..100_000u64 {
+            t.add(Timestamp::from_micros(5_000_000 + i * 37_000), i % 3 == 0);
+        }
+        assert!(t.bins.len() <= TIMELINE_BINS);
+        assert_eq!(t.bins.iter().map(|(a, d)| a + d).sum::<u64>(), 100_000);
+        assert_eq!(t.bins.iter().map(|(_, d)| d).sum::<u64>(), 33_334);
+        assert!(t.width_ms.is_power_of_two() && t.width_ms * TIMELINE_BINS as u64 >= 3_700_000);
+    }
 }
