@@ -15,7 +15,8 @@
 //! second, and the ratios the issue set targets for (at least 5 M packets/s
 //! with one thread, 0.6 of tcpdump's rate, 1.6 times with two threads).
 //!
-//! Run: `cargo bench --bench replay -- [--rounds N]` (needs tcpdump).
+//! Run: `cargo bench --bench replay -- [--rounds N] [--keep FILE]` (needs
+//! tcpdump); `--keep` leaves the capture at FILE, for a profile.
 #![allow(
     missing_docs,
     clippy::print_stderr,
@@ -227,5 +228,8 @@ fn main() {
         rate(mt),
         mt.as_secs_f64() / m1.as_secs_f64()
     );
+    if let Some(keep) = args.iter().position(|a| a == "--keep").and_then(|i| args.get(i + 1)) {
+        std::fs::rename(&file, keep).unwrap();
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

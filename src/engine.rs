@@ -170,6 +170,12 @@ pub struct Judged {
 }
 
 impl Judged {
+    /// True when the persona has edits to apply: [`Judged::apply`] needs
+    /// the packet's bytes.
+    pub const fn edits(&self) -> bool {
+        self.edits.is_some()
+    }
+
     /// Applies the persona's edits, if any, to `packet`, the bytes the
     /// judged view was parsed from, and returns the outcome.
     pub fn apply(self, packet: &mut [u8], l4_partial: bool) -> Outcome {

@@ -65,6 +65,11 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// True once [`SAMPLE`] packets are counted.
+    pub const fn full(&self) -> bool {
+        self.sampled >= SAMPLE
+    }
+
     /// Counts `view` while the sample is not full.
     pub fn add(&mut self, view: &PacketView<'_>) {
         if self.sampled >= SAMPLE

@@ -244,9 +244,6 @@ impl Run<'_> {
             report.not_ip += 1;
             return Ok(());
         };
-        let buf = &mut self.buf;
-        buf.clear();
-        buf.extend_from_slice(ip);
         if now >= file.next_sweep {
             for (source, _) in engine.sweep(now).lifted {
                 if options.json {
@@ -255,7 +252,7 @@ impl Run<'_> {
             }
             file.next_sweep = now.saturating_add(std::time::Duration::from_secs(1));
         }
-        let Some((src, dst)) = wire::addresses(buf) else {
+        let Some((src, dst)) = wire::addresses(ip) else {
             report.not_ip += 1;
             return Ok(());
         };
@@ -274,7 +271,7 @@ impl Run<'_> {
         };
         // One parse: the tuples, then the engine, from the same view.
         let (request, reply, judged, meta) = {
-            let parsed = wire::parse(buf);
+            let parsed = wire::parse(ip);
             // A checksum left for the NIC, in a file taken with offload.
             let offloaded = decided == Decided::Offload
                 && parsed.as_ref().is_ok_and(|v| v.checksum == Checksum::Partial);
@@ -289,7 +286,14 @@ impl Run<'_> {
             }
             (request, reply, engine.judge(now, meta, parsed.as_ref().map_err(|e| *e)), meta)
         };
-        let outcome = judged.apply(buf, meta.l4_partial);
+        // The frame is copied only for a persona to rewrite.
+        let outcome = if judged.edits() {
+            self.buf.clear();
+            self.buf.extend_from_slice(ip);
+            judged.apply(&mut self.buf, meta.l4_partial)
+        } else {
+            judged.apply(&mut [], meta.l4_partial)
+        };
         if let Some(t) = request {
             if outcome.verdict == Verdict::Drop {
                 self.dropped_requests.put(t, ());

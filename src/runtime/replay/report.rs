@@ -5,6 +5,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use lru::DefaultHasher;
 use serde::Serialize;
 
 use crate::classify::{PortProto, ProbeKind};
@@ -211,7 +212,7 @@ pub(super) const MIB: f64 = (1u64 << 20) as f64;
 /// [`Others`] otherwise; so is the one it displaces.
 #[derive(Default)]
 pub(super) struct Sources {
-    slots: HashMap<SourceKey, Slot>,
+    slots: HashMap<SourceKey, Slot, DefaultHasher>,
     /// Every slot by (rank, when it took that rank): the first goes first.
     order: BTreeSet<(u8, u64, SourceKey)>,
     /// Bumped for every rank taken.
@@ -228,7 +229,7 @@ pub(super) struct Sources {
 #[derive(Default)]
 pub(super) struct Slot {
     report: SourceReport,
-    ports: HashSet<(PortProto, u16)>,
+    ports: HashSet<(PortProto, u16), DefaultHasher>,
     rank: u8,
     since: u64,
     /// Every `stride`-th point goes into the trail.

@@ -2,6 +2,8 @@
 //! own addresses and the ports it answered on.
 
 use std::collections::HashMap;
+
+use lru::DefaultHasher;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
@@ -27,13 +29,13 @@ pub(super) const DATAGRAMS: usize = 1 << 16;
 #[derive(Debug, Default)]
 pub(super) struct Survey {
     /// Senders of SYN-ACKs, with the ports they sent them from.
-    syn_ack: HashMap<IpAddr, PortBits>,
+    syn_ack: HashMap<IpAddr, PortBits, DefaultHasher>,
     /// Senders of UDP datagrams that answered one, with their ports.
-    udp_answers: HashMap<IpAddr, PortBits>,
+    udp_answers: HashMap<IpAddr, PortBits, DefaultHasher>,
     /// Distinct TCP and UDP ports each address was sent to.
-    ports_to: HashMap<IpAddr, [PortBits; 2]>,
+    ports_to: HashMap<IpAddr, [PortBits; 2], DefaultHasher>,
     /// Packets each address received.
-    received: HashMap<IpAddr, u64>,
+    received: HashMap<IpAddr, u64, DefaultHasher>,
     /// The checksums of the first TCP and UDP packets.
     pub(super) checksums: Sample,
     /// Recent datagrams, to find the ones answered.
@@ -92,7 +94,10 @@ impl PortBits {
 }
 
 /// The entry for `key` in `map`, unless `map` is full and lacks it.
-pub(super) fn bounded<V: Default>(map: &mut HashMap<IpAddr, V>, key: IpAddr) -> Option<&mut V> {
+pub(super) fn bounded<V: Default>(
+    map: &mut HashMap<IpAddr, V, DefaultHasher>,
+    key: IpAddr,
+) -> Option<&mut V> {
     if map.len() >= SURVEY_HOSTS && !map.contains_key(&key) {
         return None;
     }
@@ -112,7 +117,9 @@ impl Survey {
 
     /// Takes one frame into account.
     pub(super) fn add(&mut self, linktype: u32, frame: &[u8]) {
-        let Some(view) = ip_bytes(linktype, frame).and_then(|b| wire::parse(b).ok()) else {
+        // Checksums are summed only for the sample.
+        let parse = if self.checksums.full() { wire::parse_headers } else { wire::parse };
+        let Some(view) = ip_bytes(linktype, frame).and_then(|b| parse(b).ok()) else {
             return;
         };
         self.checksums.add(&view);
