@@ -42,6 +42,10 @@ const CONNECTIONS: u32 = 50;
 const SCANNERS: u32 = 200;
 const PORTS: u16 = 1000;
 
+/// One segment of a connection: from the client?, flags, seq, ack,
+/// window, options, payload.
+type Segment<'a> = (bool, u16, u32, u32, u16, &'a [u8], &'a [u8]);
+
 /// Writes the capture; returns its packet count.
 fn generate(path: &Path) -> u64 {
     let server: IpAddr = "198.18.1.1".parse().unwrap();
@@ -60,69 +64,30 @@ fn generate(path: &Path) -> u64 {
     for round in 0..CONNECTIONS {
         for c in 0..CLIENTS {
             let client = IpAddr::from((0xc613_0000u32 + c).to_be_bytes());
-            let (sport, dport) =
-                (20_000 + (round * 7 + c) as u16 % 40_000, [80, 443][c as usize % 2]);
+            let sport = 20_000 + (round * 7 + c) as u16 % 40_000;
+            let dport = [80, 443][c as usize % 2];
             let (cs, ss) = (1000 + round * 100, 9000 + c);
-            put(
-                Craft::tcp(client, server, sport, dport, F::SYN)
-                    .seq_ack(cs, 0)
-                    .window(64_240)
-                    .options(&syn_opts)
-                    .build(),
-                &mut t,
-            );
-            put(
-                Craft::tcp(server, client, dport, sport, F::SYN | F::ACK)
-                    .seq_ack(ss, cs + 1)
-                    .window(65_160)
-                    .options(&syn_opts)
-                    .build(),
-                &mut t,
-            );
-            put(
-                Craft::tcp(client, server, sport, dport, F::ACK)
-                    .seq_ack(cs + 1, ss + 1)
-                    .window(502)
-                    .build(),
-                &mut t,
-            );
-            put(
-                Craft::tcp(client, server, sport, dport, F::ACK | F::PSH)
-                    .seq_ack(cs + 1, ss + 1)
-                    .window(502)
-                    .payload(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                    .build(),
-                &mut t,
-            );
-            put(
-                Craft::tcp(server, client, dport, sport, F::ACK | F::PSH)
-                    .seq_ack(ss + 1, cs + 28)
-                    .window(509)
-                    .payload(&[b'x'; 400])
-                    .build(),
-                &mut t,
-            );
-            put(
-                Craft::tcp(client, server, sport, dport, F::ACK | F::FIN)
-                    .seq_ack(cs + 28, ss + 401)
-                    .window(502)
-                    .build(),
-                &mut t,
-            );
-            put(
-                Craft::tcp(server, client, dport, sport, F::ACK | F::FIN)
-                    .seq_ack(ss + 401, cs + 29)
-                    .window(509)
-                    .build(),
-                &mut t,
-            );
-            put(
-                Craft::tcp(client, server, sport, dport, F::ACK)
-                    .seq_ack(cs + 29, ss + 402)
-                    .window(502)
-                    .build(),
-                &mut t,
-            );
+            let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+            let segments: [Segment<'_>; 8] = [
+                (true, F::SYN, cs, 0, 64_240, &syn_opts, b""),
+                (false, F::SYN | F::ACK, ss, cs + 1, 65_160, &syn_opts, b""),
+                (true, F::ACK, cs + 1, ss + 1, 502, b"", b""),
+                (true, F::ACK | F::PSH, cs + 1, ss + 1, 502, b"", request),
+                (false, F::ACK | F::PSH, ss + 1, cs + 28, 509, b"", &[b'x'; 400]),
+                (true, F::ACK | F::FIN, cs + 28, ss + 401, 502, b"", b""),
+                (false, F::ACK | F::FIN, ss + 401, cs + 29, 509, b"", b""),
+                (true, F::ACK, cs + 29, ss + 402, 502, b"", b""),
+            ];
+            for (from_client, flags, seq, ack, window, options, payload) in segments {
+                let packet = if from_client {
+                    Craft::tcp(client, server, sport, dport, flags)
+                } else {
+                    Craft::tcp(server, client, dport, sport, flags)
+                };
+                let packet =
+                    packet.seq_ack(seq, ack).window(window).options(options).payload(payload);
+                put(packet.build(), &mut t);
+            }
         }
         if round % 10 == 0 {
             let fifth = PORTS / 5;

@@ -282,36 +282,12 @@ fn replay_shows_the_personas_rewrites_and_the_gates_drops() {
     assert!(summary.contains("gate       hidden ports: 0 opened, "), "{summary}");
 }
 
-/// Sets each TCP and UDP checksum of an Ethernet frame to what a kernel
-/// with checksum offload leaves for the NIC: the pseudo-header's sum.
-fn offload(frame: &mut [u8]) {
-    let fold = |mut s: u32| {
-        while s > 0xffff {
-            s = (s & 0xffff) + (s >> 16);
-        }
-        s as u16
-    };
-    let words = |b: &[u8]| b.chunks(2).map(|c| u32::from(c[0]) << 8 | u32::from(c[1])).sum::<u32>();
-    let ip = &frame[14..];
-    let (proto, l4, sum) = match ip[0] >> 4 {
-        4 => {
-            let ihl = usize::from(ip[0] & 0xf) * 4;
-            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-            (ip[9], 14 + ihl, words(&ip[12..20]) + (total - ihl) as u32)
-        }
-        6 => {
-            let len = u32::from(u16::from_be_bytes([ip[4], ip[5]]));
-            (ip[6], 14 + 40, words(&ip[8..40]) + len)
-        }
-        _ => return,
-    };
-    let at = match proto {
-        6 => l4 + 16,
-        17 => l4 + 6,
-        _ => return,
-    };
-    let partial = fold(sum + u32::from(proto));
-    frame[at..at + 2].copy_from_slice(&partial.to_be_bytes());
+/// Applies `change` to the IP packet inside an Ethernet frame.
+fn in_ip(frame: &mut [u8], change: fn(&mut [u8])) {
+    use portcloak::wire::{LinkType, link};
+    if let Some(at) = link::ip_offset(LinkType::Ethernet, frame) {
+        change(&mut frame[at..]);
+    }
 }
 
 /// A fixture rewritten as if captured with checksum offload on: every
@@ -323,6 +299,7 @@ fn offload(frame: &mut [u8]) {
 fn checksums_left_for_the_nic_replay_as_whole_ones_under_auto() {
     use portcloak::io::pcap::{PcapReader, write_pcap};
     use portcloak::runtime::replay::{ChecksumMode, Decided};
+    use portcloak::wire::craft;
 
     let dir = std::env::temp_dir().join(format!("portcloak-offload-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -347,7 +324,7 @@ fn checksums_left_for_the_nic_replay_as_whole_ones_under_auto() {
     let essence = |r: &Report| format!("{} {} {:?} {:?}", r.accepted, r.dropped, r.drops, r.bans);
     for name in ["nmap-sT", "legit-burst", "legit-parallel"] {
         let original = run(&fixtures.join(format!("{name}.pcap")), ChecksumMode::Auto);
-        let path = rewrite(name, &offload);
+        let path = rewrite(name, &|f: &mut [u8]| in_ip(f, craft::leave_checksum_for_nic));
         let auto = run(&path, ChecksumMode::Auto);
         assert_eq!(essence(&auto), essence(&original), "{name}");
         let c = &auto.checksums[0];
@@ -363,9 +340,11 @@ fn checksums_left_for_the_nic_replay_as_whole_ones_under_auto() {
     // as Suricata does, and judges the probes on their headers: still
     // banned on the first. Verify drops every one as bad.
     let badsum = rewrite("nmap-sS", &|f: &mut [u8]| {
-        // IPv4 without options (nmap's), TCP: the checksum is at 14 + 20 + 16.
-        if f[14] == 0x45 && f[23] == 6 && f[26..30] == ATTACKER {
-            f[50] ^= 0x5a;
+        let scanner = portcloak::wire::link::ip_offset(portcloak::wire::LinkType::Ethernet, f)
+            .and_then(|at| portcloak::wire::addresses(&f[at..]))
+            .is_some_and(|(src, _)| src == IpAddr::from(ATTACKER));
+        if scanner {
+            in_ip(f, craft::spoil_checksum);
         }
     });
     let r = run(&badsum, ChecksumMode::Auto);
