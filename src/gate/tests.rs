@@ -294,3 +294,34 @@ fn the_gate_keeps_state_only_for_sources_that_knock_or_send_spa_and_only_with_a_
     assert_eq!(e.stats().tables.gate_states, 2, "a knock and an SPA packet");
     assert!(e.stats().tables.to_string().ends_with(&format!(", gate 2/{}", t.gate_capacity)));
 }
+
+#[test]
+fn a_flood_of_spoofed_knocks_erases_neither_a_knock_under_way_nor_a_grant() {
+    let mut rules = engine().config().clone().into_rules();
+    rules.tracking.sources = 1024;
+    rules.tracking.shards = 1;
+    let e = Engine::new(Config::try_from(rules).unwrap()).with_spa_key(KEY.to_vec());
+    let granted = IpAddr::from([198, 18, 2, 3]);
+    // Two steps of three, and a grant by SPA.
+    send(&e, at(0), syn(client(), 7001));
+    send(&e, at(0), udp(client(), 7002, b"k"));
+    let o = send(&e, at(0), spa_packet(granted, now_s(at(0)), 1, &KEY));
+    assert!(matches!(o.gate, Some(GateEvent::Authorized { .. })));
+    // Ten thousand spoofed first steps, each a new source of the gate.
+    let mut x = 0x2545_f491_u32;
+    for _ in 0..10_000 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        send(&e, at(1), syn(IpAddr::from((0x0a00_0000 | (x >> 8)).to_be_bytes()), 7001));
+    }
+    let t = e.stats().tables;
+    assert!(t.gate_states <= t.gate_capacity, "{t:?}");
+    let o = send(&e, at(2), syn(client(), 7003));
+    assert!(
+        matches!(o.gate, Some(GateEvent::Authorized { via: Via::Knock, .. })),
+        "the knock under way survived"
+    );
+    assert_eq!(send(&e, at(3), syn(client(), 22)).verdict, Verdict::Accept);
+    assert_eq!(send(&e, at(3), syn(granted, 22)).verdict, Verdict::Accept, "the grant survived");
+}
