@@ -29,11 +29,9 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::IpAddr;
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use lru::LruCache;
 
 use crate::classify::ProbeKind;
 use crate::config::Cidr;
@@ -82,6 +80,47 @@ pub struct Options {
 
 /// Request tuples remembered, to suppress replies to dropped requests.
 const TUPLES: usize = 1 << 18;
+
+/// The request tuples replay dropped, as 64-bit fingerprints in a table of
+/// [`TUPLES`] slots allocated once: a new one takes its slot from whatever
+/// was there, so the table keeps the most recent ones, as an LRU would,
+/// without a node per entry. Two tuples share a fingerprint about once in
+/// 2^64; a reply to an accepted request could then be skipped.
+struct Requests {
+    slots: Box<[u64]>,
+    hasher: lru::DefaultHasher,
+}
+
+impl Requests {
+    fn new() -> Self {
+        Self { slots: vec![0; TUPLES].into_boxed_slice(), hasher: lru::DefaultHasher::default() }
+    }
+
+    /// The slot of `t` and its fingerprint (never 0, which marks a free slot).
+    fn slot(&self, t: &Tuple) -> (usize, u64) {
+        let h = std::hash::BuildHasher::hash_one(&self.hasher, t);
+        ((h as usize) & (TUPLES - 1), h | 1)
+    }
+
+    fn put(&mut self, t: &Tuple) {
+        let (i, fp) = self.slot(t);
+        if let Some(s) = self.slots.get_mut(i) {
+            *s = fp;
+        }
+    }
+
+    fn contains(&self, t: &Tuple) -> bool {
+        let (i, fp) = self.slot(t);
+        self.slots.get(i) == Some(&fp)
+    }
+
+    fn pop(&mut self, t: &Tuple) {
+        let (i, fp) = self.slot(t);
+        if let Some(s) = self.slots.get_mut(i).filter(|s| **s == fp) {
+            *s = 0;
+        }
+    }
+}
 /// A 5-tuple as the inbound request carried it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Tuple {
@@ -131,7 +170,7 @@ pub fn run(
         options,
         events,
         report: Report::default(),
-        dropped_requests: LruCache::new(NonZeroUsize::new(TUPLES).unwrap_or(NonZeroUsize::MIN)),
+        dropped_requests: Requests::new(),
         sources: Sources::new(options.trails),
         buf: Vec::with_capacity(2048),
     };
@@ -199,7 +238,7 @@ struct Run<'a> {
     events: &'a mut dyn Write,
     report: Report,
     /// The requests portcloak dropped; one accepted later is taken out.
-    dropped_requests: LruCache<Tuple, ()>,
+    dropped_requests: Requests,
     sources: Sources,
     /// The frame's IP packet, which a persona may rewrite.
     buf: Vec<u8>,
@@ -296,7 +335,7 @@ impl Run<'_> {
         };
         if let Some(t) = request {
             if outcome.verdict == Verdict::Drop {
-                self.dropped_requests.put(t, ());
+                self.dropped_requests.put(&t);
             } else {
                 self.dropped_requests.pop(&t);
             }
@@ -517,5 +556,36 @@ impl Effects for Tally<'_> {
 
     fn reply(&mut self, _reply: Reply) {
         self.report.persona_answers += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuple(i: u32) -> Tuple {
+        let src = IpAddr::from(i.to_be_bytes());
+        Tuple { src, dst: IpAddr::from([198, 18, 1, 1]), protocol: 6, sport: 40_000, dport: 80 }
+    }
+
+    #[test]
+    fn dropped_requests_are_remembered_until_accepted_or_pushed_out() {
+        let mut r = Requests::new();
+        r.put(&tuple(1));
+        assert!(r.contains(&tuple(1)) && !r.contains(&tuple(2)));
+        r.pop(&tuple(2));
+        assert!(r.contains(&tuple(1)), "taking out another leaves it");
+        r.pop(&tuple(1));
+        assert!(!r.contains(&tuple(1)));
+        // Many more than it holds: the newest are there, the table's size
+        // never changes.
+        for i in 0..4 * TUPLES as u32 {
+            r.put(&tuple(i));
+        }
+        let last = 4 * TUPLES as u32 - 1;
+        assert!(r.contains(&tuple(last)));
+        let kept = (last - 1000..=last).filter(|i| r.contains(&tuple(*i))).count();
+        assert!(kept > 990, "{kept}");
+        assert_eq!(r.slots.len(), TUPLES);
     }
 }
