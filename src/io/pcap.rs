@@ -153,10 +153,11 @@ impl PcapReader {
             // The section header is parsed as the first block.
             return Ok(reader);
         }
-        // Microseconds, nanoseconds and "modified", in either byte order.
+        // Microseconds and nanoseconds in either byte order, and the
+        // little-endian "modified" format (pcap-parser reads no other).
         let is_pcap = matches!(
             magic,
-            Some(0xa1b2_c3d4 | 0xd4c3_b2a1 | 0xa1b2_3c4d | 0x4d3c_b2a1 | 0xa1b2_cd34 | 0x34cd_b2a1)
+            Some(0xa1b2_c3d4 | 0xd4c3_b2a1 | 0xa1b2_3c4d | 0x4d3c_b2a1 | 0xa1b2_cd34)
         );
         if !is_pcap {
             return Err(reader.format_error("not a pcap or pcapng file (unknown magic number)"));
