@@ -215,9 +215,9 @@ def body(lab, binary, workdir):
         # plus 300 segments. The lab's virtual links retransmit 0 to 700
         # segments per 20 MiB download either way, on connections the
         # persona touched only in their handshake (the best-against-worst
-        # comparison this replaces failed on that noise alone); a fault in
-        # the rewrites (a wrong window, MSS or checksum) costs thousands per
-        # download, or the download itself, which the checks above catch.
+        # comparison this replaces failed on that noise alone). It catches a
+        # fault that makes every download retransmit far more than that; one
+        # that breaks the connections fails the byte comparison above.
         w = w_burst + sorted(w_counts)[1]
         b = b_burst + sorted(b_counts)[1]
         check(w <= 2 * b + 300,
