@@ -89,9 +89,14 @@ struct Interface {
 /// A pcap-parser function: the bytes left and what it parsed from the front.
 type Parser<'b, T> = fn(&'b [u8]) -> nom::IResult<&'b [u8], T, PcapError<&'b [u8]>>;
 
-/// pcap-parser's parser of one legacy pcap record.
+/// pcap-parser's parsers of one legacy record and of one pcapng block.
 type LegacyParser =
     for<'a> fn(&'a [u8]) -> nom::IResult<&'a [u8], LegacyPcapBlock<'a>, PcapError<&'a [u8]>>;
+/// See [`LegacyParser`].
+type BlockParser =
+    for<'a> fn(
+        &'a [u8],
+    ) -> nom::IResult<&'a [u8], pcap_parser::pcapng::Block<'a>, PcapError<&'a [u8]>>;
 
 /// What one parsed block or record says, as plain values, so the buffer
 /// it was parsed from can move on before the frame is lent out.
@@ -198,37 +203,29 @@ impl PcapReader {
             }
             let parsed = match self.format {
                 Format::Pcap { big_endian, nanos, modified, linktype, fcs } => {
-                    let parse = match (modified, big_endian) {
+                    let parse: LegacyParser = match (modified, big_endian) {
                         (true, _) => parse_pcap_frame_modified,
                         (false, true) => parse_pcap_frame_be,
                         (false, false) => parse_pcap_frame,
                     };
-                    self.parse_with(parse, |r, base| {
-                        let frac = u64::from(r.ts_usec);
-                        let micros = if nanos { frac / 1000 } else { frac };
-                        let ts = Timestamp::from_micros(
-                            u64::from(r.ts_sec).saturating_mul(1_000_000).saturating_add(micros),
-                        );
-                        let len = (r.data.len().min(r.caplen as usize)).saturating_sub(fcs);
-                        let orig_len = (r.origlen as usize).saturating_sub(fcs);
-                        Block::Frame { ts, linktype, at: offset(base, r.data), len, orig_len }
+                    self.parse_in(parse).map(|(used, record)| {
+                        (used, legacy_block(&record, self.unparsed(), nanos, linktype, fcs))
                     })
                 }
                 Format::PcapNg { big_endian } => {
-                    let parse = if big_endian { parse_block_be } else { parse_block_le };
-                    let interfaces = &self.interfaces;
-                    let last_ts = self.last_ts;
-                    match Self::parse_in(&self.buf, self.start, self.end, parse) {
-                        Ok((used, block)) => Ok((used, ng_block(&block, interfaces, last_ts))),
+                    let parse: BlockParser =
+                        if big_endian { parse_block_be } else { parse_block_le };
+                    match self.parse_in(parse) {
+                        Ok((used, block)) => ng_block(&block, &self.interfaces, self.last_ts)
+                            .map(|b| (used, b))
+                            .map_err(Some),
                         // A block replay has no use for (statistics, name
-                        // resolution, …) is skipped even when malformed.
+                        // resolution, …) is stepped over even when malformed.
                         Err(Some(_)) if let Some(used) = self.skippable(big_endian) => {
-                            Ok((used, Ok(Block::Other)))
+                            Ok((used, Block::Other))
                         }
                         Err(e) => Err(e),
                     }
-                    .and_then(|(used, b)| b.map(|b| (used, b)).map_err(Some))
-                    .map_err(|e| e.map(|m| self.format_error(&m)))
                 }
             };
             let (used, block) = match parsed {
@@ -245,7 +242,7 @@ impl PcapReader {
                     }
                     continue;
                 }
-                Err(Some(e)) => return Err(e),
+                Err(Some(message)) => return Err(self.format_error(&message)),
             };
             let at = self.start;
             self.start += used;
@@ -265,33 +262,10 @@ impl PcapReader {
         }
     }
 
-    /// Parses one legacy record with `parse` and turns it into a [`Block`].
-    fn parse_with(
-        &self,
-        parse: LegacyParser,
-        block: impl Fn(&LegacyPcapBlock<'_>, &[u8]) -> Block,
-    ) -> Result<(usize, Block), Option<SourceError>> {
-        match Self::parse_in(&self.buf, self.start, self.end, parse) {
-            Ok((used, record)) => {
-                let base = self.unparsed();
-                if record.caplen as usize > MAX_BLOCK {
-                    return Err(Some(self.format_error("a record longer than 64 MiB")));
-                }
-                Ok((used, block(&record, base)))
-            }
-            Err(e) => Err(e.map(|m| self.format_error(&m))),
-        }
-    }
-
-    /// Runs a pcap-parser `parse` on `buf[start..end]`: the bytes it used
+    /// Runs a pcap-parser `parse` on the unparsed bytes: the bytes it used
     /// and what it parsed; `Err(None)` when it needs more bytes.
-    fn parse_in<'b, T>(
-        buf: &'b [u8],
-        start: usize,
-        end: usize,
-        parse: Parser<'b, T>,
-    ) -> Result<(usize, T), Option<String>> {
-        let input = buf.get(start..end).unwrap_or_default();
+    fn parse_in<'b, T>(&'b self, parse: Parser<'b, T>) -> Result<(usize, T), Option<String>> {
+        let input = self.unparsed();
         match parse(input) {
             Ok((rest, t)) => Ok((input.len() - rest.len(), t)),
             Err(nom::Err::Incomplete(_)) => Err(None),
@@ -360,6 +334,24 @@ impl PcapReader {
 /// Where `inner` starts within `outer`, which holds it.
 fn offset(outer: &[u8], inner: &[u8]) -> usize {
     (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize)
+}
+
+/// What a legacy pcap record says; `base` holds the record's bytes.
+fn legacy_block(
+    r: &LegacyPcapBlock<'_>,
+    base: &[u8],
+    nanos: bool,
+    linktype: u32,
+    fcs: usize,
+) -> Block {
+    let frac = u64::from(r.ts_usec);
+    let micros = if nanos { frac / 1000 } else { frac };
+    let ts = Timestamp::from_micros(
+        u64::from(r.ts_sec).saturating_mul(1_000_000).saturating_add(micros),
+    );
+    let len = r.data.len().min(r.caplen as usize).saturating_sub(fcs);
+    let orig_len = (r.origlen as usize).saturating_sub(fcs);
+    Block::Frame { ts, linktype, at: offset(base, r.data), len, orig_len }
 }
 
 /// What a pcapng block says; `Err` for a packet on an interface never
