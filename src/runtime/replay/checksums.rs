@@ -30,6 +30,17 @@ pub enum ChecksumMode {
     Off,
 }
 
+impl ChecksumMode {
+    /// Its name on the command line, in the summary and in JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Verify => "verify",
+            Self::Off => "off",
+        }
+    }
+}
+
 /// What replay does with one file's checksums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -146,5 +157,15 @@ mod tests {
         assert_eq!(sample(0, 0, 0).decide(ChecksumMode::Auto), Decided::Offload);
         assert_eq!(sample(1000, 999, 1).decide(ChecksumMode::Verify), Decided::Verify);
         assert_eq!(sample(1000, 0, 0).decide(ChecksumMode::Off), Decided::Off);
+    }
+
+    #[test]
+    fn names_are_those_of_the_json() {
+        for m in [ChecksumMode::Auto, ChecksumMode::Verify, ChecksumMode::Off] {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.name());
+        }
+        for d in [Decided::Verify, Decided::Offload, Decided::Off] {
+            assert_eq!(serde_json::to_value(d).unwrap(), d.name());
+        }
     }
 }

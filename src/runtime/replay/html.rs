@@ -112,13 +112,12 @@ fn checksums_html(p: &mut String, report: &Report) {
     );
     for c in &report.checksums {
         let s = c.sample;
-        let asked = serde_json::to_value(c.mode).ok().and_then(|v| v.as_str().map(str::to_owned));
         let _ = write!(
             p,
             "<tr class=\"checksums\" data-decided=\"{d}\"><td>{}</td><td>{}</td><td>{d}</td>\
              <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
             esc(&c.file),
-            asked.unwrap_or_default(),
+            c.mode.name(),
             s.sampled,
             s.partial,
             s.bad,

@@ -389,11 +389,7 @@ pub fn write_summary(
     writeln!(out, "verdicts   accept {}, drop {}", report.accepted, report.dropped)?;
     for c in &report.checksums {
         let file = if report.checksums.len() > 1 { format!("{}: ", c.file) } else { String::new() };
-        let mode = match c.mode {
-            super::ChecksumMode::Auto => "auto",
-            super::ChecksumMode::Verify => "verify",
-            super::ChecksumMode::Off => "off",
-        };
+        let mode = c.mode.name();
         let s = c.sample;
         let what = match c.decided {
             super::Decided::Verify => "every one must be right",
