@@ -28,7 +28,6 @@
 //! `report.rs` the report and its summary.
 
 use std::io::{IsTerminal, Write};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -43,7 +42,7 @@ use crate::io::pcap::{Frame, PcapReader, SourceError};
 use crate::policy::Verdict;
 use crate::runtime::effects::{Effects, deliver};
 use crate::time::Timestamp;
-use crate::track::{Ban, BanKind, SourceKey};
+use crate::track::{Ban, BanKind, FlowKey, SourceKey};
 use crate::wire::{self, Checksum, LinkType, PacketView, TcpFlags, Transport};
 
 mod checksums;
@@ -97,38 +96,29 @@ impl Requests {
     }
 
     /// The slot of `t` and its fingerprint (never 0, which marks a free slot).
-    fn slot(&self, t: &Tuple) -> (usize, u64) {
+    fn slot(&self, t: &FlowKey) -> (usize, u64) {
         let h = std::hash::BuildHasher::hash_one(&self.hasher, t);
         ((h as usize) & (TUPLES - 1), h | 1)
     }
 
-    fn put(&mut self, t: &Tuple) {
+    fn put(&mut self, t: &FlowKey) {
         let (i, fp) = self.slot(t);
         if let Some(s) = self.slots.get_mut(i) {
             *s = fp;
         }
     }
 
-    fn contains(&self, t: &Tuple) -> bool {
+    fn contains(&self, t: &FlowKey) -> bool {
         let (i, fp) = self.slot(t);
         self.slots.get(i) == Some(&fp)
     }
 
-    fn pop(&mut self, t: &Tuple) {
+    fn pop(&mut self, t: &FlowKey) {
         let (i, fp) = self.slot(t);
         if let Some(s) = self.slots.get_mut(i).filter(|s| **s == fp) {
             *s = 0;
         }
     }
-}
-/// A 5-tuple as the inbound request carried it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Tuple {
-    src: IpAddr,
-    dst: IpAddr,
-    protocol: u8,
-    sport: u16,
-    dport: u16,
 }
 
 /// Frames of standard input read ahead for the survey before replay starts
@@ -405,61 +395,59 @@ pub(super) fn ip_bytes(linktype: u32, frame: &[u8]) -> Option<&[u8]> {
 
 /// For an inbound packet, the request tuple it opens; for an outbound one,
 /// the request tuple it answers, if it is a reply.
-fn tuples(view: &PacketView<'_>, direction: Direction) -> (Option<Tuple>, Option<Tuple>) {
+fn tuples(view: &PacketView<'_>, direction: Direction) -> (Option<FlowKey>, Option<FlowKey>) {
     match direction {
         Direction::Inbound => (request_tuple(view), None),
         Direction::Outbound => (None, reply_tuple(view)),
     }
 }
 
-fn request_tuple(view: &PacketView<'_>) -> Option<Tuple> {
-    let (sport, dport) = match view.transport {
-        Transport::Tcp(t) => (t.src_port, t.dst_port),
-        Transport::Udp(u) => (u.src_port, u.dst_port),
-        Transport::Sctp { src_port, dst_port } => (src_port, dst_port),
-        Transport::Icmp(i) if is_icmp_request(i.v6, i.kind) => (i.ident(), 0),
-        _ => return None,
-    };
-    Some(Tuple { src: view.ip.src, dst: view.ip.dst, protocol: view.ip.protocol, sport, dport })
+/// The flow of a request: a TCP, UDP or SCTP packet's, or an ICMP
+/// request's, by its identifier.
+fn request_tuple(view: &PacketView<'_>) -> Option<FlowKey> {
+    FlowKey::inbound(view).or_else(|| match view.transport {
+        Transport::Icmp(i) if is_icmp_request(i.v6, i.kind) => Some(FlowKey {
+            remote: view.ip.src,
+            local: view.ip.dst,
+            remote_port: i.ident(),
+            local_port: 0,
+            protocol: view.ip.protocol,
+        }),
+        _ => None,
+    })
 }
 
 fn is_icmp_request(v6: bool, kind: u8) -> bool {
     if v6 { kind == 128 } else { matches!(kind, 8 | 13 | 17) }
 }
 
-/// The request a reply answers: reversed ports for TCP and UDP, the quoted
-/// packet for ICMP errors, the identifier for ICMP replies.
-fn reply_tuple(view: &PacketView<'_>) -> Option<Tuple> {
-    let (src, dst, protocol) = (view.ip.dst, view.ip.src, view.ip.protocol);
+/// The request a reply answers: the flow for TCP (a SYN-ACK or a reset),
+/// UDP and SCTP, the quoted packet for ICMP errors, the identifier for
+/// ICMP replies.
+fn reply_tuple(view: &PacketView<'_>) -> Option<FlowKey> {
     match view.transport {
         Transport::Tcp(t) => {
             let reply = t.flags.has(TcpFlags::SYN | TcpFlags::ACK) || t.flags.has(TcpFlags::RST);
-            reply.then_some(Tuple { src, dst, protocol, sport: t.dst_port, dport: t.src_port })
+            FlowKey::outbound(view).filter(|_| reply)
         }
-        Transport::Udp(u) => {
-            Some(Tuple { src, dst, protocol, sport: u.dst_port, dport: u.src_port })
-        }
-        Transport::Sctp { src_port, dst_port } => {
-            Some(Tuple { src, dst, protocol, sport: dst_port, dport: src_port })
-        }
+        Transport::Udp(_) | Transport::Sctp { .. } => FlowKey::outbound(view),
         Transport::Icmp(i) => {
             if let Some(q) = wire::quoted(&i) {
-                return Some(Tuple {
-                    src: q.src,
-                    dst: q.dst,
+                return Some(FlowKey {
+                    remote: q.src,
+                    local: q.dst,
+                    remote_port: q.src_port,
+                    local_port: q.dst_port,
                     protocol: q.protocol,
-                    sport: q.src_port,
-                    dport: q.dst_port,
                 });
             }
             let is_reply = if i.v6 { i.kind == 129 } else { matches!(i.kind, 0 | 14 | 18) };
-            let request_proto = protocol;
-            is_reply.then_some(Tuple {
-                src,
-                dst,
-                protocol: request_proto,
-                sport: i.ident(),
-                dport: 0,
+            is_reply.then_some(FlowKey {
+                remote: view.ip.dst,
+                local: view.ip.src,
+                remote_port: i.ident(),
+                local_port: 0,
+                protocol: view.ip.protocol,
             })
         }
         _ => None,
@@ -561,11 +549,14 @@ impl Effects for Tally<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
-    fn tuple(i: u32) -> Tuple {
-        let src = IpAddr::from(i.to_be_bytes());
-        Tuple { src, dst: IpAddr::from([198, 18, 1, 1]), protocol: 6, sport: 40_000, dport: 80 }
+    fn tuple(i: u32) -> FlowKey {
+        let remote = IpAddr::from(i.to_be_bytes());
+        let local = IpAddr::from([198, 18, 1, 1]);
+        FlowKey { remote, local, protocol: 6, remote_port: 40_000, local_port: 80 }
     }
 
     #[test]
