@@ -92,7 +92,7 @@ impl Disguise {
 
     /// Entries of the peer table and its capacity; (0, 0) without one.
     pub fn table(&self) -> (usize, usize) {
-        self.peers.as_ref().map_or((0, 0), |t| (t.stats().len, t.capacity()))
+        self.peers.as_ref().map_or((0, 0), SideTable::fill)
     }
 
     /// The persona's say on an inbound packet from `peer` that the policy

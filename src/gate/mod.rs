@@ -294,7 +294,7 @@ impl Gate {
     /// Entries of the side table and its capacity; (0, 0) with no hidden
     /// port.
     pub fn table(&self) -> (usize, usize) {
-        self.states.as_ref().map_or((0, 0), |t| (t.stats().len, t.capacity()))
+        self.states.as_ref().map_or((0, 0), SideTable::fill)
     }
 
     /// Decides what the gate does with an inbound packet from `key`, a

@@ -226,6 +226,11 @@ impl<V: Evidence> SideTable<V> {
         self.capacity
     }
 
+    /// Entries held now, and [`SideTable::capacity`].
+    pub fn fill(&self) -> (usize, usize) {
+        (self.stats().len, self.capacity)
+    }
+
     /// Sizes and counters, summed over shards.
     pub fn stats(&self) -> SegmentStats {
         let mut s = SegmentStats::default();

@@ -52,17 +52,13 @@ impl Default for Datagrams {
     }
 }
 
-impl std::ops::Deref for Datagrams {
-    type Target = LruCache<(IpAddr, u16, IpAddr, u16), ()>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Datagrams {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
+impl Datagrams {
+    /// Records a datagram; true when it answers one seen before, the same
+    /// pair of ends the other way round.
+    fn answers(&mut self, (src, sport): (IpAddr, u16), (dst, dport): (IpAddr, u16)) -> bool {
+        let answered = self.0.contains(&(dst, dport, src, sport));
+        self.0.put((src, sport, dst, dport), ());
+        answered
     }
 }
 
@@ -142,12 +138,11 @@ impl Survey {
                 if let Some([_, udp]) = bounded(&mut self.ports_to, dst) {
                     udp.insert(u.dst_port);
                 }
-                if self.datagrams.contains(&(dst, u.dst_port, src, u.src_port)) {
+                if self.datagrams.answers((src, u.src_port), (dst, u.dst_port)) {
                     if let Some(ports) = bounded(&mut self.udp_answers, src) {
                         ports.insert(u.src_port);
                     }
                 }
-                self.datagrams.put((src, u.src_port, dst, u.dst_port), ());
             }
             _ => {}
         }
