@@ -51,6 +51,16 @@ pub(crate) fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> 
     acc + u64::from(proto) + (len & 0xffff) + (len >> 16)
 }
 
+/// Where the checksum field of a TCP (6) or UDP (17) header lies, from the
+/// header's start.
+pub(crate) const fn tcp_udp_field(protocol: u8) -> Option<usize> {
+    match protocol {
+        6 => Some(16),
+        17 => Some(6),
+        _ => None,
+    }
+}
+
 /// True when `bytes` (checksum field included) sum to `0xffff`.
 pub(crate) fn verifies(initial: u64, bytes: &[u8]) -> bool {
     fold(sum(initial, bytes)) == 0xffff

@@ -296,42 +296,33 @@ impl Craft {
     }
 }
 
-/// Sets the TCP or UDP checksum of an IP packet to what a kernel with
-/// checksum offload leaves for the NIC, the pseudo-header's sum alone, as a
-/// capture taken before the NIC shows it. Other packets are left alone.
+/// Sets the TCP or UDP checksum of an IP packet, whose buffer ends where
+/// its IP length says, to what a kernel with checksum offload leaves for
+/// the NIC, the pseudo-header's sum alone, as a capture taken before the
+/// NIC shows it. Other packets are left alone.
 pub fn leave_checksum_for_nic(packet: &mut [u8]) {
-    if let Some(at) = checksum_field(packet) {
-        let Ok(view) = super::parse_headers(packet) else { return };
-        let len = packet.len().saturating_sub(view.l4_offset);
-        let partial = checksum::fold(checksum::pseudo_header(
-            view.ip.src,
-            view.ip.dst,
-            view.ip.protocol,
-            len,
-        ));
-        if let Some(field) = packet.get_mut(at..at + 2) {
-            field.copy_from_slice(&partial.to_be_bytes());
-        }
+    let Some((at, view)) = checksum_field(packet) else { return };
+    let len = packet.len().saturating_sub(view.l4_offset);
+    let sum = checksum::pseudo_header(view.ip.src, view.ip.dst, view.ip.protocol, len);
+    if let Some(field) = packet.get_mut(at..at + 2) {
+        field.copy_from_slice(&checksum::fold(sum).to_be_bytes());
     }
 }
 
 /// Makes the TCP or UDP checksum of an IP packet wrong, as nmap's
 /// `--badsum` does. Other packets are left alone.
 pub fn spoil_checksum(packet: &mut [u8]) {
-    if let Some(at) = checksum_field(packet) {
-        if let Some(b) = packet.get_mut(at) {
-            *b ^= 0x5a;
-        }
+    let Some((at, _)) = checksum_field(packet) else { return };
+    if let Some(b) = packet.get_mut(at) {
+        *b ^= 0x5a;
     }
 }
 
-/// Where the TCP or UDP checksum of an IP packet is.
-fn checksum_field(packet: &[u8]) -> Option<usize> {
+/// Where the TCP or UDP checksum of an IP packet is, and what the packet's
+/// headers say (its checksums unsummed).
+fn checksum_field(packet: &[u8]) -> Option<(usize, super::PacketView<'_>)> {
     let view = super::parse_headers(packet).ok()?;
-    let at = match view.transport {
-        super::Transport::Tcp(_) => 16,
-        super::Transport::Udp(_) => 6,
-        _ => return None,
-    };
-    Some(view.l4_offset + at)
+    let whole = matches!(view.transport, super::Transport::Tcp(_) | super::Transport::Udp(_));
+    let at = checksum::tcp_udp_field(view.ip.protocol).filter(|_| whole)?;
+    Some((view.l4_offset + at, view))
 }

@@ -408,11 +408,7 @@ fn l4_checksum_ok(ip: &Ip, protocol: IpNumber, l4: &[u8]) -> bool {
 /// offload (`~csum_tcpudp_magic(..., 0)`). One's complement has two zeros,
 /// so 0 and 0xffff are the same value here.
 fn l4_checksum_partial(ip: &Ip, protocol: IpNumber, l4: &[u8]) -> bool {
-    let at = match protocol {
-        IpNumber::TCP => 16,
-        IpNumber::UDP => 6,
-        _ => return false,
-    };
+    let Some(at) = checksum::tcp_udp_field(protocol.0) else { return false };
     let Some(&[hi, lo]) = l4.get(at..at + 2) else { return false };
     let field = u16::from_be_bytes([hi, lo]);
     let partial = checksum::fold(checksum::pseudo_header(ip.src, ip.dst, protocol.0, l4.len()));
