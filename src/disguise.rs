@@ -85,11 +85,6 @@ impl Disguise {
         Self { persona, peers, seed }
     }
 
-    /// The persona.
-    pub const fn persona(&self) -> &Persona {
-        &self.persona
-    }
-
     /// Entries of the peer table and its capacity; (0, 0) without one.
     pub fn table(&self) -> (usize, usize) {
         self.peers.as_ref().map_or((0, 0), SideTable::fill)

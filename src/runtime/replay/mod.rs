@@ -83,8 +83,9 @@ const TUPLES: usize = 1 << 18;
 /// The request tuples replay dropped, as 64-bit fingerprints in a table of
 /// [`TUPLES`] slots allocated once: a new one takes its slot from whatever
 /// was there, so the table keeps the most recent ones, as an LRU would,
-/// without a node per entry. Two tuples share a fingerprint about once in
-/// 2^64; a reply to an accepted request could then be skipped.
+/// without a node per entry. Two tuples of one slot share their low 18
+/// bits, so they are told apart by the other 46: one pair in 2^46 is taken
+/// for the other, and a reply to an accepted request could then be skipped.
 struct Requests {
     slots: Box<[u64]>,
     hasher: lru::DefaultHasher,
