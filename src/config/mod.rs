@@ -89,14 +89,15 @@ pub enum ConfigError {
 }
 
 /// Rules that passed every check; read-only, through [`Rules`].
+/// Read back from a serialized form, it is checked again.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Config(#[serde(deserialize_with = "checked")] Rules);
+#[serde(try_from = "Rules", into = "Rules")]
+pub struct Config(Rules);
 
-fn checked<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Rules, D::Error> {
-    let rules = Rules::deserialize(d)?;
-    rules.check().map_err(serde::de::Error::custom)?;
-    Ok(rules)
+impl From<Config> for Rules {
+    fn from(config: Config) -> Self {
+        config.0
+    }
 }
 
 impl std::ops::Deref for Config {
