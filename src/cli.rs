@@ -68,6 +68,11 @@ pub enum Command {
         /// with its ban marked.
         #[arg(long, value_name = "FILE.html")]
         report: Option<PathBuf>,
+        /// Threads that judge packets, each the sources of its own table
+        /// shards; the output is the same as with one. Default: one per
+        /// CPU. With an OS persona or hidden ports, one thread judges.
+        #[arg(long, value_name = "N")]
+        threads: Option<std::num::NonZeroUsize>,
     },
     /// Run inline: install the firewall objects, inspect the queues, ban
     /// scanners in the kernel. Needs root or CAP_NET_ADMIN.
@@ -201,7 +206,16 @@ pub enum Status {
 pub fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
         Command::Check { file } => check(&file),
-        Command::Replay { files, rules, local, json, no_progress, checksums, report: html } => {
+        Command::Replay {
+            files,
+            rules,
+            local,
+            json,
+            no_progress,
+            checksums,
+            report: html,
+            threads,
+        } => {
             let config = load_or_default(rules.as_deref())?;
             let local = local
                 .iter()
@@ -215,6 +229,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
                 progress: !no_progress,
                 checksums,
                 trails: html.is_some(),
+                threads: threads
+                    .or_else(|| std::thread::available_parallelism().ok())
+                    .map_or(1, std::num::NonZeroUsize::get),
             };
             let stdout = std::io::stdout();
             let mut events = stdout.lock();

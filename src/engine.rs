@@ -34,10 +34,10 @@ use crate::classify::{self, PortProto, ProbeKind, Signature};
 use crate::config::Config;
 use crate::disguise::{Answer, Disguise, Edits, Reply};
 use crate::gate::{Gate, GateCounters, GateEvent, Gated};
-use crate::policy::{Decision, GuardCounters, Inbound, Policy, PortMap, Reason, Verdict};
+use crate::policy::{BanOrder, Decision, GuardCounters, Inbound, Policy, PortMap, Reason, Verdict};
 use crate::time::Timestamp;
 use crate::track::{
-    Ban, BanKind, BanReason, Evidence, FlowKey, FlowMatch, Shard, SourceKey, Sweep, Table,
+    Ban, BanKind, BanReason, Evidence, FlowKey, FlowMatch, Part, Shard, SourceKey, Sweep, Table,
     TableLimits, TableStats,
 };
 use crate::wire::{self, Checksum, PacketView, TcpFlags, Transport};
@@ -532,10 +532,43 @@ impl Engine {
     /// Expires idle flows and sources and ban records past their memory, and
     /// reports the bans that ended since the last sweep.
     pub fn sweep(&self, now: Timestamp) -> Sweep {
+        self.sweep_part(now, Part::WHOLE)
+    }
+
+    /// [`Engine::sweep`] over the table shards of `part` alone: for a
+    /// thread that owns those shards' sources (see [`Engine::shard_of`]).
+    pub fn sweep_part(&self, now: Timestamp, part: Part) -> Sweep {
         let c = self.config();
         let source_idle =
             c.scan.slow_window.get().max(c.ban.handshake_grace.get()).max(c.scan.window.get());
-        self.table.sweep(now, c.tracking.flow_idle.get(), source_idle, c.ban.remember.get())
+        let times = (c.tracking.flow_idle.get(), source_idle, c.ban.remember.get());
+        self.table.sweep_part(now, times, part)
+    }
+
+    /// The table shard that holds the state of remote address `ip`: its
+    /// source's, its flows', its bans' and its network's. Below
+    /// [`Engine::shards`].
+    pub fn shard_of(&self, ip: IpAddr) -> usize {
+        self.table.shard_of(&self.key(ip))
+    }
+
+    /// The number of table shards.
+    pub fn shards(&self) -> usize {
+        self.table.shards()
+    }
+
+    /// True when some state outside the table shards changes with each
+    /// source's packets: an OS persona's per-peer table, or the gate's
+    /// per-source one (with hidden ports). Threads that each own some
+    /// shards then cannot judge a stream as one thread would.
+    pub fn shares_state_across_shards(&self) -> bool {
+        self.disguise.is_some() || self.gate.table().1 > 0
+    }
+
+    /// Orders the ban cap's decisions across threads (see [`BanOrder`]),
+    /// or no longer (`None`).
+    pub fn order_bans(&self, order: Option<std::sync::Arc<dyn BanOrder>>) {
+        self.policy.order_bans(order);
     }
 
     /// Every active ban, sorted by source.

@@ -355,3 +355,113 @@ fn checksums_left_for_the_nic_replay_as_whole_ones_under_auto() {
     assert!(r.bans.is_empty());
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+/// A generated capture that puts every state the shards share to work:
+/// 400 raw-SYN scanners from 40 /24s against a ban cap of 5 a second and
+/// bans of 3 s (so the cap decides who is banned, and sweeps lift bans),
+/// clients with handshakes, a port the host first answers mid-capture with
+/// SYN-ACKs the survey does not count (so the engine learns ports while
+/// others probe them), and datagrams the host sends from unknown ports.
+fn busy_capture(path: &Path) {
+    use portcloak::Timestamp;
+    use portcloak::io::pcap::PcapWriter;
+    use portcloak::wire::TcpFlags as F;
+    use portcloak::wire::craft::Craft;
+
+    let server: IpAddr = "198.18.1.1".parse().expect("address");
+    let mut pcap =
+        PcapWriter::new(std::fs::File::create(path).expect("create"), 101).expect("header");
+    let mut t = 1_700_000_000_000_000u64;
+    let mut put = |bytes: Vec<u8>| {
+        t += 2_000;
+        pcap.frame(Timestamp::from_micros(t), &bytes).expect("frame");
+    };
+    for round in 0..20u16 {
+        for s in 0..20u8 {
+            let scanner =
+                IpAddr::from([198, 19, 40 + (s % 40), u8::try_from(round).unwrap_or(0) + 1]);
+            for port in [21, 22, 23, 8080] {
+                let syn = Craft::tcp(scanner, server, 50_000, port, F::SYN)
+                    .window(1024)
+                    .options(&[2, 4, 5, 180])
+                    .df(false)
+                    .build();
+                put(syn);
+                put(Craft::tcp(server, scanner, port, 50_000, F::RST | F::ACK).build());
+            }
+        }
+        for c in 0..10u8 {
+            let client = IpAddr::from([198, 18, 2, c + 1]);
+            let sport = 40_000 + round * 16 + u16::from(c);
+            let dport = if round == 10 && c == 0 { 8080 } else { 80 };
+            put(Craft::tcp(client, server, sport, dport, F::SYN).window(64_240).build());
+            // The host answers 8080 once with PSH set: the engine learns
+            // the port, the survey (plain SYN-ACKs only) does not.
+            let flags = if dport == 8080 { F::SYN | F::ACK | F::PSH } else { F::SYN | F::ACK };
+            put(Craft::tcp(server, client, dport, sport, flags).window(65_160).build());
+            put(Craft::tcp(client, server, sport, dport, F::ACK).window(502).build());
+            put(Craft::udp(server, client, 33_000 + round, 53).payload(b"query").build());
+        }
+        // The host first answers port 9000 + round, with PSH set: the engine
+        // learns it, the survey (plain SYN-ACKs only) does not. Right after,
+        // 20 sources probe it and five closed ports: the closed-port
+        // threshold (6) bans them only if the port was not yet learned.
+        let client = IpAddr::from([198, 18, 3, u8::try_from(round).unwrap_or(0) + 1]);
+        let learned = 9000 + round;
+        put(Craft::tcp(client, server, 41_000, learned, F::SYN).window(64_240).build());
+        put(Craft::tcp(server, client, learned, 41_000, F::SYN | F::ACK | F::PSH).build());
+        for p in 0..20u8 {
+            let prober = IpAddr::from([198, 18, 100 + p, u8::try_from(round).unwrap_or(0) + 1]);
+            for port in [learned, 1, 2, 3, 4, 5] {
+                put(Craft::tcp(prober, server, 42_000, port, F::SYN).window(64_240).build());
+            }
+        }
+    }
+    pcap.finish().expect("flush");
+}
+
+/// `--threads N` gives what one thread gives: the same report and the same
+/// JSON lines, whatever N, on a capture where the ban cap, sweeps, learned
+/// ports and dropped requests all cross the threads' shards.
+#[test]
+fn replay_with_threads_reports_and_logs_exactly_what_one_thread_does() {
+    let dir = std::env::temp_dir().join(format!("portcloak-threads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("busy.pcap");
+    busy_capture(&path);
+    let rules = "[ban]\nduration = \"3s\"\nsingle_packet_per_second = 5\nmax_new_per_second = 5\n";
+    let run = |threads: usize| {
+        let engine = Engine::new(Config::from_toml(rules).expect("rules"));
+        assert_eq!(replay::threads_for(&engine, threads), threads);
+        let options = replay::Options { json: true, threads, ..replay::Options::default() };
+        let mut events = Vec::new();
+        let report = replay::run(&engine, std::slice::from_ref(&path), &options, &mut events)
+            .expect("replay");
+        let mut report = serde_json::to_value(&report).expect("json");
+        report["memory_peak"] = 0.into();
+        (report, String::from_utf8(events).expect("utf-8"))
+    };
+    let (one, one_events) = run(1);
+    // The capture does what it is for.
+    let guards = &one["engine"]["guards"];
+    assert!(guards["rate_capped"].as_u64() > Some(0), "{guards}");
+    assert!(one_events.contains("\"unban\""), "no ban lifted");
+    assert!(one["replies_suppressed"].as_u64() > Some(0));
+    assert!(one_events.lines().count() > 1000);
+    for threads in [2, 3, 8] {
+        let (many, many_events) = run(threads);
+        assert!(one == many, "--threads {threads}: another report");
+        assert!(one_events == many_events, "--threads {threads}: other events");
+    }
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// A persona's and the gate's tables span the shards: one thread judges.
+#[test]
+fn replay_with_a_persona_or_hidden_ports_judges_on_one_thread() {
+    for rules in ["[persona]\nname = \"windows\"\n", "[[hidden]]\nport = 22\n", ""] {
+        let engine = Engine::new(Config::from_toml(rules).expect("rules"));
+        let wanted = if rules.is_empty() { 4 } else { 1 };
+        assert_eq!(replay::threads_for(&engine, 4), wanted, "{rules}");
+    }
+}

@@ -291,12 +291,25 @@ fn network(ip: IpAddr) -> u64 {
     }
 }
 
+/// Puts the ban cap's decisions in packet order when several threads judge
+/// one stream of packets, each thread the sources of its own shards
+/// (`replay --threads`). The ban cap is the one state that sources of
+/// different shards share and that only bans read: [`BanOrder::wait`]
+/// runs before each of its decisions and returns once every decision of
+/// an earlier packet is made.
+pub trait BanOrder: Send + Sync + std::fmt::Debug {
+    /// Waits until the packet being judged on this thread may spend the
+    /// ban cap.
+    fn wait(&self);
+}
+
 /// The decision maker: the rules, the open ports and the ban guards.
 #[derive(Debug)]
 pub struct Policy {
     config: Config,
     ports: PortMap,
     limiter: BanGuard,
+    order: std::sync::RwLock<Option<std::sync::Arc<dyn BanOrder>>>,
     /// This host's own addresses.
     local: LocalAddrs,
     guarded: AtomicU64,
@@ -314,6 +327,7 @@ impl Policy {
             config,
             ports,
             limiter,
+            order: std::sync::RwLock::new(None),
             local: LocalAddrs::default(),
             guarded: AtomicU64::new(0),
             unbannable: AtomicU64::new(0),
@@ -593,6 +607,10 @@ impl Policy {
             self.unbannable.fetch_add(1, Ordering::Relaxed);
             return None;
         }
+        if let Some(order) = &*self.order.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            order.wait();
+        }
         if !self.limiter.allow(ip, reason, now) {
             self.capped.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -612,6 +630,12 @@ impl Policy {
             self.full.fetch_add(1, Ordering::Relaxed);
             None
         }
+    }
+
+    /// Orders the ban cap's decisions with `order` from now on, or no
+    /// longer (`None`).
+    pub fn order_bans(&self, order: Option<std::sync::Arc<dyn BanOrder>>) {
+        *self.order.write().unwrap_or_else(std::sync::PoisonError::into_inner) = order;
     }
 
     /// Length of the ban for the `offences`-th offence.

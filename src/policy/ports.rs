@@ -80,6 +80,12 @@ impl PortMap {
             || self.learned.contains(proto, port)
     }
 
+    /// True when the map learns ports from replies
+    /// (`services.learn_from_replies`).
+    pub const fn learns(&self) -> bool {
+        self.learn
+    }
+
     /// Records that the host answered on `port`, if learning is switched on.
     pub fn learn(&self, proto: PortProto, port: u16) {
         if self.learn {

@@ -454,6 +454,27 @@ pub struct Sweep {
     pub flows_expired: usize,
 }
 
+/// Some of a table's shards: those whose index leaves `index` when divided
+/// by `of`. Threads that each own one part of a table, and see their
+/// sources' packets in order, change it exactly as one thread would.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    /// Which part.
+    pub index: usize,
+    /// Of how many.
+    pub of: usize,
+}
+
+impl Part {
+    /// Every shard.
+    pub const WHOLE: Self = Self { index: 0, of: 1 };
+
+    /// True when shard `i` is in this part.
+    pub const fn holds(self, i: usize) -> bool {
+        self.of <= 1 || i % self.of == self.index
+    }
+}
+
 impl Table {
     /// Empty tables of the given sizes.
     pub fn new(limits: TableLimits) -> Self {
@@ -477,17 +498,27 @@ impl Table {
     /// wider network (`ipv6_network`), which holds all of the network's
     /// sources and its record.
     pub fn lock(&self, key: &SourceKey) -> MutexGuard<'_, Shard> {
-        let home = match self.limits.ipv6_network {
-            0 => *key,
-            len => key.widen(len),
-        };
-        let i = (self.hasher.hash_one(home) as usize) & self.mask;
+        let i = self.shard_of(key);
         // `i` is masked below the shard count, so the fallback never runs.
         let shard = self.shards.get(i).or_else(|| self.shards.first());
         match shard {
             Some(m) => lock(m),
             None => unreachable_shard(),
         }
+    }
+
+    /// The index of the shard that holds `key`, below [`Table::shards`].
+    pub fn shard_of(&self, key: &SourceKey) -> usize {
+        let home = match self.limits.ipv6_network {
+            0 => *key,
+            len => key.widen(len),
+        };
+        (self.hasher.hash_one(home) as usize) & self.mask
+    }
+
+    /// The number of shards, a power of two.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
     }
 
     /// Sizes and counters.
@@ -546,8 +577,19 @@ impl Table {
         source_idle: Duration,
         memory: Duration,
     ) -> Sweep {
+        self.sweep_part(now, (flow_idle, source_idle, memory), Part::WHOLE)
+    }
+
+    /// [`Table::sweep`] over the shards of `part` alone.
+    pub fn sweep_part(
+        &self,
+        now: Timestamp,
+        (flow_idle, source_idle, memory): (Duration, Duration, Duration),
+        part: Part,
+    ) -> Sweep {
         let mut out = Sweep::default();
-        for shard in self.shards.iter() {
+        let shards = self.shards.iter().enumerate();
+        for (_, shard) in shards.filter(|(i, _)| part.holds(*i)) {
             let mut g = lock(shard);
             while g.flows.peek_lru().is_some_and(|(_, f)| !f.is_fresh(now, flow_idle)) {
                 g.flows.pop_lru();

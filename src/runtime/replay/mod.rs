@@ -28,6 +28,7 @@
 //! `report.rs` the report and its summary.
 
 use std::io::{IsTerminal, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -49,6 +50,7 @@ mod checksums;
 mod html;
 mod report;
 mod survey;
+mod threads;
 
 pub use self::checksums::{ChecksumMode, Decided, FileChecksums, SAMPLE, Sample};
 pub use self::html::{DRAWN, TABLED, write_html};
@@ -75,6 +77,9 @@ pub struct Options {
     /// Keep each source's probes over time ([`SourceReport::trail`]), for
     /// the HTML report.
     pub trails: bool,
+    /// Threads that judge packets, each those of the sources of its own
+    /// table shards; 0 and 1 judge on the calling thread. See [`run`].
+    pub threads: usize,
 }
 
 /// Request tuples remembered, to suppress replies to dropped requests.
@@ -83,39 +88,53 @@ const TUPLES: usize = 1 << 18;
 /// The request tuples replay dropped, as 64-bit fingerprints in a table of
 /// [`TUPLES`] slots allocated once: a new one takes its slot from whatever
 /// was there, so the table keeps the most recent ones, as an LRU would,
-/// without a node per entry. Two tuples of one slot share their low 18
-/// bits, so they are told apart by the other 46: one pair in 2^46 is taken
-/// for the other, and a reply to an accepted request could then be skipped.
+/// without a node per entry.
+///
+/// The slots are split evenly among the engine's table shards, by the
+/// shard of the request's remote party: a thread that owns some shards
+/// then changes its slots exactly as one thread would. Two tuples of one
+/// slot are told apart by the fingerprint's bits above the slot's
+/// (at least 46): one pair in 2^46 is taken for the other, and a reply to
+/// an accepted request could then be skipped.
 struct Requests {
     slots: Box<[u64]>,
+    /// Slots per shard, a power of two.
+    per: usize,
     hasher: lru::DefaultHasher,
 }
 
 impl Requests {
-    fn new() -> Self {
-        Self { slots: vec![0; TUPLES].into_boxed_slice(), hasher: lru::DefaultHasher::default() }
+    /// A table for an engine of `shards` shards (a power of two).
+    fn new(shards: usize) -> Self {
+        let per = (TUPLES / shards.max(1)).max(1);
+        Self {
+            slots: vec![0; per * shards.max(1)].into_boxed_slice(),
+            per,
+            hasher: lru::DefaultHasher::default(),
+        }
     }
 
-    /// The slot of `t` and its fingerprint (never 0, which marks a free slot).
-    fn slot(&self, t: &FlowKey) -> (usize, u64) {
+    /// The slot of `t` in `shard` and its fingerprint (never 0, which marks
+    /// a free slot).
+    fn slot(&self, shard: usize, t: &FlowKey) -> (usize, u64) {
         let h = std::hash::BuildHasher::hash_one(&self.hasher, t);
-        ((h as usize) & (TUPLES - 1), h | 1)
+        (shard * self.per + ((h as usize) & (self.per - 1)), h | 1)
     }
 
-    fn put(&mut self, t: &FlowKey) {
-        let (i, fp) = self.slot(t);
+    fn put(&mut self, shard: usize, t: &FlowKey) {
+        let (i, fp) = self.slot(shard, t);
         if let Some(s) = self.slots.get_mut(i) {
             *s = fp;
         }
     }
 
-    fn contains(&self, t: &FlowKey) -> bool {
-        let (i, fp) = self.slot(t);
+    fn contains(&self, shard: usize, t: &FlowKey) -> bool {
+        let (i, fp) = self.slot(shard, t);
         self.slots.get(i) == Some(&fp)
     }
 
-    fn pop(&mut self, t: &FlowKey) {
-        let (i, fp) = self.slot(t);
+    fn pop(&mut self, shard: usize, t: &FlowKey) {
+        let (i, fp) = self.slot(shard, t);
         if let Some(s) = self.slots.get_mut(i).filter(|s| **s == fp) {
             *s = 0;
         }
@@ -150,6 +169,13 @@ pub fn is_stdin(path: &Path) -> bool {
 
 /// Replays `files` in order through `engine`; `-` reads a capture from
 /// standard input. JSON events go to `events`.
+///
+/// With [`Options::threads`] above 1, worker threads judge the packets,
+/// each those of the sources in its own table shards, and the calling
+/// thread reads, and accounts in capture order. The report and the events
+/// are the same as with one thread (see `threads.rs` for why); with an OS
+/// persona or hidden ports, whose tables span the shards, one thread
+/// judges.
 pub fn run(
     engine: &Engine,
     files: &[PathBuf],
@@ -161,59 +187,14 @@ pub fn run(
         options,
         events,
         report: Report::default(),
-        dropped_requests: Requests::new(),
         sources: Sources::new(options.trails),
-        buf: Vec::with_capacity(2048),
     };
-    for path in files {
-        if is_stdin(path) {
-            let name = Path::new("standard input");
-            let mut reader = PcapReader::from_reader(name, Box::new(std::io::stdin()))?;
-            let mut head = Vec::new();
-            let mut bytes = 0;
-            while head.len() < STDIN_HEAD_FRAMES && bytes < STDIN_HEAD_BYTES {
-                let Some(f) = reader.next_frame()? else { break };
-                bytes += f.data.len();
-                head.push(OwnedFrame {
-                    ts: f.ts,
-                    linktype: f.linktype,
-                    data: f.data.to_vec(),
-                    orig_len: f.orig_len,
-                });
-            }
-            let mut survey = Survey::default();
-            for f in &head {
-                survey.add(f.linktype, &f.data);
-            }
-            let mut file = state.start(name, &survey)?;
-            drop(survey);
-            for f in &head {
-                state.frame(&mut file, f.frame())?;
-            }
-            drop(head);
-            while let Some(frame) = reader.next_frame()? {
-                state.frame(&mut file, frame)?;
-            }
-            state.report.checksums.push(file.checksums);
-            continue;
-        }
-        let survey = Survey::of(path)?;
-        let mut file = state.start(path, &survey)?;
-        drop(survey);
-        let mut reader = PcapReader::open(path)?;
-        let progress = progress_bar(path, options.progress);
-        while let Some(frame) = reader.next_frame()? {
-            state.frame(&mut file, frame)?;
-            if let Some(bar) = &progress {
-                if state.report.frames % 4096 == 0 {
-                    bar.set_position(reader.bytes_read());
-                }
-            }
-        }
-        if let Some(bar) = progress {
-            bar.finish_and_clear();
-        }
-        state.report.checksums.push(file.checksums);
+    let threads = threads_for(engine, options.threads);
+    if threads > 1 {
+        threads::run(&mut state, files, threads)?;
+    } else {
+        let mut inline = Inline { judge: Judge::new(engine) };
+        state.files(files, &mut inline)?;
     }
     let mut report = state.report;
     report.engine = engine.stats();
@@ -222,17 +203,19 @@ pub fn run(
     Ok(report)
 }
 
+/// The judging threads a replay with `wanted` threads gets: at most one
+/// per table shard, and one when state spans the shards.
+pub fn threads_for(engine: &Engine, wanted: usize) -> usize {
+    if engine.shares_state_across_shards() { 1 } else { wanted.clamp(1, engine.shards()) }
+}
+
 /// A replay under way: what lives from file to file.
 struct Run<'a> {
     engine: &'a Engine,
     options: &'a Options,
     events: &'a mut dyn Write,
     report: Report,
-    /// The requests portcloak dropped; one accepted later is taken out.
-    dropped_requests: Requests,
     sources: Sources,
-    /// The frame's IP packet, which a persona may rewrite.
-    buf: Vec<u8>,
 }
 
 /// What one file's replay decided from its survey.
@@ -242,7 +225,223 @@ struct File {
     next_sweep: Timestamp,
 }
 
+/// A frame placed by the reader: when, which way, between whom.
+#[derive(Clone, Copy, Debug)]
+struct Placed {
+    now: Timestamp,
+    direction: Direction,
+    src: IpAddr,
+    dst: IpAddr,
+    /// Cut short by the snap length.
+    cut: bool,
+}
+
+impl Placed {
+    /// The remote party: the source key's address.
+    const fn remote(&self) -> IpAddr {
+        match self.direction {
+            Direction::Inbound => self.src,
+            Direction::Outbound => self.dst,
+        }
+    }
+}
+
+/// What judging one frame came to. Held by value: boxing the outcome would
+/// allocate once a packet.
+#[derive(Clone, Copy, Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    /// A reply to a request portcloak dropped: never sent.
+    Suppressed,
+    /// Judged.
+    Judged {
+        outcome: Outcome,
+        /// An outbound packet that answers a request.
+        answers: bool,
+        /// Its checksum was left for the NIC, and accepted.
+        offloaded: bool,
+    },
+}
+
+/// Where placed frames go: judged at once ([`Inline`]), or by threads
+/// (`threads.rs`).
+trait Drive {
+    /// Judges `ip`, placed as `placed`, and accounts for it, now or later
+    /// but in capture order.
+    fn frame(
+        &mut self,
+        run: &mut Run<'_>,
+        file: &mut File,
+        placed: Placed,
+        ip: &[u8],
+    ) -> Result<(), ReplayError>;
+
+    /// Sweeps the engine's tables at `now`, between the frames before and
+    /// after.
+    fn sweep(&mut self, run: &mut Run<'_>, now: Timestamp) -> Result<(), ReplayError>;
+
+    /// Finishes the file: every frame judged and accounted.
+    fn flush(&mut self, run: &mut Run<'_>, file: &mut File) -> Result<(), ReplayError>;
+}
+
+/// One thread judges each frame as the reader places it.
+struct Inline<'a> {
+    judge: Judge<'a>,
+}
+
+impl Drive for Inline<'_> {
+    fn frame(
+        &mut self,
+        run: &mut Run<'_>,
+        file: &mut File,
+        placed: Placed,
+        ip: &[u8],
+    ) -> Result<(), ReplayError> {
+        let step = self.judge.frame(file.checksums.decided, placed, ip);
+        run.account(file, placed, step)
+    }
+
+    fn sweep(&mut self, run: &mut Run<'_>, now: Timestamp) -> Result<(), ReplayError> {
+        let lifted = run.engine.sweep(now).lifted;
+        run.unbans(now, &lifted)
+    }
+
+    fn flush(&mut self, _run: &mut Run<'_>, _file: &mut File) -> Result<(), ReplayError> {
+        Ok(())
+    }
+}
+
+/// Judges frames: the engine, and the requests it dropped, whose replies
+/// are skipped. A thread that owns some table shards holds the requests of
+/// those shards' sources.
+struct Judge<'a> {
+    engine: &'a Engine,
+    /// The requests portcloak dropped; one accepted later is taken out.
+    dropped_requests: Requests,
+    /// The frame's IP packet, which a persona may rewrite.
+    buf: Vec<u8>,
+}
+
+impl<'a> Judge<'a> {
+    fn new(engine: &'a Engine) -> Self {
+        Self {
+            engine,
+            dropped_requests: Requests::new(engine.shards()),
+            buf: Vec::with_capacity(2048),
+        }
+    }
+
+    /// Judges one frame's IP packet.
+    fn frame(&mut self, decided: Decided, placed: Placed, ip: &[u8]) -> Step {
+        let engine = self.engine;
+        let direction = placed.direction;
+        // A frame cut short by the snap length cannot have its transport
+        // checksum verified; one captured whole must be consistent.
+        let checksum = match decided {
+            Decided::Off => ChecksumCheck::Kernel,
+            _ if placed.cut => ChecksumCheck::VerifyPartial,
+            _ => ChecksumCheck::Verify,
+        };
+        let shard = engine.shard_of(placed.remote());
+        // One parse: the tuples, then the engine, from the same view.
+        let (request, reply, judged, meta) = {
+            let parsed = wire::parse(ip);
+            // A checksum left for the NIC, in a file taken with offload.
+            let offloaded = decided == Decided::Offload
+                && parsed.as_ref().is_ok_and(|v| v.checksum == Checksum::Partial);
+            let meta = Meta { checksum, l4_partial: offloaded, ..Meta::new(direction) };
+            let (request, reply) = parsed.as_ref().map_or((None, None), |v| tuples(v, direction));
+            if direction == Direction::Outbound
+                && reply.is_some_and(|t| self.dropped_requests.contains(shard, &t))
+            {
+                return Step::Suppressed;
+            }
+            (request, reply, engine.judge(placed.now, meta, parsed.as_ref().map_err(|e| *e)), meta)
+        };
+        // The frame is copied only for a persona to rewrite.
+        let outcome = if judged.edits() {
+            self.buf.clear();
+            self.buf.extend_from_slice(ip);
+            judged.apply(&mut self.buf, meta.l4_partial)
+        } else {
+            judged.apply(&mut [], meta.l4_partial)
+        };
+        if let Some(t) = request {
+            if outcome.verdict == Verdict::Drop {
+                self.dropped_requests.put(shard, &t);
+            } else {
+                self.dropped_requests.pop(shard, &t);
+            }
+        }
+        Step::Judged { outcome, answers: reply.is_some(), offloaded: meta.l4_partial }
+    }
+}
+
 impl Run<'_> {
+    /// Replays `files` in order, judging with `drive`.
+    fn files(&mut self, files: &[PathBuf], drive: &mut dyn Drive) -> Result<(), ReplayError> {
+        for path in files {
+            if is_stdin(path) {
+                self.stdin(drive)?;
+                continue;
+            }
+            let survey = Survey::of(path)?;
+            let mut file = self.start(path, &survey)?;
+            drop(survey);
+            let mut reader = PcapReader::open(path)?;
+            let progress = progress_bar(path, self.options.progress);
+            while let Some(frame) = reader.next_frame()? {
+                self.frame(drive, &mut file, frame)?;
+                if let Some(bar) = &progress {
+                    if self.report.frames % 4096 == 0 {
+                        bar.set_position(reader.bytes_read());
+                    }
+                }
+            }
+            drive.flush(self, &mut file)?;
+            if let Some(bar) = progress {
+                bar.finish_and_clear();
+            }
+            self.report.checksums.push(file.checksums);
+        }
+        Ok(())
+    }
+
+    /// Replays a capture from standard input: surveys its head, then
+    /// replays the head and the rest as it arrives.
+    fn stdin(&mut self, drive: &mut dyn Drive) -> Result<(), ReplayError> {
+        let name = Path::new("standard input");
+        let mut reader = PcapReader::from_reader(name, Box::new(std::io::stdin()))?;
+        let mut head = Vec::new();
+        let mut bytes = 0;
+        while head.len() < STDIN_HEAD_FRAMES && bytes < STDIN_HEAD_BYTES {
+            let Some(f) = reader.next_frame()? else { break };
+            bytes += f.data.len();
+            head.push(OwnedFrame {
+                ts: f.ts,
+                linktype: f.linktype,
+                data: f.data.to_vec(),
+                orig_len: f.orig_len,
+            });
+        }
+        let mut survey = Survey::default();
+        for f in &head {
+            survey.add(f.linktype, &f.data);
+        }
+        let mut file = self.start(name, &survey)?;
+        drop(survey);
+        for f in &head {
+            self.frame(drive, &mut file, f.frame())?;
+        }
+        drop(head);
+        while let Some(frame) = reader.next_frame()? {
+            self.frame(drive, &mut file, frame)?;
+        }
+        drive.flush(self, &mut file)?;
+        self.report.checksums.push(file.checksums);
+        Ok(())
+    }
+
     /// Starts a file: its local addresses, the ports it answered on, and
     /// what it does with checksums, all from `survey`.
     fn start(&mut self, path: &Path, survey: &Survey) -> Result<File, ReplayError> {
@@ -263,9 +462,14 @@ impl Run<'_> {
         Ok(File { local, checksums, next_sweep: Timestamp::ZERO })
     }
 
-    /// Drives one frame through the engine and accounts for it.
-    fn frame(&mut self, file: &mut File, frame: Frame<'_>) -> Result<(), ReplayError> {
-        let (engine, options) = (self.engine, self.options);
+    /// Reads one frame: counts it, sweeps when a second has passed, places
+    /// its IP packet and hands it to `drive`.
+    fn frame(
+        &mut self,
+        drive: &mut dyn Drive,
+        file: &mut File,
+        frame: Frame<'_>,
+    ) -> Result<(), ReplayError> {
         let report = &mut self.report;
         report.frames += 1;
         let now = frame.ts;
@@ -275,15 +479,11 @@ impl Run<'_> {
             return Ok(());
         };
         if now >= file.next_sweep {
-            for (source, _) in engine.sweep(now).lifted {
-                if options.json {
-                    write_event(self.events, &Event::unban(now, source))?;
-                }
-            }
+            drive.sweep(self, now)?;
             file.next_sweep = now.saturating_add(std::time::Duration::from_secs(1));
         }
         let Some((src, dst)) = wire::addresses(ip) else {
-            report.not_ip += 1;
+            self.report.not_ip += 1;
             return Ok(());
         };
         let direction = if file.local.iter().any(|c| c.contains(src)) {
@@ -291,52 +491,34 @@ impl Run<'_> {
         } else {
             Direction::Inbound
         };
-        let decided = file.checksums.decided;
-        // A frame cut short by the snap length cannot have its transport
-        // checksum verified; one captured whole must be consistent.
-        let checksum = match decided {
-            Decided::Off => ChecksumCheck::Kernel,
-            _ if frame.data.len() < frame.orig_len => ChecksumCheck::VerifyPartial,
-            _ => ChecksumCheck::Verify,
+        let placed = Placed { now, direction, src, dst, cut: frame.data.len() < frame.orig_len };
+        drive.frame(self, file, placed, ip)
+    }
+
+    /// Accounts for one judged frame, in capture order.
+    fn account(&mut self, file: &mut File, placed: Placed, step: Step) -> Result<(), ReplayError> {
+        let Step::Judged { outcome, answers, offloaded } = step else {
+            self.report.replies_suppressed += 1;
+            return Ok(());
         };
-        // One parse: the tuples, then the engine, from the same view.
-        let (request, reply, judged, meta) = {
-            let parsed = wire::parse(ip);
-            // A checksum left for the NIC, in a file taken with offload.
-            let offloaded = decided == Decided::Offload
-                && parsed.as_ref().is_ok_and(|v| v.checksum == Checksum::Partial);
-            file.checksums.partial_accepted += u64::from(offloaded);
-            let meta = Meta { checksum, l4_partial: offloaded, ..Meta::new(direction) };
-            let (request, reply) = parsed.as_ref().map_or((None, None), |v| tuples(v, direction));
-            if direction == Direction::Outbound
-                && reply.is_some_and(|t| self.dropped_requests.contains(&t))
-            {
-                report.replies_suppressed += 1;
-                return Ok(());
-            }
-            (request, reply, engine.judge(now, meta, parsed.as_ref().map_err(|e| *e)), meta)
-        };
-        // The frame is copied only for a persona to rewrite.
-        let outcome = if judged.edits() {
-            self.buf.clear();
-            self.buf.extend_from_slice(ip);
-            judged.apply(&mut self.buf, meta.l4_partial)
-        } else {
-            judged.apply(&mut [], meta.l4_partial)
-        };
-        if let Some(t) = request {
-            if outcome.verdict == Verdict::Drop {
-                self.dropped_requests.put(&t);
-            } else {
-                self.dropped_requests.pop(&t);
-            }
-        }
-        let answers = reply.is_some();
+        file.checksums.partial_accepted += u64::from(offloaded);
+        let Placed { now, direction, src, dst, .. } = placed;
+        let report = &mut self.report;
         let mut tally = Tally { report, sources: &mut self.sources, now, direction, answers };
         deliver(&mut tally, &outcome);
-        if options.json {
+        if self.options.json {
             for event in Event::from_outcome(now, direction, Some((src, dst)), &outcome) {
                 write_event(self.events, &event)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Accounts for the bans a sweep at `now` lifted.
+    fn unbans(&mut self, now: Timestamp, lifted: &[(SourceKey, Ban)]) -> Result<(), ReplayError> {
+        if self.options.json {
+            for (source, _) in lifted {
+                write_event(self.events, &Event::unban(now, *source))?;
             }
         }
         Ok(())
@@ -352,6 +534,9 @@ pub enum ReplayError {
     /// Events could not be written.
     #[error("cannot write events: {0}")]
     Write(#[from] std::io::Error),
+    /// A judging thread stopped before the replay's end.
+    #[error("a replay thread stopped")]
+    Thread,
 }
 
 fn write_event(out: &mut dyn Write, event: &impl serde::Serialize) -> Result<(), ReplayError> {
@@ -562,22 +747,35 @@ mod tests {
 
     #[test]
     fn dropped_requests_are_remembered_until_accepted_or_pushed_out() {
-        let mut r = Requests::new();
-        r.put(&tuple(1));
-        assert!(r.contains(&tuple(1)) && !r.contains(&tuple(2)));
-        r.pop(&tuple(2));
-        assert!(r.contains(&tuple(1)), "taking out another leaves it");
-        r.pop(&tuple(1));
-        assert!(!r.contains(&tuple(1)));
+        let mut r = Requests::new(1);
+        r.put(0, &tuple(1));
+        assert!(r.contains(0, &tuple(1)) && !r.contains(0, &tuple(2)));
+        r.pop(0, &tuple(2));
+        assert!(r.contains(0, &tuple(1)), "taking out another leaves it");
+        r.pop(0, &tuple(1));
+        assert!(!r.contains(0, &tuple(1)));
         // Many more than it holds: the newest are there, the table's size
         // never changes.
         for i in 0..4 * TUPLES as u32 {
-            r.put(&tuple(i));
+            r.put(0, &tuple(i));
         }
         let last = 4 * TUPLES as u32 - 1;
-        assert!(r.contains(&tuple(last)));
-        let kept = (last - 1000..=last).filter(|i| r.contains(&tuple(*i))).count();
+        assert!(r.contains(0, &tuple(last)));
+        let kept = (last - 1000..=last).filter(|i| r.contains(0, &tuple(*i))).count();
         assert!(kept > 990, "{kept}");
         assert_eq!(r.slots.len(), TUPLES);
+    }
+
+    #[test]
+    fn each_shard_has_its_own_slots() {
+        let mut r = Requests::new(4);
+        assert_eq!((r.per, r.slots.len()), (TUPLES / 4, TUPLES));
+        r.put(1, &tuple(1));
+        assert!(r.contains(1, &tuple(1)) && !r.contains(2, &tuple(1)));
+        // Filling shard 2 leaves shard 1's requests alone.
+        for i in 0..TUPLES as u32 {
+            r.put(2, &tuple(i));
+        }
+        assert!(r.contains(1, &tuple(1)));
     }
 }
