@@ -68,9 +68,10 @@ pub enum Command {
         /// with its ban marked.
         #[arg(long, value_name = "FILE.html")]
         report: Option<PathBuf>,
-        /// Threads that judge packets, each the sources of its own table
-        /// shards; the output is the same as with one. Default: one per
-        /// CPU. With an OS persona or hidden ports, one thread judges.
+        /// Threads in all: one reads and accounts, the others judge
+        /// packets, each the sources of its own table shards; the output
+        /// is the same as with one. Default: one per CPU. With an OS
+        /// persona or hidden ports, one thread does all.
         #[arg(long, value_name = "N")]
         threads: Option<std::num::NonZeroUsize>,
     },

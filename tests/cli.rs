@@ -126,6 +126,30 @@ fn replay_reads_a_capture_from_standard_input() {
     assert!(stderr.contains("standard input"), "{stderr}");
 }
 
+/// `replay --threads N` prints what `--threads 1` prints, JSON events and
+/// summary alike, for several captures replayed in a row; the default (one
+/// thread per CPU) too.
+#[test]
+fn replay_with_threads_prints_what_one_thread_prints() {
+    let files = ["legit-burst", "nmap-sS", "nmap-sU", "nmap6-sS", "masscan"].map(fixture);
+    let files: Vec<&str> = files.iter().map(|p| p.to_str().expect("path")).collect();
+    let replay = |threads: Option<&str>| {
+        let mut args = vec!["replay", "--json"];
+        args.extend(threads.map(|n| ["--threads", n]).into_iter().flatten());
+        args.extend(&files);
+        let out = portcloak(&args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        let summary = stderr.lines().filter(|l| !l.starts_with("memory")).collect::<Vec<_>>();
+        (stdout, summary.join("\n"))
+    };
+    let one = replay(Some("1"));
+    assert!(one.0.lines().count() > 100, "{}", one.0);
+    for threads in [Some("2"), Some("4"), None] {
+        assert!(replay(threads) == one, "--threads {threads:?}");
+    }
+}
+
 #[test]
 fn replay_of_unreadable_input_is_exit_2() {
     let out = portcloak(&["replay", "/nonexistent/x.pcap"]);

@@ -77,8 +77,10 @@ pub struct Options {
     /// Keep each source's probes over time ([`SourceReport::trail`]), for
     /// the HTML report.
     pub trails: bool,
-    /// Threads that judge packets, each those of the sources of its own
-    /// table shards; 0 and 1 judge on the calling thread. See [`run`].
+    /// Threads in all: with N above 1, the calling thread reads and
+    /// accounts and N - 1 threads judge packets, each those of the
+    /// sources of its own table shards; 0 and 1 do all on the calling
+    /// thread. See [`run`].
     pub threads: usize,
 }
 
@@ -170,12 +172,12 @@ pub fn is_stdin(path: &Path) -> bool {
 /// Replays `files` in order through `engine`; `-` reads a capture from
 /// standard input. JSON events go to `events`.
 ///
-/// With [`Options::threads`] above 1, worker threads judge the packets,
-/// each those of the sources in its own table shards, and the calling
-/// thread reads, and accounts in capture order. The report and the events
+/// With [`Options::threads`] at N above 1, the calling thread reads and
+/// accounts in capture order, and N - 1 threads judge the packets, each
+/// those of the sources in its own table shards. The report and the events
 /// are the same as with one thread (see `threads.rs` for why); with an OS
-/// persona or hidden ports, whose tables span the shards, one thread
-/// judges.
+/// persona or hidden ports, whose tables span the shards, one thread does
+/// all.
 pub fn run(
     engine: &Engine,
     files: &[PathBuf],
@@ -191,7 +193,7 @@ pub fn run(
     };
     let threads = threads_for(engine, options.threads);
     if threads > 1 {
-        threads::run(&mut state, files, threads)?;
+        threads::run(&mut state, files, threads - 1)?;
     } else {
         let mut inline = Inline { judge: Judge::new(engine) };
         state.files(files, &mut inline)?;
@@ -203,10 +205,11 @@ pub fn run(
     Ok(report)
 }
 
-/// The judging threads a replay with `wanted` threads gets: at most one
-/// per table shard, and one when state spans the shards.
+/// The threads a replay that wants `wanted` gets: the reader and at most
+/// one judging thread per table shard, and one in all when state spans
+/// the shards.
 pub fn threads_for(engine: &Engine, wanted: usize) -> usize {
-    if engine.shares_state_across_shards() { 1 } else { wanted.clamp(1, engine.shards()) }
+    if engine.shares_state_across_shards() { 1 } else { wanted.clamp(1, engine.shards() + 1) }
 }
 
 /// A replay under way: what lives from file to file.

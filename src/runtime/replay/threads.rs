@@ -1,9 +1,9 @@
-//! `replay --threads N`: N threads judge, the calling thread reads and
-//! accounts, and the result is the one thread's, packet for packet.
+//! `replay --threads N`: the calling thread reads and accounts, N - 1
+//! threads judge, and the result is the one thread's, packet for packet.
 //!
 //! The engine keeps a source's state (its record, flows, bans and network)
 //! in one table shard, and each shard's state changes only with its own
-//! sources' packets. Thread `i` of `n` judges the packets whose remote
+//! sources' packets. Judging thread `i` of `n` judges the packets whose remote
 //! party lives in a shard `s` with `s % n == i`, in capture order, and
 //! sweeps only those shards, at the same points of the capture as one
 //! thread would. So each shard sees the same calls in the same order as
@@ -51,7 +51,7 @@ const BATCH: usize = 4096;
 /// Batches in flight before the reader waits for the oldest one's results.
 const DEPTH: usize = 4;
 
-/// Replays `files` with `threads` judging threads.
+/// Replays `files` with `threads` judging threads besides the caller.
 pub(super) fn run(
     state: &mut Run<'_>,
     files: &[PathBuf],
@@ -65,11 +65,14 @@ pub(super) fn run(
         let mut workers = Vec::with_capacity(threads);
         for index in 0..threads {
             let (batches, batches_rx) = bounded::<Batch>(DEPTH + 1);
-            let (results_tx, results) = bounded::<Vec<(u64, Out)>>(DEPTH + 1);
+            let (results_tx, results) = bounded::<Batch>(DEPTH + 1);
             let progress = &*progress;
             let part = Part { index, of: threads };
-            scope.spawn(move || work(engine, part, progress, &batches_rx, &results_tx));
-            workers.push(Worker { batches, results, pending: Batch::default() });
+            std::thread::Builder::new()
+                .name(format!("judge-{index}"))
+                .spawn_scoped(scope, move || work(engine, part, progress, &batches_rx, &results_tx))
+                .map_err(ReplayError::Write)?;
+            workers.push(Worker { batches, results, pending: Batch::default(), spare: Vec::new() });
         }
         let mut sharded = Sharded { workers, seq: 0, in_flight: VecDeque::new(), queued: 0 };
         state.files(files, &mut sharded)
@@ -80,12 +83,17 @@ pub(super) fn run(
 /// One judging thread, seen from the reader.
 struct Worker {
     batches: Sender<Batch>,
-    results: Receiver<Vec<(u64, Out)>>,
+    /// Batches back, with their results.
+    results: Receiver<Batch>,
     /// Its part of the batch being filled.
     pending: Batch,
+    /// Batches back and accounted, whose buffers the next ones reuse: a
+    /// fresh buffer per batch would cost the kernel's zeroing of its pages.
+    spare: Vec<Batch>,
 }
 
-/// A thread's part of a run of frames: its frames and every sweep.
+/// A thread's part of a run of frames: its frames and every sweep, and,
+/// once back, what came of each.
 #[derive(Default)]
 struct Batch {
     decided: Option<Decided>,
@@ -94,6 +102,8 @@ struct Batch {
     bytes: Vec<u8>,
     /// The sequence number after the run's last.
     end: u64,
+    /// Each item's result, by sequence number.
+    out: Vec<(u64, Out)>,
 }
 
 enum Item {
@@ -184,11 +194,10 @@ impl Sharded {
         }
         let end = self.seq;
         for w in &mut self.workers {
-            let mut batch = std::mem::take(&mut w.pending);
+            let next = w.spare.pop().unwrap_or_default();
+            let mut batch = std::mem::replace(&mut w.pending, next);
             batch.decided = Some(decided);
             batch.end = end;
-            w.pending.items.reserve(batch.items.len());
-            w.pending.bytes.reserve(batch.bytes.len());
             w.batches.send(batch).map_err(|_| ReplayError::Thread)?;
         }
         self.in_flight.push_back(());
@@ -208,11 +217,11 @@ impl Sharded {
     /// them in capture order.
     fn merge_one(&mut self, run: &mut Run<'_>, file: &mut File) -> Result<(), ReplayError> {
         self.in_flight.pop_front();
-        let mut parts = Vec::with_capacity(self.workers.len());
+        let mut done = Vec::with_capacity(self.workers.len());
         for w in &self.workers {
-            let results = w.results.recv().map_err(|_| ReplayError::Thread)?;
-            parts.push(results.into_iter().peekable());
+            done.push(w.results.recv().map_err(|_| ReplayError::Thread)?);
         }
+        let mut parts: Vec<_> = done.iter_mut().map(|b| b.out.drain(..).peekable()).collect();
         loop {
             // The lowest sequence number at the head of a part.
             let next = parts.iter_mut().filter_map(|p| p.peek().map(|(seq, _)| *seq)).min();
@@ -234,6 +243,12 @@ impl Sharded {
                 run.unbans(now, &lifted)?;
             }
         }
+        drop(parts);
+        for (w, mut batch) in self.workers.iter_mut().zip(done) {
+            batch.items.clear();
+            batch.bytes.clear();
+            w.spare.push(batch);
+        }
         Ok(())
     }
 }
@@ -244,21 +259,21 @@ fn work(
     part: Part,
     progress: &Progress,
     batches: &Receiver<Batch>,
-    results: &Sender<Vec<(u64, Out)>>,
+    results: &Sender<Batch>,
 ) {
     let mut judge = Judge::new(engine);
     TURN.with(|t| t.set(Some(part.index)));
-    for batch in batches {
+    for mut batch in batches {
         let decided = batch.decided.unwrap_or(Decided::Verify);
-        let mut out = Vec::with_capacity(batch.items.len());
-        for item in batch.items {
-            match item {
-                Item::Frame { seq, placed, bytes, fence } => {
+        let mut out = std::mem::take(&mut batch.out);
+        for item in &batch.items {
+            match *item {
+                Item::Frame { seq, placed, ref bytes, fence } => {
                     progress.reach(part.index, seq);
                     if fence {
                         progress.wait(part.index, seq);
                     }
-                    let ip = batch.bytes.get(bytes).unwrap_or_default();
+                    let ip = batch.bytes.get(bytes.clone()).unwrap_or_default();
                     out.push((seq, Out::Step(placed, judge.frame(decided, placed, ip))));
                 }
                 Item::Sweep { seq, now } => {
@@ -267,8 +282,9 @@ fn work(
                 }
             }
         }
+        batch.out = out;
         progress.reach(part.index, batch.end);
-        if results.send(out).is_err() {
+        if results.send(batch).is_err() {
             break;
         }
     }
