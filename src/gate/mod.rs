@@ -249,12 +249,7 @@ impl Gate {
             rate: s.rate,
             burst: s.burst,
             budget: Rate::new(f64::from(s.checks_per_second), s.checks_per_second),
-            nonces: Mutex::new(Nonces {
-                seen: LruCache::new(
-                    std::num::NonZeroUsize::new(s.nonces).unwrap_or(std::num::NonZeroUsize::MIN),
-                ),
-                floor: 0,
-            }),
+            nonces: Mutex::new(Nonces { seen: crate::track::bounded_lru(s.nonces), floor: 0 }),
         });
         let t = &config.tracking;
         let states = (!config.hidden.is_empty())

@@ -47,7 +47,7 @@ pub use self::ports::PortMap;
 use crate::classify::{Fingerprint, PortProto, ProbeKind, Signature};
 use crate::config::{Action, BanRules, ClosedPorts, Config, Toggle};
 use crate::time::{Rate, Timestamp};
-use crate::track::{Ban, BanKind, BanReason, Scores, Shard, SourceKey, SourceState};
+use crate::track::{Ban, BanKind, BanReason, Scores, Shard, SourceKey, SourceState, bounded_lru};
 use crate::wire;
 
 /// Accept or drop.
@@ -252,7 +252,7 @@ impl BanGuard {
         Self {
             evidence: Rate::new(f64::from(b.max_new_per_second), b.max_new_per_second),
             single: Rate::new(f64::from(b.single_packet_per_second), b.single_packet_per_second),
-            prefixes: (0..PREFIX_SHARDS).map(|_| Mutex::new(LruCache::new(cap))).collect(),
+            prefixes: (0..PREFIX_SHARDS).map(|_| Mutex::new(bounded_lru(cap.get()))).collect(),
             per_prefix: Rate::new(
                 f64::from(b.single_packet_per_prefix) / length,
                 b.single_packet_per_prefix,

@@ -36,7 +36,6 @@ mod source;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::num::NonZeroUsize;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -50,7 +49,7 @@ pub use self::flow::{Answered, Flow, FlowMatch, FlowState};
 pub(crate) use self::key::prefix_mask;
 pub use self::key::{FlowKey, SourceKey};
 pub use self::network::{SUSPECT_SLOTS, Suspects};
-pub use self::segmented::{Evidence, SegmentStats, Segmented, SideTable};
+pub use self::segmented::{Evidence, SegmentStats, Segmented, SideTable, bounded_lru};
 pub use self::source::{Bucket, PROVEN_SLOTS, ProvenPorts, RECENT_SLOTS, Scores, SourceState};
 
 /// Why a source was banned.
@@ -312,13 +311,12 @@ pub struct Shard {
 
 impl Shard {
     fn new(sources: usize, flows: usize, bans: usize, networks: usize) -> Self {
-        let nz = |n: usize| NonZeroUsize::new(n.max(1)).unwrap_or(NonZeroUsize::MIN);
         Self {
             sources: Segmented::new(sources),
-            flows: LruCache::new(nz(flows)),
+            flows: bounded_lru(flows),
             bans: HashMap::with_hasher(DefaultHasher::default()),
             ban_capacity: bans.max(1),
-            networks: LruCache::new(nz(networks)),
+            networks: bounded_lru(networks),
             network_evictions: 0,
             flow_evictions: 0,
             bans_refused_full: 0,

@@ -78,10 +78,9 @@ impl<K: Hash + Eq + Copy, V: Evidence> Segmented<K, V> {
     }
 
     fn split(probation: usize, protected: usize) -> Self {
-        let nz = |n: usize| NonZeroUsize::new(n.max(1)).unwrap_or(NonZeroUsize::MIN);
         Self {
-            probation: LruCache::new(nz(probation)),
-            protected: LruCache::new(nz(protected)),
+            probation: bounded_lru(probation),
+            protected: bounded_lru(protected),
             evictions: 0,
             promotions: 0,
             promotions_refused: 0,
@@ -176,6 +175,17 @@ impl<K: Hash + Eq + Copy, V: Evidence> Segmented<K, V> {
             promotions_refused: self.promotions_refused,
         }
     }
+}
+
+/// An LRU that holds at most `cap` entries (at least one) and allocates as
+/// it fills: no room is reserved up front, so memory follows use, up to
+/// what the cap allows, and a table that stays small never costs the pages
+/// of a full one. Its hash table grows by doubling, never past the size a
+/// full table needs.
+pub fn bounded_lru<K: std::hash::Hash + Eq, V>(cap: usize) -> LruCache<K, V> {
+    let mut lru = LruCache::unbounded();
+    lru.resize(NonZeroUsize::new(cap.max(1)).unwrap_or(NonZeroUsize::MIN));
+    lru
 }
 
 /// A stage's own per-source state, beside the source table: sharded by

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use lru::DefaultHasher;
 use std::net::IpAddr;
-use std::num::NonZeroUsize;
 use std::path::Path;
 
 use lru::LruCache;
@@ -48,7 +47,7 @@ struct Datagrams(LruCache<(IpAddr, u16, IpAddr, u16), ()>);
 
 impl Default for Datagrams {
     fn default() -> Self {
-        Self(LruCache::new(NonZeroUsize::new(DATAGRAMS).unwrap_or(NonZeroUsize::MIN)))
+        Self(crate::track::bounded_lru(DATAGRAMS))
     }
 }
 
@@ -62,30 +61,63 @@ impl Datagrams {
     }
 }
 
-/// A set of ports, as 8 KiB of bits.
+/// A set of ports: a short list while it holds at most [`FEW_PORTS`], then
+/// 8 KiB of bits. Most addresses of a capture see a few ports, and the
+/// pages of a bitmap each would cost more than the survey's reading.
 #[derive(Clone, Debug)]
-pub(super) struct PortBits(Box<[u64; 1024]>);
+pub(super) enum PortBits {
+    Few(Vec<u16>),
+    Many(Box<[u64; 1024]>),
+}
+
+/// Ports a set lists before it turns to bits.
+const FEW_PORTS: usize = 32;
 
 impl Default for PortBits {
     fn default() -> Self {
-        Self(Box::new([0; 1024]))
+        Self::Few(Vec::new())
     }
 }
 
 impl PortBits {
     fn insert(&mut self, port: u16) {
-        if let Some(word) = self.0.get_mut(usize::from(port >> 6)) {
-            *word |= 1 << (port & 63);
+        match self {
+            Self::Few(ports) if ports.contains(&port) => {}
+            Self::Few(ports) if ports.len() < FEW_PORTS => ports.push(port),
+            Self::Few(ports) => {
+                let mut bits = Box::new([0u64; 1024]);
+                for p in ports.iter().copied().chain([port]) {
+                    set(&mut bits, p);
+                }
+                *self = Self::Many(bits);
+            }
+            Self::Many(bits) => set(bits, port),
         }
     }
 
     fn len(&self) -> usize {
-        self.0.iter().map(|w| w.count_ones() as usize).sum()
+        match self {
+            Self::Few(ports) => ports.len(),
+            Self::Many(bits) => bits.iter().map(|w| w.count_ones() as usize).sum(),
+        }
     }
 
     fn iter(&self) -> impl Iterator<Item = u16> + '_ {
-        (0..=u16::MAX)
-            .filter(|p| self.0.get(usize::from(p >> 6)).is_some_and(|w| w >> (p & 63) & 1 == 1))
+        let (few, many) = match self {
+            Self::Few(ports) => (Some(ports.iter().copied()), None),
+            Self::Many(bits) => (None, Some(bits)),
+        };
+        let bits = many.into_iter().flat_map(|bits| {
+            (0..=u16::MAX)
+                .filter(|p| bits.get(usize::from(p >> 6)).is_some_and(|w| w >> (p & 63) & 1 == 1))
+        });
+        few.into_iter().flatten().chain(bits)
+    }
+}
+
+fn set(bits: &mut [u64; 1024], port: u16) {
+    if let Some(word) = bits.get_mut(usize::from(port >> 6)) {
+        *word |= 1 << (port & 63);
     }
 }
 
@@ -179,5 +211,30 @@ impl Survey {
                 engine.ports().learn(proto, port);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_set_lists_few_ports_and_turns_to_bits_for_many() {
+        let mut set = PortBits::default();
+        for p in [80, 443, 80] {
+            set.insert(p);
+        }
+        assert!(matches!(set, PortBits::Few(_)));
+        assert_eq!((set.len(), set.iter().collect::<Vec<_>>()), (2, vec![80, 443]));
+        let many: Vec<u16> = (0..1000).map(|i| i * 65).collect();
+        for p in many.iter().chain(&many) {
+            set.insert(*p);
+        }
+        assert!(matches!(set, PortBits::Many(_)));
+        let mut want: Vec<u16> = many.into_iter().chain([80, 443]).collect();
+        want.sort_unstable();
+        want.dedup();
+        assert_eq!(set.len(), want.len());
+        assert_eq!(set.iter().collect::<Vec<_>>(), want);
     }
 }
