@@ -363,6 +363,17 @@ pub struct Daemon {
     pub summary_interval: Dur,
     /// How often listening sockets are re-read.
     pub listen_interval: Dur,
+    /// Where `/metrics` is served, in the Prometheus text format: an
+    /// address and port, or empty for none.
+    pub metrics: String,
+}
+
+impl Daemon {
+    /// The address `/metrics` is served on; `None` when it is off. The
+    /// check made sure a non-empty value parses.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.parse().ok()
+    }
 }
 
 /// What happens to traffic that portcloak cannot inspect in time.
@@ -557,6 +568,7 @@ impl Default for Daemon {
             events: PathBuf::new(),
             summary_interval: Dur::secs(60),
             listen_interval: Dur::secs(2),
+            metrics: "127.0.0.1:9469".to_owned(),
         }
     }
 }
@@ -685,6 +697,13 @@ impl Rules {
         }
         if d.listen_interval.get() < Duration::from_millis(100) {
             return fail("daemon", "listen_interval", "must be at least 100ms".to_owned());
+        }
+        if !d.metrics.is_empty() && d.metrics.parse::<std::net::SocketAddr>().is_err() {
+            let why = format!(
+                "{:?} is not an address and port (\"127.0.0.1:9469\", \"[::1]:9469\"), or \"\" for none",
+                d.metrics
+            );
+            return fail("daemon", "metrics", why);
         }
         self.check_personas()?;
         self.check_gate()?;

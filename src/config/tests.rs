@@ -66,6 +66,8 @@ fn bad_values_name_the_key_and_line() {
         ("[tracking]\nipv6_prefix = 0\n", 2, "tracking.ipv6_prefix"),
         ("[tracking]\nipv6_escalate = 9\n", 2, "tracking.ipv6_escalate"),
         ("[tracking]\nipv6_escalate_prefix = 64\n", 2, "tracking.ipv6_escalate_prefix"),
+        ("[daemon]\nmetrics = \"localhost\"\n", 2, "daemon.metrics"),
+        ("[daemon]\nmetrics = \"127.0.0.1\"\n", 2, "daemon.metrics"),
     ] {
         let e = error(text);
         assert!(e.starts_with(&format!("line {line}:")), "{text:?}: {e}");
@@ -116,4 +118,14 @@ fn a_config_read_back_is_checked_again() {
     let bad = text.replace("\"shards\":64", "\"shards\":3");
     assert_ne!(bad, text, "the default shard count is in the text");
     assert!(serde_json::from_str::<Config>(&bad).is_err());
+}
+
+#[test]
+fn metrics_are_served_on_loopback_by_default_and_can_be_turned_off() {
+    let d = Config::default().daemon.clone();
+    assert_eq!(d.metrics_addr(), Some("127.0.0.1:9469".parse().expect("address")));
+    let off = Config::from_toml("[daemon]\nmetrics = \"\"\n").expect("rules");
+    assert_eq!(off.daemon.metrics_addr(), None);
+    let v6 = Config::from_toml("[daemon]\nmetrics = \"[::1]:9100\"\n").expect("rules");
+    assert_eq!(v6.daemon.metrics_addr(), Some("[::1]:9100".parse().expect("address")));
 }

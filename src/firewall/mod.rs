@@ -251,12 +251,22 @@ pub struct KernelCounters {
     pub fast_path: u64,
     /// New connections of quarantined sources dropped.
     pub quarantined: u64,
-    /// Packets of banned sources dropped, IPv4.
+    /// Packets of banned sources dropped, IPv4: what they still send.
     pub banned4: u64,
-    /// The same, IPv6.
+    /// The same, IPv6 (banned /64s and /48s).
     pub banned6: u64,
-    /// Packets of denylisted sources dropped.
-    pub denied: u64,
+    /// Packets of denylisted sources dropped, IPv4.
+    pub denied4: u64,
+    /// The same, IPv6.
+    pub denied6: u64,
+    /// The bytes of the packets `banned4` counts.
+    pub banned4_bytes: u64,
+    /// The bytes of the packets `banned6` counts.
+    pub banned6_bytes: u64,
+    /// The bytes of the packets `denied4` counts.
+    pub denied4_bytes: u64,
+    /// The bytes of the packets `denied6` counts.
+    pub denied6_bytes: u64,
 }
 
 /// Reads the counters of the `inet portcloak` rules; `None` when the

@@ -665,15 +665,20 @@ pub(super) fn kernel_counters(text: &str) -> KernelCounters {
             continue;
         };
         let Some(packets) = counter_packets(line) else { continue };
-        let slot = match comment {
-            "fast4" | "fast6" => &mut c.fast_path,
-            "quarantined4" | "quarantined6" => &mut c.quarantined,
-            "banned4" => &mut c.banned4,
-            "banned6" => &mut c.banned6,
-            "denied4" | "denied6" => &mut c.denied,
+        let bytes = counter_bytes(line).unwrap_or(0);
+        let (slot, bytes_slot) = match comment {
+            "fast4" | "fast6" => (&mut c.fast_path, None),
+            "quarantined4" | "quarantined6" => (&mut c.quarantined, None),
+            "banned4" => (&mut c.banned4, Some(&mut c.banned4_bytes)),
+            "banned6" => (&mut c.banned6, Some(&mut c.banned6_bytes)),
+            "denied4" => (&mut c.denied4, Some(&mut c.denied4_bytes)),
+            "denied6" => (&mut c.denied6, Some(&mut c.denied6_bytes)),
             _ => continue,
         };
         *slot = slot.saturating_add(packets);
+        if let Some(b) = bytes_slot {
+            *b = b.saturating_add(bytes);
+        }
     }
     c
 }
@@ -753,4 +758,10 @@ pub(super) fn sum_nft_queue_counters(text: &str) -> u64 {
 /// The `counter packets N` of one rule in an nft listing.
 fn counter_packets(line: &str) -> Option<u64> {
     line.split("counter packets ").nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
+/// The `bytes N` of one rule's counter in an nft listing.
+fn counter_bytes(line: &str) -> Option<u64> {
+    let after = line.split("counter packets ").nth(1)?;
+    after.split(" bytes ").nth(1)?.split_whitespace().next()?.parse().ok()
 }

@@ -97,11 +97,23 @@ fn kernel_counters_and_proven_pairs_are_read_from_nft_listings() {
                  ip6 saddr & ffff:ffff:ffff:ffff:: @ban6 counter packets 2 bytes 1 drop comment \"banned6\"\n\
                  ... counter packets 3 bytes 180 meta mark set meta mark | 0x10000000 return comment \"fast4\"\n\
                  ... counter packets 4 bytes 180 meta mark set meta mark | 0x10000000 return comment \"fast6\"\n\
-                 ... counter packets 5 bytes 1 drop comment \"quarantined4\"\n";
+                 ... counter packets 5 bytes 1 drop comment \"quarantined4\"\n\
+                 ip6 saddr & ffff:ffff:ffff:: @wide6 ct state new counter packets 3 bytes 240 drop comment \"banned6\"\n\
+                 ip saddr @deny4 counter packets 1 bytes 60 drop comment \"denied4\"\n";
     let c = render::kernel_counters(chain);
     assert_eq!(
         c,
-        KernelCounters { fast_path: 7, quarantined: 5, banned4: 9, banned6: 2, denied: 0 }
+        KernelCounters {
+            fast_path: 7,
+            quarantined: 5,
+            banned4: 9,
+            banned6: 5,
+            denied4: 1,
+            banned4_bytes: 540,
+            banned6_bytes: 241,
+            denied4_bytes: 60,
+            ..KernelCounters::default()
+        }
     );
     let set = "table inet portcloak {\n\tset proven4 {\n\t\telements = { 198.18.2.2 . udp . 53 expires 9m59s944ms,\n\t\t\t     198.18.2.22 . tcp . 80 expires 9m,\n\t\t\t     198.18.2.2 . tcp . 443 expires 9m55s176ms }\n\t}\n}\n";
     let key = SourceKey::new("198.18.2.2".parse().unwrap(), 64);

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod effects;
 pub mod knock;
 pub mod listen;
+pub mod metrics;
 pub mod protocol;
 pub mod queue;
 pub mod replay;

@@ -71,10 +71,43 @@ pub struct StatusReport {
     pub bans: usize,
     /// Active quarantines.
     pub quarantines: usize,
+    /// Active bans and quarantines by address family.
+    pub active: ActiveBans,
+    /// Bans started since the daemon started, by kind of reason and kind
+    /// of ban, zeros included.
+    pub bans_started: Vec<BanStart>,
     /// What the kernel passed and dropped itself; absent unmanaged.
     pub kernel_counters: Option<KernelCounters>,
     /// Memory, in bytes.
     pub memory: Memory,
+    /// Where `/metrics` is served: an address, `off`, or why it is not.
+    pub metrics: String,
+}
+
+/// Active bans and quarantines by address family (an IPv6 entry is a /64
+/// or a wider network).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveBans {
+    /// IPv4 sources banned.
+    pub ipv4_bans: usize,
+    /// IPv6 networks banned.
+    pub ipv6_bans: usize,
+    /// IPv4 sources quarantined.
+    pub ipv4_quarantines: usize,
+    /// IPv6 networks quarantined.
+    pub ipv6_quarantines: usize,
+}
+
+/// How many bans of one kind of reason and one kind started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanStart {
+    /// The kind of reason (`signature`, `probe`, `closed-ports`,
+    /// `slow-scan`, `spread-scan`, `manual`).
+    pub reason: String,
+    /// `ban` or `quarantine`.
+    pub kind: String,
+    /// How many.
+    pub count: u64,
 }
 
 /// One worker, with the kernel's counters of its queue.
@@ -245,20 +278,45 @@ impl StatusReport {
             writeln!(
                 out,
                 "kernel: {} new connections of proven pairs passed (fast path), {} of quarantined \
-                 sources dropped; banned sources' packets dropped: {} IPv4, {} IPv6",
-                k.fast_path, k.quarantined, k.banned4, k.banned6,
+                 sources dropped; what banned sources still send, dropped: {} packets ({} bytes) \
+                 IPv4, {} packets ({} bytes) IPv6; denied: {} IPv4, {} IPv6",
+                k.fast_path,
+                k.quarantined,
+                k.banned4,
+                k.banned4_bytes,
+                k.banned6,
+                k.banned6_bytes,
+                k.denied4,
+                k.denied6,
             )?;
         }
+        let started: Vec<String> = self
+            .bans_started
+            .iter()
+            .filter(|b| b.count > 0)
+            .map(|b| format!("{} {} {}", b.kind, b.reason, b.count))
+            .collect();
+        writeln!(
+            out,
+            "bans started: {}",
+            if started.is_empty() { "none".to_owned() } else { started.join(", ") }
+        )?;
         let m = &self.memory;
         writeln!(
             out,
-            "bans: {}, quarantines: {}; memory {} MiB resident, {} MiB peak, limit {} MiB",
+            "bans: {} ({} IPv4, {} IPv6), quarantines: {} ({} IPv4, {} IPv6); memory {} MiB \
+             resident, {} MiB peak, limit {} MiB",
             self.bans,
+            self.active.ipv4_bans,
+            self.active.ipv6_bans,
             self.quarantines,
+            self.active.ipv4_quarantines,
+            self.active.ipv6_quarantines,
             m.rss >> 20,
             m.peak >> 20,
             m.limit >> 20,
-        )
+        )?;
+        writeln!(out, "metrics: {}", self.metrics)
     }
 }
 
@@ -318,8 +376,15 @@ mod tests {
             gate: GateCounters::default(),
             bans: 1,
             quarantines: 0,
+            active: ActiveBans { ipv4_bans: 1, ..ActiveBans::default() },
+            bans_started: vec![BanStart {
+                reason: "signature".into(),
+                kind: "ban".into(),
+                count: 1,
+            }],
             kernel_counters: Some(KernelCounters { banned6: 2, ..KernelCounters::default() }),
             memory: Memory { rss: 3 << 20, peak: 4 << 20, limit: 512 << 20 },
+            metrics: "127.0.0.1:9469".into(),
         };
         let round = |answer: &Answer| serde_json::to_value(answer).unwrap();
         let text = round(&Answer::Status(Box::new(status.clone())));
@@ -333,6 +398,8 @@ mod tests {
         status.write_text(&mut out).unwrap();
         let out = String::from_utf8(out).unwrap();
         assert!(out.contains("drops: closed-port 3\n") && out.contains("IPv6"), "{out}");
+        assert!(out.contains("bans started: ban signature 1\n"), "{out}");
+        assert!(out.contains("metrics: 127.0.0.1:9469\n"), "{out}");
         let ban = BanEntry {
             source: "fd5c:a11:5::/48".into(),
             kind: "ban".into(),

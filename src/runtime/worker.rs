@@ -23,7 +23,7 @@ use crate::event::Event;
 use crate::gate::{GateEvent, Via};
 use crate::policy::{Reason, Verdict};
 use crate::time::{Rate, Timestamp};
-use crate::track::{Ban, SourceKey};
+use crate::track::{Ban, BanKind, BanReason, SourceKey};
 
 /// Netfilter hook numbers on which portcloak's rules queue outbound packets.
 const NF_INET_LOCAL_OUT: u8 = 3;
@@ -99,6 +99,34 @@ pub struct Shared {
     pub gate_log: Rate,
     /// The mark bit the kernel sets on a proven source's queued packets.
     pub proven_mark: u32,
+    /// Bans started since the daemon started.
+    pub bans_started: BanStarts,
+}
+
+/// Bans started, by kind of reason ([`BanReason::KINDS`]) and kind of ban
+/// (a ban, a quarantine).
+#[derive(Debug, Default)]
+pub struct BanStarts([[AtomicU64; 2]; BanReason::KINDS.len()]);
+
+impl BanStarts {
+    /// Counts `ban`.
+    pub fn count(&self, ban: &Ban) {
+        let kind = usize::from(ban.kind == BanKind::Quarantine);
+        if let Some(c) = self.0.get(ban.reason.kind_index()).and_then(|r| r.get(kind)) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Every count so far, zeros included: (reason, kind, count).
+    pub fn read(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut out = Vec::new();
+        for (reason, row) in BanReason::KINDS.iter().zip(&self.0) {
+            for (kind, c) in ["ban", "quarantine"].iter().zip(row) {
+                out.push((*reason, *kind, c.load(Relaxed)));
+            }
+        }
+        out
+    }
 }
 
 /// Runs worker `index` on `queue` until `shared.stop` is set.
@@ -337,6 +365,7 @@ impl Effects for Inline<'_> {
     }
 
     fn ban(&mut self, key: SourceKey, ban: Ban) {
+        self.shared.bans_started.count(&ban);
         if self.shared.kernel.try_send(KernelMsg::Ban(key, ban)).is_err() {
             self.stats.lost.fetch_add(1, Relaxed);
         }
@@ -403,6 +432,7 @@ mod tests {
             shed_age: std::time::Duration::from_millis(1),
             gate_log: Rate::new(10.0, 10),
             proven_mark: 0,
+            bans_started: BanStarts::default(),
         };
         let stats = &shared.workers[0];
         for i in 0..5 {

@@ -72,6 +72,23 @@ pub enum BanReason {
 }
 
 impl BanReason {
+    /// The names of the kinds of reason, as [`BanReason::kind_index`]
+    /// numbers them: a bounded label for counters.
+    pub const KINDS: [&'static str; 6] =
+        ["signature", "probe", "closed-ports", "slow-scan", "spread-scan", "manual"];
+
+    /// This reason's kind, an index into [`BanReason::KINDS`].
+    pub const fn kind_index(self) -> usize {
+        match self {
+            Self::Signature(_) => 0,
+            Self::Probe(_) => 1,
+            Self::ClosedPorts(_) => 2,
+            Self::SlowScan(_) => 3,
+            Self::SpreadScan(_) => 4,
+            Self::Manual => 5,
+        }
+    }
+
     /// True for a ban that one packet called for (a signature or a stealth
     /// probe): anyone can forge it with a spoofed source.
     pub const fn single_packet(self) -> bool {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::firewall::{self, Backend, KernelCounters};
 use crate::policy::Reason;
+use crate::runtime::protocol::ActiveBans;
 use crate::runtime::queue::{self};
 use crate::runtime::worker::{Shared, WorkerStats};
 use crate::runtime::{listen, log};
@@ -121,7 +122,7 @@ pub(super) fn summary(
     span: Duration,
     missed: Option<(u64, f64)>,
     kernel: Option<(KernelCounters, KernelCounters)>,
-    (bans, quarantines): (usize, usize),
+    active: ActiveBans,
 ) -> String {
     let mut reasons: Vec<String> = Reason::ALL
         .iter()
@@ -135,10 +136,11 @@ pub(super) fn summary(
     let missed = missed.map_or_else(|| "unknown".to_owned(), |(_, s)| format!("{:.2}%", s * 100.0));
     let kernel = kernel.map_or_else(String::new, |(b, n)| {
         format!(
-            "; kernel: {} fast-path, {} quarantined, {} banned dropped",
+            "; kernel: {} fast-path, {} quarantined, banned sources still sent {} IPv4 and {} IPv6 (dropped)",
             n.fast_path.saturating_sub(b.fast_path),
             n.quarantined.saturating_sub(b.quarantined),
-            (n.banned4 + n.banned6).saturating_sub(b.banned4 + b.banned6),
+            n.banned4.saturating_sub(b.banned4),
+            n.banned6.saturating_sub(b.banned6),
         )
     });
     format!(
@@ -150,14 +152,22 @@ pub(super) fn summary(
         now.rewritten - before.rewritten,
         now.shed - before.shed,
         missed,
-        bans,
-        quarantines,
+        active.ipv4_bans + active.ipv6_bans,
+        active.ipv4_quarantines + active.ipv6_quarantines,
     )
 }
 
-/// Active bans and active quarantines.
-pub(super) fn ban_counts(shared: &Shared) -> (usize, usize) {
-    let bans = shared.engine.bans(shared.clock.now());
-    let quarantines = bans.iter().filter(|(_, b)| b.kind == BanKind::Quarantine).count();
-    (bans.len() - quarantines, quarantines)
+/// Active bans and active quarantines, by family.
+pub(super) fn ban_counts(shared: &Shared) -> ActiveBans {
+    let mut a = ActiveBans::default();
+    for (key, ban) in shared.engine.bans(shared.clock.now()) {
+        let slot = match (ban.kind == BanKind::Quarantine, key.is_ipv6()) {
+            (false, false) => &mut a.ipv4_bans,
+            (false, true) => &mut a.ipv6_bans,
+            (true, false) => &mut a.ipv4_quarantines,
+            (true, true) => &mut a.ipv6_quarantines,
+        };
+        *slot += 1;
+    }
+    a
 }

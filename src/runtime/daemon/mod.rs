@@ -28,8 +28,8 @@ use crate::firewall::{self, Backend, Entry, Pair, Plan};
 use crate::runtime::clock::Clock;
 use crate::runtime::control::{self};
 use crate::runtime::queue::{self};
-use crate::runtime::worker::{self, KernelMsg, Shared, WorkerStats};
-use crate::runtime::{listen, log, state, sysctl};
+use crate::runtime::worker::{self, BanStarts, KernelMsg, Shared, WorkerStats};
+use crate::runtime::{listen, log, metrics, state, sysctl};
 use crate::time::{Rate, Timestamp};
 use crate::track::SourceKey;
 
@@ -184,6 +184,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         shed_age: d.shed_age.get(),
         gate_log: Rate::new(10.0, 10),
         proven_mark: plan.proven_mark(),
+        bans_started: BanStarts::default(),
     });
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -234,10 +235,35 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             .name("housekeeping".into())
             .spawn(move || housekeeping(&shared, backend, manage))?
     };
+    // Metrics that cannot be served are logged, never a reason to stop
+    // inspecting packets.
+    let (metrics_listener, metrics_state) = match d.metrics_addr() {
+        None => (None, "off".to_owned()),
+        Some(addr) => match metrics::bind(addr) {
+            Ok(listener) => (Some(listener), addr.to_string()),
+            Err(e) => {
+                let why = format!("cannot listen on {addr} ([daemon] metrics): {e}");
+                log(&format!("error: {why}; running without metrics"));
+                (None, format!("not served: {why}"))
+            }
+        },
+    };
+    let info = Info { backend, manage, started, metrics: metrics_state };
+    let metrics_thread = match metrics_listener {
+        Some(listener) => {
+            let shared = Arc::clone(&shared);
+            let info = info.clone();
+            Some(std::thread::Builder::new().name("metrics".into()).spawn(move || {
+                metrics::serve(&listener, &shared.stop, &|| {
+                    metrics::render(&requests::status(&shared, &info))
+                });
+            })?)
+        }
+        None => None,
+    };
     let ctl = {
         let shared = Arc::clone(&shared);
         let kernel = kernel_tx.clone();
-        let info = Info { backend, manage, started };
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || serve_control(&listener, &shared, &kernel, &info))?
@@ -260,7 +286,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let mut crashed = None;
     while !term.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
-        crashed = first_dead(handles.iter().chain([&keeper, &house, &ctl, &output]));
+        crashed = first_dead(
+            handles.iter().chain([&keeper, &house, &ctl, &output]).chain(&metrics_thread),
+        );
         if crashed.is_some() {
             break;
         }
@@ -288,6 +316,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         let _ = h.join();
     }
     let _ = ctl.join();
+    if let Some(m) = metrics_thread {
+        let _ = m.join();
+    }
     let _ = house.join();
     let _ = output.join();
     drop(shared);

@@ -12,13 +12,14 @@ use crate::firewall::{self, Backend};
 use crate::policy::Reason;
 use crate::runtime::control::{self, Request};
 use crate::runtime::protocol::{
-    Answer, BanEntry, BanList, Banned, Lifted, Memory, StatusReport, WorkerStatus,
+    Answer, BanEntry, BanList, BanStart, Banned, Lifted, Memory, StatusReport, WorkerStatus,
 };
 use crate::runtime::queue::{self, KernelQueue};
 use crate::runtime::worker::{KernelMsg, Shared};
 use crate::time::Timestamp;
 use crate::track::SourceKey;
 
+#[derive(Clone, Debug)]
 pub(super) struct Info {
     /// Where the queue rules live.
     pub(super) backend: Backend,
@@ -26,6 +27,8 @@ pub(super) struct Info {
     pub(super) manage: bool,
     /// When it started.
     pub(super) started: Instant,
+    /// Where `/metrics` is served, `off`, or why it is not.
+    pub(super) metrics: String,
 }
 
 pub(super) fn serve_control(
@@ -70,6 +73,7 @@ pub(super) fn handle(
                 return Err(Refusal::ZeroLength);
             }
             let ban = engine.ban(now, ip, length)?;
+            shared.bans_started.count(&ban);
             let key = SourceKey::new(ip, config.tracking.ipv6_prefix);
             send(KernelMsg::Ban(key, ban))?;
             Ok(Answer::Banned(Banned { source: key.to_string(), seconds: length.as_secs() }))
@@ -159,7 +163,7 @@ pub(super) fn status(shared: &Shared, info: &Info) -> StatusReport {
         .map_or((None, None), |(m, s)| (Some(m), Some(s)));
     let stats = shared.engine.stats();
     let (rss, peak) = crate::runtime::memory();
-    let (bans, quarantines) = ban_counts(shared);
+    let active = ban_counts(shared);
     let firewall = match (info.manage, info.backend) {
         (false, _) => "unmanaged",
         (true, Backend::Nft) => "nft",
@@ -182,9 +186,21 @@ pub(super) fn status(shared: &Shared, info: &Info) -> StatusReport {
         tables: stats.tables,
         guards: stats.guards,
         gate: stats.gate,
-        bans,
-        quarantines,
+        bans: active.ipv4_bans + active.ipv6_bans,
+        quarantines: active.ipv4_quarantines + active.ipv6_quarantines,
+        active,
+        bans_started: shared
+            .bans_started
+            .read()
+            .into_iter()
+            .map(|(reason, kind, count)| BanStart {
+                reason: reason.to_owned(),
+                kind: kind.to_owned(),
+                count,
+            })
+            .collect(),
         kernel_counters: if info.manage { firewall::kernel_counters() } else { None },
         memory: Memory { rss, peak, limit: shared.engine.config().daemon.memory_limit << 20 },
+        metrics: info.metrics.clone(),
     }
 }
