@@ -17,7 +17,7 @@ use std::process::Command;
 use crate::replay::CHECKS;
 use crate::util::{prerequisites, root};
 
-const TOOLS: [&str; 13] = [
+const TOOLS: [&str; 15] = [
     "ip",
     "nmap",
     "masscan",
@@ -31,6 +31,8 @@ const TOOLS: [&str; 13] = [
     "ip6tables-nft",
     "p0f",
     "conntrack",
+    "curl",
+    "promtool",
 ];
 
 /// The lab tests share two CPUs; run them one at a time, so a flood in one
@@ -232,4 +234,15 @@ fn proven_clients_skip_the_queue_and_forged_packets_never_cut_them_off() {
 #[test]
 fn a_scan_spread_over_the_64s_of_a_48_ends_in_a_kernel_ban_of_the_48() {
     run_script("spread");
+}
+
+/// The live daemon's `/metrics` (`tests/lab/metrics.py`): curl scrapes it
+/// and promtool finds no problem; after a scan the drops, bans and
+/// kernel-drop counters move by what `status` shows; a thousand idle
+/// connections to the metrics port delay a scrape by at most its timeout
+/// while a client loop keeps every request; and every metric the Grafana
+/// dashboard queries is on the endpoint.
+#[test]
+fn the_metrics_endpoint_counts_what_status_shows_and_outlasts_idle_clients() {
+    run_script("metrics");
 }
