@@ -12,6 +12,7 @@
 //! `rules/default.toml` lists every key with its default; a test checks that
 //! it equals [`Config::default`].
 
+mod fleet;
 mod hidden;
 mod persona;
 mod types;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use self::fleet::Fleet;
 pub use self::hidden::{GateProto, Hidden, Knock, KnockStep, Spa};
 pub use self::persona::{
     BUILTIN_TEXT as BUILTIN_PERSONAS, EchoField, IpId, NONE as NO_PERSONA, PersonaChoice,
@@ -153,6 +155,8 @@ pub struct Rules {
     pub knock: Knock,
     /// Single-packet authorization.
     pub spa: Spa,
+    /// Hosts that share bans.
+    pub fleet: Fleet,
 }
 
 /// `[services]`
@@ -707,6 +711,9 @@ impl Rules {
         }
         self.check_personas()?;
         self.check_gate()?;
+        if let Some((key, why)) = self.fleet.problem() {
+            return fail("fleet", key, why);
+        }
         let need = self.table_budget() >> 20;
         if d.memory_limit < need {
             return fail(

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod control;
 pub mod daemon;
 pub mod effects;
+pub mod fleet;
 pub mod knock;
 pub mod listen;
 pub mod metrics;

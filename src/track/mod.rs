@@ -69,13 +69,16 @@ pub enum BanReason {
     SpreadScan(u32),
     /// Banned by an operator.
     Manual,
+    /// Closed ports touched on this many hosts of a fleet within the
+    /// short window: a sweep across hosts (`[fleet] sweep_hosts`).
+    FleetSweep(u32),
 }
 
 impl BanReason {
     /// The names of the kinds of reason, as [`BanReason::kind_index`]
     /// numbers them: a bounded label for counters.
-    pub const KINDS: [&'static str; 6] =
-        ["signature", "probe", "closed-ports", "slow-scan", "spread-scan", "manual"];
+    pub const KINDS: [&'static str; 7] =
+        ["signature", "probe", "closed-ports", "slow-scan", "spread-scan", "manual", "fleet-sweep"];
 
     /// This reason's kind, an index into [`BanReason::KINDS`].
     pub const fn kind_index(self) -> usize {
@@ -86,6 +89,7 @@ impl BanReason {
             Self::SlowScan(_) => 3,
             Self::SpreadScan(_) => 4,
             Self::Manual => 5,
+            Self::FleetSweep(_) => 6,
         }
     }
 
@@ -105,6 +109,7 @@ impl std::fmt::Display for BanReason {
             Self::SlowScan(n) => write!(f, "slow-scan {n}"),
             Self::SpreadScan(n) => write!(f, "spread-scan {n}"),
             Self::Manual => f.write_str("manual"),
+            Self::FleetSweep(n) => write!(f, "fleet-sweep {n}"),
         }
     }
 }
@@ -139,6 +144,9 @@ impl std::str::FromStr for BanReason {
         }
         if let Some(rest) = text.strip_prefix("spread-scan ") {
             return count(rest).map(Self::SpreadScan);
+        }
+        if let Some(rest) = text.strip_prefix("fleet-sweep ") {
+            return count(rest).map(Self::FleetSweep);
         }
         let candidates = ProbeKind::ALL
             .into_iter()
