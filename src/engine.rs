@@ -198,6 +198,13 @@ pub enum Refused {
     /// The ban table is full of active bans.
     #[error("the ban table is full")]
     TableFull,
+    /// On the allowlist (a peer's ban).
+    #[error("the address is on the allowlist")]
+    Allowlisted,
+    /// A key these rules do not track (a peer's IPv6 ban of another prefix
+    /// length).
+    #[error("these rules do not track this key")]
+    Untracked,
 }
 
 /// Counters of the engine's tables and guards.
@@ -606,6 +613,60 @@ impl Engine {
             offences,
         };
         if shard.insert_ban(key, ban, now) { Ok(ban) } else { Err(Refused::TableFull) }
+    }
+
+    /// Applies a ban that another host of the fleet started on `key`,
+    /// until `until`. Local guards win: an allowlisted or unbannable
+    /// address is refused, and a source this host has proven (`proven`,
+    /// from the kernel's proof sets, or a handshake the engine saw within
+    /// the grace, or a proven pair) is quarantined, never banned, so a
+    /// forged scan at one host cannot cut off another host's clients.
+    /// A ban here that lasts as long already is left alone (`Ok(None)`).
+    pub fn peer_ban(
+        &self,
+        now: Timestamp,
+        key: SourceKey,
+        reason: BanReason,
+        until: Timestamp,
+        proven: bool,
+    ) -> Result<Option<Ban>, Refused> {
+        let ip = key.ip();
+        if self.config().lists.allows(ip) {
+            return Err(Refused::Allowlisted);
+        }
+        if !self.policy.bannable(ip) {
+            return Err(Refused::Unbannable);
+        }
+        if !self.tracks(key) {
+            return Err(Refused::Untracked);
+        }
+        let mut shard = self.table.lock(&key);
+        if shard.active_ban(&key, now).is_some_and(|b| b.until >= until) {
+            return Ok(None);
+        }
+        let vouched = proven
+            || shard.peek_source(&key).is_some_and(|s| {
+                self.policy.handshake_recent(s, now) || !s.proven.is_empty()
+            });
+        let kind = if vouched { BanKind::Quarantine } else { BanKind::Ban };
+        let offences = shard.offences(&key).saturating_add(1);
+        let ban = Ban { kind, reason, since: now, until, offences };
+        if shard.insert_ban(key, ban, now) { Ok(Some(ban)) } else { Err(Refused::TableFull) }
+    }
+
+    /// Bans `key` for a sweep across the fleet's hosts (`hosts` of them),
+    /// for the ban length of its offence, with the same guards as
+    /// [`Engine::peer_ban`].
+    pub fn sweep_ban(
+        &self,
+        now: Timestamp,
+        key: SourceKey,
+        hosts: u32,
+        proven: bool,
+    ) -> Result<Option<Ban>, Refused> {
+        let offences = self.table.lock(&key).offences(&key).saturating_add(1);
+        let until = now.saturating_add(self.policy.ban_length(offences));
+        self.peer_ban(now, key, BanReason::FleetSweep(hosts), until, proven)
     }
 
     /// Puts back a ban saved by an earlier run, with its reason and offence

@@ -992,3 +992,33 @@ fn a_scan_that_moves_to_a_new_64_of_its_48_ends_in_a_ban_of_the_48() {
     let (reached, escalated) = spread_scan(&own, [0xfd5c, 0x0a11, 1], dst);
     assert_eq!((reached, escalated), (1000, vec![]));
 }
+
+/// A peer's ban: an unproven source is banned until the peer's end, one
+/// that completed a handshake here is quarantined, an allowlisted one is
+/// refused, and a ban here that lasts as long is left alone.
+#[test]
+fn a_peers_ban_bans_strangers_and_quarantines_clients_proven_here() {
+    let mut r = rules();
+    r.lists.allow = vec!["198.18.1.77/32".parse().expect("cidr")];
+    let e = Engine::new(checked(r));
+    let reason = BanReason::Signature(Signature::Tool(Fingerprint::NmapSyn));
+    let key = |ip| SourceKey::new(ip, 64);
+    let until = at(60_000);
+    let stranger = host(5);
+    let ban = e.peer_ban(at(0), key(stranger), reason, until, false).expect("ban");
+    assert_eq!(ban.map(|b| (b.kind, b.until)), Some((BanKind::Ban, until)));
+    assert_eq!(e.peer_ban(at(1), key(stranger), reason, at(30_000), false), Ok(None));
+    let client = host(6);
+    connect(&e, at(0), client, 40_000, 80);
+    let q = e.peer_ban(at(10), key(client), reason, until, false).expect("quarantine");
+    assert_eq!(q.map(|b| b.kind), Some(BanKind::Quarantine));
+    // The kernel's word alone is enough.
+    let q = e.peer_ban(at(10), key(host(7)), reason, until, true).expect("quarantine");
+    assert_eq!(q.map(|b| b.kind), Some(BanKind::Quarantine));
+    let allowed = "198.18.1.77".parse().expect("address");
+    assert_eq!(e.peer_ban(at(0), key(allowed), reason, until, false), Err(Refused::Allowlisted));
+    e.set_local(vec![server()]);
+    assert_eq!(e.peer_ban(at(0), key(server()), reason, until, false), Err(Refused::Unbannable));
+    let swept = e.sweep_ban(at(0), key(host(8)), 4, false).expect("sweep").expect("a ban");
+    assert_eq!((swept.kind, swept.reason), (BanKind::Ban, BanReason::FleetSweep(4)));
+}

@@ -133,7 +133,12 @@ impl ProvenPorts {
         self.next = u8::try_from((slot + 1) % PROVEN_SLOTS).unwrap_or(0);
     }
 
-    /// True when the pair was proven.
+    /// True when no pair is proven.
+    pub fn is_empty(&self) -> bool {
+        self.slots.iter().all(|(p, _)| *p == 0)
+    }
+
+    /// True when the pair is proven.
     pub fn contains(&self, proto: PortProto, port: u16) -> bool {
         self.slots.contains(&((proto.index() as u8).saturating_add(1), port))
     }
