@@ -645,9 +645,9 @@ impl Engine {
             return Ok(None);
         }
         let vouched = proven
-            || shard.peek_source(&key).is_some_and(|s| {
-                self.policy.handshake_recent(s, now) || !s.proven.is_empty()
-            });
+            || shard
+                .peek_source(&key)
+                .is_some_and(|s| self.policy.handshake_recent(s, now) || !s.proven.is_empty());
         let kind = if vouched { BanKind::Quarantine } else { BanKind::Ban };
         let offences = shard.offences(&key).saturating_add(1);
         let ban = Ban { kind, reason, since: now, until, offences };

@@ -82,6 +82,40 @@ pub struct StatusReport {
     pub memory: Memory,
     /// Where `/metrics` is served: an address, `off`, or why it is not.
     pub metrics: String,
+    /// The fleet, when `[fleet]` is on.
+    pub fleet: Option<FleetStatus>,
+}
+
+/// The fleet's state and counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// This host's name in the fleet.
+    pub name: String,
+    /// Connected, with the stream and this host's consumer ready.
+    pub connected: bool,
+    /// Messages published.
+    pub sent: u64,
+    /// Messages read from the stream.
+    pub received: u64,
+    /// Peers' bans applied here, sweeps included.
+    pub applied: u64,
+    /// This host's own messages read back.
+    pub own: u64,
+    /// Sweeps across hosts banned here.
+    pub sweeps: u64,
+    /// Peers' bans the local guards refused.
+    pub guarded: u64,
+    /// Messages waiting for the broker.
+    pub pending: u64,
+    /// Age of the oldest of them, in milliseconds.
+    pub lag_ms: u64,
+    /// Messages to publish dropped (queue full).
+    pub dropped: u64,
+    /// Messages refused, by reason (`malformed`, `unsigned`,
+    /// `bad-signature`, `stale`, `replayed`).
+    pub refused: BTreeMap<String, u64>,
+    /// The last broker error.
+    pub error: String,
 }
 
 /// Active bans and quarantines by address family (an IPv6 entry is a /64
@@ -316,7 +350,38 @@ impl StatusReport {
             m.peak >> 20,
             m.limit >> 20,
         )?;
-        writeln!(out, "metrics: {}", self.metrics)
+        writeln!(out, "metrics: {}", self.metrics)?;
+        if let Some(f) = &self.fleet {
+            let refused: Vec<String> = f
+                .refused
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
+            writeln!(
+                out,
+                "fleet: {} {}; sent {}, received {} ({} own), applied {}, sweeps {}, guarded {}; \
+                 refused: {}; waiting {} (lag {} ms), dropped {}{}",
+                f.name,
+                if f.connected { "connected" } else { "not connected" },
+                f.sent,
+                f.received,
+                f.own,
+                f.applied,
+                f.sweeps,
+                f.guarded,
+                if refused.is_empty() { "none".to_owned() } else { refused.join(", ") },
+                f.pending,
+                f.lag_ms,
+                f.dropped,
+                if f.error.is_empty() {
+                    String::new()
+                } else {
+                    format!("; last error: {}", f.error)
+                },
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -385,6 +450,7 @@ mod tests {
             kernel_counters: Some(KernelCounters { banned6: 2, ..KernelCounters::default() }),
             memory: Memory { rss: 3 << 20, peak: 4 << 20, limit: 512 << 20 },
             metrics: "127.0.0.1:9469".into(),
+            fleet: None,
         };
         let round = |answer: &Answer| serde_json::to_value(answer).unwrap();
         let text = round(&Answer::Status(Box::new(status.clone())));

@@ -101,6 +101,9 @@ pub struct Shared {
     pub proven_mark: u32,
     /// Bans started since the daemon started.
     pub bans_started: BanStarts,
+    /// The fleet, when `[fleet]` is on: this host's bans and closed-port
+    /// touches go to it.
+    pub fleet: Option<Arc<super::fleet::Link>>,
 }
 
 /// Bans started, by kind of reason ([`BanReason::KINDS`]) and kind of ban
@@ -349,6 +352,14 @@ impl Effects for Inline<'_> {
             }
             Verdict::Drop => {
                 stats.dropped.fetch_add(1, Relaxed);
+                // A closed port touched by a source not banned here: the
+                // fleet's sweep detector counts hosts.
+                if matches!(out.reason, Reason::ClosedPort | Reason::ClosedPortReject)
+                    && out.ban.is_none()
+                    && let (Some(fleet), Some(key)) = (&self.shared.fleet, out.source)
+                {
+                    fleet.send(super::fleet::Out::Touch(key));
+                }
                 if let Some(counter) = stats.drops.get(out.reason as usize) {
                     counter.fetch_add(1, Relaxed);
                 }
@@ -366,6 +377,9 @@ impl Effects for Inline<'_> {
 
     fn ban(&mut self, key: SourceKey, ban: Ban) {
         self.shared.bans_started.count(&ban);
+        if let Some(fleet) = &self.shared.fleet {
+            fleet.send(super::fleet::Out::Ban(key, ban));
+        }
         if self.shared.kernel.try_send(KernelMsg::Ban(key, ban)).is_err() {
             self.stats.lost.fetch_add(1, Relaxed);
         }
@@ -433,6 +447,7 @@ mod tests {
             gate_log: Rate::new(10.0, 10),
             proven_mark: 0,
             bans_started: BanStarts::default(),
+            fleet: None,
         };
         let stats = &shared.workers[0];
         for i in 0..5 {

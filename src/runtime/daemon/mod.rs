@@ -29,7 +29,7 @@ use crate::runtime::clock::Clock;
 use crate::runtime::control::{self};
 use crate::runtime::queue::{self};
 use crate::runtime::worker::{self, BanStarts, KernelMsg, Shared, WorkerStats};
-use crate::runtime::{listen, log, metrics, state, sysctl};
+use crate::runtime::{fleet, knock, listen, log, metrics, state, sysctl};
 use crate::time::{Rate, Timestamp};
 use crate::track::SourceKey;
 
@@ -134,6 +134,42 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     listen::refresh(engine.ports());
     engine.set_local(listen::local_addresses());
 
+    // The fleet's active bans before the queues open.
+    let fleet_key = if config.fleet.enabled() {
+        Some(knock::read_key(&config.fleet.key_file).context("[fleet] key_file")?)
+    } else {
+        None
+    };
+    if let Some(key) = &fleet_key {
+        let proofs = if manage {
+            firewall::proofs().unwrap_or_else(|| saved_proofs.clone())
+        } else {
+            Vec::new()
+        };
+        let v6 = config.tracking.ipv6_prefix;
+        let proven = |k: SourceKey| {
+            proofs.iter().any(|p| p.pair.is_some() && SourceKey::new(p.source, v6) == k)
+        };
+        let clocks = fleet::Clocks { offset: clock.wall_offset() };
+        match fleet::catch_up(
+            &config.fleet,
+            key.clone(),
+            &engine,
+            clocks,
+            &proven,
+            Duration::from_secs(5),
+        ) {
+            Ok(done) => log(&format!(
+                "fleet: caught up: {} message(s) read, {} ban(s) of peers applied",
+                done.read,
+                done.applied.len()
+            )),
+            Err(e) => log(&format!(
+                "warning: fleet: cannot catch up ({e}); starting with this host's bans"
+            )),
+        }
+    }
+
     let _sysctls = persona_sysctls(&config)?;
     let workers = worker_count(&config);
     let backend = if manage { firewall::detect()? } else { Backend::Iptables };
@@ -167,6 +203,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         firewall::install(&plan, &bans, &proofs).context("installing firewall objects")?;
     }
 
+    let (fleet_link, fleet_outbox) = match &fleet_key {
+        Some(_) => {
+            let (link, rx) = fleet::Link::new();
+            (Some(Arc::new(link)), Some(rx))
+        }
+        None => (None, None),
+    };
     let (kernel_tx, kernel_rx) = channel::bounded(BAN_CHANNEL);
     let (events_tx, events_rx) = channel::bounded(EVENT_CHANNEL);
     let (output_tx, output_rx) = channel::bounded(OUTPUT_CHANNEL);
@@ -185,6 +228,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         gate_log: Rate::new(10.0, 10),
         proven_mark: plan.proven_mark(),
         bans_started: BanStarts::default(),
+        fleet: fleet_link.clone(),
     });
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -261,6 +305,32 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let fleet_thread = match (fleet_key, fleet_outbox, &fleet_link) {
+        (Some(key), Some(outbox), Some(link)) => {
+            let (shared, link) = (Arc::clone(&shared), Arc::clone(link));
+            let settings = config.fleet.clone();
+            Some(std::thread::Builder::new().name("fleet".into()).spawn(move || {
+                let kernel = |(k, ban): fleet::Applied| {
+                    if shared.kernel.try_send(KernelMsg::Ban(k, ban)).is_err() {
+                        link.stats.dropped.fetch_add(1, Relaxed);
+                    }
+                };
+                let proven = |k: SourceKey| {
+                    manage && firewall::proven_pairs(k).is_ok_and(|pairs| !pairs.is_empty())
+                };
+                let daemon = fleet::Daemon {
+                    engine: &shared.engine,
+                    clocks: fleet::Clocks { offset: shared.clock.wall_offset() },
+                    stop: &shared.stop,
+                    kernel: &kernel,
+                    proven: &proven,
+                    log: &|line| log(&line),
+                };
+                fleet::run(&settings, key, &link, &outbox, &daemon);
+            })?)
+        }
+        _ => None,
+    };
     let ctl = {
         let shared = Arc::clone(&shared);
         let kernel = kernel_tx.clone();
@@ -287,7 +357,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     while !term.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         crashed = first_dead(
-            handles.iter().chain([&keeper, &house, &ctl, &output]).chain(&metrics_thread),
+            handles
+                .iter()
+                .chain([&keeper, &house, &ctl, &output])
+                .chain(&metrics_thread)
+                .chain(&fleet_thread),
         );
         if crashed.is_some() {
             break;
@@ -318,6 +392,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let _ = ctl.join();
     if let Some(m) = metrics_thread {
         let _ = m.join();
+    }
+    if let Some(f) = fleet_thread {
+        let _ = f.join();
     }
     let _ = house.join();
     let _ = output.join();

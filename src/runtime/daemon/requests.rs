@@ -75,6 +75,9 @@ pub(super) fn handle(
             let ban = engine.ban(now, ip, length)?;
             shared.bans_started.count(&ban);
             let key = SourceKey::new(ip, config.tracking.ipv6_prefix);
+            if let Some(fleet) = &shared.fleet {
+                fleet.send(crate::runtime::fleet::Out::Ban(key, ban));
+            }
             send(KernelMsg::Ban(key, ban))?;
             Ok(Answer::Banned(Banned { source: key.to_string(), seconds: length.as_secs() }))
         }
@@ -202,5 +205,8 @@ pub(super) fn status(shared: &Shared, info: &Info) -> StatusReport {
         kernel_counters: if info.manage { firewall::kernel_counters() } else { None },
         memory: Memory { rss, peak, limit: shared.engine.config().daemon.memory_limit << 20 },
         metrics: info.metrics.clone(),
+        fleet: shared.fleet.as_ref().map(|link| {
+            link.stats.report(crate::runtime::fleet::host_name(&shared.engine.config().fleet))
+        }),
     }
 }

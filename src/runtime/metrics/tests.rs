@@ -48,6 +48,7 @@ fn sample() -> StatusReport {
         }),
         memory: Memory { rss: 3 << 20, peak: 4 << 20, limit: 512 << 20 },
         metrics: "127.0.0.1:9469".into(),
+        fleet: None,
     }
 }
 
