@@ -369,6 +369,18 @@ fn check(file: &std::path::Path) -> anyhow::Result<Status> {
         }
         Err(e) => return Err(e.into()),
     };
+    // The fleet's key must be there and readable now, not at the first
+    // start.
+    if config.fleet.enabled()
+        && let Err(e) = crate::runtime::knock::read_key(&config.fleet.key_file)
+    {
+        writeln!(
+            std::io::stderr().lock(),
+            "portcloak: {}: [fleet] key_file: {e:#}",
+            file.display()
+        )?;
+        return Ok(Status::Failed);
+    }
     let mut out = std::io::stdout().lock();
     let s = &config.services;
     writeln!(out, "{}: ok", file.display())?;
@@ -422,6 +434,19 @@ fn check(file: &std::path::Path) -> anyhow::Result<Status> {
             "no spa".to_owned()
         };
         writeln!(out, "  hidden     {}; {knock}; {spa}", ports.join(", "))?;
+    }
+    let f = &config.fleet;
+    if f.enabled() {
+        writeln!(
+            out,
+            "  fleet      {} as {} on stream {} ({} replica(s)), subject {}; sweeps across {} hosts",
+            f.url,
+            crate::runtime::fleet::host_name(f),
+            f.stream,
+            f.replicas,
+            f.subject,
+            f.sweep_hosts
+        )?;
     }
     match config.persona() {
         None => writeln!(out, "  persona    none")?,

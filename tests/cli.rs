@@ -327,3 +327,40 @@ fn under_the_units_capabilities_a_persona_that_answers_needs_the_drop_in_and_say
     assert!(!dir.join("ctl.sock").exists(), "it must refuse before it binds anything");
     std::fs::remove_dir_all(dir).expect("clean up");
 }
+
+/// `check` validates `[fleet]`: the URL's form, and the key file, read now
+/// rather than at the first start.
+#[test]
+fn check_validates_the_fleet_and_reads_its_key() {
+    let dir = std::env::temp_dir().join(format!("portcloak-fleet-check-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = dir.join("fleet.key");
+    let out = portcloak(&["keygen", key.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let rules = |url: &str, key: &std::path::Path| {
+        let path = dir.join("rules.toml");
+        std::fs::write(
+            &path,
+            format!("[fleet]\nurl = \"{url}\"\nkey_file = \"{}\"\nname = \"h1\"\n", key.display()),
+        )
+        .expect("write");
+        portcloak(&["check", path.to_str().expect("path")])
+    };
+    let ok = rules("nats://198.18.8.9:4222,nats://198.18.8.10:4222", &key);
+    let (stdout, stderr) = text(&ok);
+    assert!(ok.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(
+            "  fleet      nats://198.18.8.9:4222,nats://198.18.8.10:4222 as h1 on stream PORTCLOAK"
+        ),
+        "{stdout}"
+    );
+    let missing = rules("nats://198.18.8.9:4222", &dir.join("none"));
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing).1.contains("[fleet] key_file"), "{}", text(&missing).1);
+    let bad = rules("http://198.18.8.9", &key);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad).1.contains("fleet.url"), "{}", text(&bad).1);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

@@ -287,6 +287,48 @@ pub fn render(status: &StatusReport) -> String {
         counter(status.answered),
     );
 
+    // The fleet.
+    if let Some(f) = &status.fleet {
+        r.register(
+            "fleet_connected",
+            "1 while the broker, stream and consumer are ready",
+            gauge(u64::from(f.connected)),
+        );
+        r.register(
+            "fleet_messages",
+            "Fleet messages published and read, by direction",
+            counters([
+                (labels([("direction", "sent")]), f.sent),
+                (labels([("direction", "received")]), f.received),
+            ]),
+        );
+        r.register(
+            "fleet_applied_bans",
+            "Peers' bans and fleet sweeps applied here",
+            counter(f.applied),
+        );
+        r.register("fleet_sweeps", "Sweeps across hosts banned here", counter(f.sweeps));
+        r.register(
+            "fleet_guarded_bans",
+            "Peers' bans the local guards refused",
+            counter(f.guarded),
+        );
+        r.register(
+            "fleet_refused_messages",
+            "Fleet messages ignored, by reason",
+            counters(f.refused.iter().map(|(reason, n)| (labels([("reason", reason)]), *n))),
+        );
+        r.register("fleet_pending_messages", "Messages waiting for the broker", gauge(f.pending));
+        let lag = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        lag.set(f.lag_ms as f64 / 1000.0);
+        r.register_with_unit("fleet_lag", "Age of the oldest message waiting", Unit::Seconds, lag);
+        r.register(
+            "fleet_dropped_messages",
+            "Messages to publish dropped: queue full",
+            counter(f.dropped),
+        );
+    }
+
     // Memory.
     let m = &status.memory;
     r.register_with_unit(

@@ -48,7 +48,14 @@ fn sample() -> StatusReport {
         }),
         memory: Memory { rss: 3 << 20, peak: 4 << 20, limit: 512 << 20 },
         metrics: "127.0.0.1:9469".into(),
-        fleet: None,
+        fleet: Some(crate::runtime::protocol::FleetStatus {
+            name: "h1".into(),
+            connected: true,
+            sent: 4,
+            refused: BTreeMap::from([("bad-signature".to_owned(), 1)]),
+            lag_ms: 1500,
+            ..Default::default()
+        }),
     }
 }
 
@@ -74,6 +81,10 @@ fn the_status_becomes_named_counters_and_gauges() {
         "portcloak_persona_rewritten_packets_total 2",
         "portcloak_resident_memory_bytes 3145728",
         "# TYPE portcloak_uptime_seconds gauge",
+        "portcloak_fleet_connected 1",
+        "portcloak_fleet_messages_total{direction=\"sent\"} 4",
+        "portcloak_fleet_refused_messages_total{reason=\"bad-signature\"} 1",
+        "portcloak_fleet_lag_seconds 1.5",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
     }
