@@ -578,6 +578,11 @@ impl Engine {
         self.policy.order_bans(order);
     }
 
+    /// The ban in force on exactly `key`, if any.
+    pub fn active_ban(&self, key: SourceKey, now: Timestamp) -> Option<Ban> {
+        self.table.lock(&key).active_ban(&key, now)
+    }
+
     /// Every active ban, sorted by source.
     pub fn bans(&self, now: Timestamp) -> Vec<(SourceKey, Ban)> {
         self.table.active_bans(now)

@@ -21,6 +21,7 @@
 //!   ← Outcome { verdict, reason, kind, signature, ban, rewritten, reply, gate }
 //! runtime (replay summary / JSON events; the daemon's verdicts)       runtime/, event.rs
 //! daemon: a ban goes to the kernel set within 50 ms and to the state file  runtime/daemon/keeper.rs
+//!         and, with [fleet], to the other hosts through JetStream         runtime/fleet/
 //! Engine::sweep(now) on a timer: idle flows and sources go, ended bans are reported
 //! ```
 //!
@@ -50,9 +51,11 @@
 //! - [`engine`]: the per-packet call that ties them together.
 //! - [`event`]: the events a run reports.
 //! - [`runtime`]: drivers of the engine: offline replay (`replay/`: driver,
-//!   survey, report), and the inline daemon (`daemon/`: start-up and
-//!   shutdown, ban keeper, housekeeping, control requests, events) with its
-//!   queues, workers, state file, control socket and typed protocol.
+//!   survey, judging threads, report), and the inline daemon (`daemon/`:
+//!   start-up and shutdown, ban keeper, housekeeping, control requests,
+//!   events) with its queues, workers, state file, control socket and typed
+//!   protocol, `/metrics` (`metrics`), and the fleet (`fleet/`: signed
+//!   messages, sweeps across hosts, the NATS JetStream thread).
 //! - [`firewall`]: the nft table and queue rules the daemon owns.
 //! - [`config`] and [`time`]: the rules (as written, [`config::Rules`], and
 //!   as checked, [`Config`]) and the engine's notion of time.

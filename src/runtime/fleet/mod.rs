@@ -293,7 +293,7 @@ impl<'a> Node<'a> {
                 let mut publish = None;
                 for t in sources {
                     let Some(key) = parse_key(&t.source, v6) else { continue };
-                    if engine.bans(now).binary_search_by(|(k, _)| k.cmp(&key)).is_ok() {
+                    if engine.active_ban(key, now).is_some() {
                         continue;
                     }
                     let Some(hosts) = self.sweeps.touch(key, &message.origin, now) else {
@@ -639,3 +639,6 @@ pub fn run(settings: &Settings, key: Vec<u8>, link: &Link, outbox: &Receiver<Out
         }
     });
 }
+
+#[cfg(test)]
+mod tests;
