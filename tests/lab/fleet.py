@@ -25,13 +25,11 @@ import hashlib
 import hmac
 import json
 import os
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -159,22 +157,8 @@ class Fleet:
                              daemon_keys='metrics = ""')
 
     def down(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass
+        labmod.teardown(self.procs, self.names.values())
         self.procs = []
-        for ns in self.names.values():
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 class Host:
@@ -210,16 +194,8 @@ def wait(cond, seconds, step=0.05):
 
 
 def nmap_states(f, *args):
-    import xml.etree.ElementTree as ET
     r = run(f.ns(f.names["att"], *NMAP, *args), timeout=120, check=False)
-    states = {}
-    for host in ET.fromstring(r.stdout).iter("host"):
-        for extra in host.iter("extraports"):
-            states[extra.get("state")] = states.get(extra.get("state"), 0) + int(extra.get("count"))
-        for port in host.iter("port"):
-            s = port.find("state").get("state")
-            states[s] = states.get(s, 0) + 1
-    return states
+    return labmod.port_states(r.stdout)
 
 
 def fleet_status(d):

@@ -10,10 +10,10 @@ import os
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lab import (ATTACKER4, SERVER4, SERVER4_C, SERVER6, Daemon, Failed, check, log, main, run)  # noqa: E402
+from lab import (ATTACKER4, SERVER4, SERVER4_C, SERVER6, Daemon, Failed, check, log, main, port_states,  # noqa: E402
+                 run)
 
 # Fast timeouts suit a lab with microsecond round trips; they change how
 # long a scan takes, not what it can learn.
@@ -29,15 +29,7 @@ def scan(lab, *args):
     r = run(lab.ns(lab.attacker, *NMAP, *args), timeout=120, check=False)
     if r.returncode != 0:
         raise Failed("nmap %s failed: %s" % (" ".join(args), r.stderr))
-    states = {}
-    root = ET.fromstring(r.stdout)
-    for host in root.iter("host"):
-        for extra in host.iter("extraports"):
-            states[extra.get("state")] = states.get(extra.get("state"), 0) + int(extra.get("count"))
-        for port in host.iter("port"):
-            s = port.find("state").get("state")
-            states[s] = states.get(s, 0) + 1
-    return states
+    return port_states(r.stdout)
 
 
 def learned(states):

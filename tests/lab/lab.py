@@ -89,22 +89,40 @@ class Lab:
                    timeout=timeout, check=False)
 
     def down(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass
+        teardown(self.procs, (self.server, self.attacker, self.client))
         self.procs = []
-        for ns in (self.server, self.attacker, self.client):
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def teardown(procs, namespaces):
+    """Kills procs and everything left in the namespaces, and deletes them."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+    for ns in namespaces:
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def port_states(xml):
+    """{state: count} over every port of nmap's XML output (-oX -)."""
+    import xml.etree.ElementTree as ET
+    states = {}
+    for host in ET.fromstring(xml).iter("host"):
+        for extra in host.iter("extraports"):
+            states[extra.get("state")] = states.get(extra.get("state"), 0) + int(extra.get("count"))
+        for port in host.iter("port"):
+            s = port.find("state").get("state")
+            states[s] = states.get(s, 0) + 1
+    return states
 
 
 class Daemon:

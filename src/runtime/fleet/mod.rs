@@ -210,31 +210,27 @@ impl<'a> Node<'a> {
 
     /// This host's ban, sealed.
     fn seal_ban(&mut self, key: SourceKey, ban: &Ban, clocks: Clocks) -> (String, Vec<u8>) {
-        let now = unix_micros();
         let what = What::Ban {
             source: key.to_string(),
             kind: ban.kind,
             reason: ban.reason.to_string(),
             until: clocks.to_wall(ban.until),
         };
-        let m = Message {
-            v: message::VERSION,
-            origin: self.name.clone(),
-            seq: self.seq.next(now),
-            sent: now,
-            what,
-        };
-        (self.subject("ban"), message::seal(&m, &self.key))
+        (self.subject("ban"), self.seal(what))
     }
 
     /// This host's summary of touched closed ports, sealed.
     fn seal_touches(&mut self, touched: &HashMap<SourceKey, u32>) -> (String, Vec<u8>) {
-        let now = unix_micros();
         let mut sources: Vec<Touched> =
             touched.iter().map(|(k, n)| Touched { source: k.to_string(), ports: *n }).collect();
         sources.sort_by(|a, b| b.ports.cmp(&a.ports).then_with(|| a.source.cmp(&b.source)));
         sources.truncate(message::MAX_TOUCHES);
-        let what = What::Touch { sources };
+        (self.subject("touch"), self.seal(What::Touch { sources }))
+    }
+
+    /// `what`, from this host, numbered and signed.
+    fn seal(&mut self, what: What) -> Vec<u8> {
+        let now = unix_micros();
         let m = Message {
             v: message::VERSION,
             origin: self.name.clone(),
@@ -242,7 +238,7 @@ impl<'a> Node<'a> {
             sent: now,
             what,
         };
-        (self.subject("touch"), message::seal(&m, &self.key))
+        message::seal(&m, &self.key)
     }
 
     /// Reads one message from the stream: returns the bans to apply in the
