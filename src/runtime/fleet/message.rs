@@ -67,8 +67,9 @@ pub enum What {
 pub struct Touched {
     /// Its key.
     pub source: String,
-    /// Distinct closed ports it touched at the origin.
-    pub ports: u32,
+    /// Its packets to closed ports the origin dropped since its last
+    /// summary.
+    pub probes: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -242,7 +243,7 @@ mod tests {
             origin: "h".into(),
             seq: 1,
             sent,
-            what: What::Touch { sources: vec![Touched { source: "198.18.1.2".into(), ports: 1 }] },
+            what: What::Touch { sources: vec![Touched { source: "198.18.1.2".into(), probes: 1 }] },
         };
         assert!(open(&seal(&touch(NOW - 1_000_000), KEY), KEY, NOW).is_ok());
         let old = touch(NOW - TOUCH_AGE_MICROS - 1);

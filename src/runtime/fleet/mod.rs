@@ -42,6 +42,21 @@ use crate::track::{Ban, BanReason, SourceKey};
 pub const OUTBOX: usize = 4096;
 /// Messages read from the stream at a time.
 const BATCH: usize = 256;
+/// The longest wait on the broker for one request.
+const WAIT: Duration = Duration::from_secs(2);
+
+/// Up to [`BATCH`] messages of the consumer, waiting at most [`POLL`] for
+/// the first.
+async fn fetch(
+    c: &consumer::Consumer<consumer::pull::Config>,
+) -> Result<Vec<jetstream::Message>, FleetError> {
+    let mut batch = c.fetch().max_messages(BATCH).expires(POLL).messages().await.map_err(nats)?;
+    let mut out = Vec::new();
+    while let Some(Ok(m)) = batch.next().await {
+        out.push(m);
+    }
+    Ok(out)
+}
 /// How long a read waits for messages: the pace of the thread's loop.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -222,8 +237,8 @@ impl<'a> Node<'a> {
     /// This host's summary of touched closed ports, sealed.
     fn seal_touches(&mut self, touched: &HashMap<SourceKey, u32>) -> (String, Vec<u8>) {
         let mut sources: Vec<Touched> =
-            touched.iter().map(|(k, n)| Touched { source: k.to_string(), ports: *n }).collect();
-        sources.sort_by(|a, b| b.ports.cmp(&a.ports).then_with(|| a.source.cmp(&b.source)));
+            touched.iter().map(|(k, n)| Touched { source: k.to_string(), probes: *n }).collect();
+        sources.sort_by(|a, b| b.probes.cmp(&a.probes).then_with(|| a.source.cmp(&b.source)));
         sources.truncate(message::MAX_TOUCHES);
         (self.subject("touch"), self.seal(What::Touch { sources }))
     }
@@ -445,25 +460,15 @@ pub fn catch_up(
     let stats = Stats::default();
     let window = engine.config().scan.window.get();
     let mut node = Node::new(settings, key, window, &stats);
-    rt.block_on(async {
-        let end = Instant::now() + deadline;
-        let client = tokio::time::timeout(deadline, connect(settings, &node.name, false))
-            .await
-            .map_err(nats)??;
+    let mut done = CatchUp::default();
+    let reading = async {
+        let client = connect(settings, &node.name, false).await?;
         let js = jetstream::new(client);
         let mut consumer = ready(&js, settings, &node.name.clone(), max_age(engine)).await?;
-        let mut done = CatchUp::default();
-        while Instant::now() < end {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(BATCH)
-                .expires(POLL)
-                .messages()
-                .await
-                .map_err(nats)?;
-            let mut got = 0;
-            while let Some(Ok(m)) = batch.next().await {
-                got += 1;
+        loop {
+            let messages = fetch(&consumer).await?;
+            let got = messages.len();
+            for m in messages {
                 done.read += 1;
                 let (applied, _) = node.receive(&m.payload, engine, clocks, proven);
                 done.applied.extend(applied);
@@ -471,11 +476,18 @@ pub fn catch_up(
             }
             let pending = consumer.info().await.map(|i| i.num_pending).unwrap_or(0);
             if got == 0 && pending == 0 {
-                break;
+                return Ok::<(), FleetError>(());
             }
         }
-        Ok(done)
-    })
+    };
+    // What was applied before the deadline stays applied.
+    let outcome = rt.block_on(async { tokio::time::timeout(deadline, reading).await });
+    match outcome {
+        Ok(Ok(())) => Ok(done),
+        Ok(Err(e)) if done.read == 0 => Err(e),
+        Err(_) if done.read == 0 => Err(FleetError::Nats("no answer before the deadline".into())),
+        _ => Ok(done),
+    }
 }
 
 /// What the fleet thread needs of the daemon.
@@ -521,6 +533,7 @@ pub fn run(settings: &Settings, key: Vec<u8>, link: &Link, outbox: &Receiver<Out
             }
         };
         let js = jetstream::new(client.clone());
+        let name = node.name.clone();
         let mut consumer = None;
         let mut queue: VecDeque<(Instant, String, Vec<u8>)> = VecDeque::new();
         let mut touched: HashMap<SourceKey, u32> = HashMap::new();
@@ -558,7 +571,8 @@ pub fn run(settings: &Settings, key: Vec<u8>, link: &Link, outbox: &Receiver<Out
                 consumer = None;
             }
             if connected && consumer.is_none() {
-                match ready(&js, settings, &node.name.clone(), max_age(d.engine)).await {
+                let made = ready(&js, settings, &name, max_age(d.engine));
+                match tokio::time::timeout(WAIT, made).await.map_err(nats).and_then(|r| r) {
                     Ok(c) => consumer = Some(c),
                     Err(e) => {
                         *stats.error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
@@ -576,16 +590,18 @@ pub fn run(settings: &Settings, key: Vec<u8>, link: &Link, outbox: &Receiver<Out
                 });
                 was_connected = up;
             }
-            // Publish in order; stop at the first failure.
+            // Publish in order, a batch at a time so that reading goes on
+            // while a long queue drains; stop at the first failure.
             if up {
-                while let Some((_, subject, bytes)) = queue.front() {
-                    let sent = match js.publish(subject.clone(), bytes.clone().into()).await {
-                        Ok(ack) => tokio::time::timeout(Duration::from_secs(2), ack)
-                            .await
-                            .map_err(nats)
-                            .and_then(|a| a.map_err(nats)),
-                        Err(e) => Err(nats(e)),
+                let mut budget = BATCH;
+                while let Some((_, subject, bytes)) = queue.front().filter(|_| budget > 0) {
+                    budget -= 1;
+                    let publish = async {
+                        let ack = js.publish(subject.clone(), bytes.clone().into()).await;
+                        ack.map_err(nats)?.await.map_err(nats)
                     };
+                    let sent =
+                        tokio::time::timeout(WAIT, publish).await.map_err(nats).and_then(|r| r);
                     match sent {
                         Ok(_) => {
                             stats.sent.fetch_add(1, Relaxed);
@@ -610,9 +626,11 @@ pub fn run(settings: &Settings, key: Vec<u8>, link: &Link, outbox: &Receiver<Out
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
-            let batch = c.fetch().max_messages(BATCH).expires(POLL).messages().await;
-            let mut batch = match batch {
-                Ok(b) => b,
+            // Every wait on the broker is bounded: a broker that went
+            // away mid-read must not hold the thread.
+            let fetched = tokio::time::timeout(WAIT, fetch(c)).await;
+            let messages = match fetched.map_err(nats).and_then(|r| r) {
+                Ok(m) => m,
                 Err(e) => {
                     *stats.error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
                         e.to_string();
@@ -621,7 +639,7 @@ pub fn run(settings: &Settings, key: Vec<u8>, link: &Link, outbox: &Receiver<Out
                     continue;
                 }
             };
-            while let Some(Ok(m)) = batch.next().await {
+            for m in messages {
                 let (applied, publish) = node.receive(&m.payload, d.engine, d.clocks, d.proven);
                 for a in applied {
                     (d.kernel)(a);
@@ -630,7 +648,9 @@ pub fn run(settings: &Settings, key: Vec<u8>, link: &Link, outbox: &Receiver<Out
                     let (s, b) = node.seal_ban(k, &ban, d.clocks);
                     queue.push_back((Instant::now(), s, b));
                 }
-                let _ = m.ack().await;
+                // One not acknowledged comes again after the consumer's ack
+                // wait, and is then refused as a replay.
+                let _ = tokio::time::timeout(WAIT, m.ack()).await;
             }
         }
     });
