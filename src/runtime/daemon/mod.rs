@@ -203,13 +203,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         firewall::install(&plan, &bans, &proofs).context("installing firewall objects")?;
     }
 
-    let (fleet_link, fleet_outbox) = match &fleet_key {
-        Some(_) => {
-            let (link, rx) = fleet::Link::new();
-            (Some(Arc::new(link)), Some(rx))
-        }
-        None => (None, None),
-    };
+    // The fleet's key, link and outbox, with `[fleet]` on.
+    let fleet = fleet_key.map(|key| {
+        let (link, outbox) = fleet::Link::new();
+        (key, Arc::new(link), outbox)
+    });
     let (kernel_tx, kernel_rx) = channel::bounded(BAN_CHANNEL);
     let (events_tx, events_rx) = channel::bounded(EVENT_CHANNEL);
     let (output_tx, output_rx) = channel::bounded(OUTPUT_CHANNEL);
@@ -228,7 +226,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         gate_log: Rate::new(10.0, 10),
         proven_mark: plan.proven_mark(),
         bans_started: BanStarts::default(),
-        fleet: fleet_link.clone(),
+        fleet: fleet.as_ref().map(|(_, link, _)| Arc::clone(link)),
     });
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -305,15 +303,15 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let fleet_thread = match (fleet_key, fleet_outbox, &fleet_link) {
-        (Some(key), Some(outbox), Some(link)) => {
-            let (shared, link) = (Arc::clone(&shared), Arc::clone(link));
+    let fleet_thread = match fleet {
+        Some((key, link, outbox)) => {
+            let shared = Arc::clone(&shared);
             let settings = config.fleet.clone();
             Some(std::thread::Builder::new().name("fleet".into()).spawn(move || {
+                // Off the packet path: the fleet thread waits for the ban
+                // keeper rather than lose a peer's ban.
                 let kernel = |(k, ban): fleet::Applied| {
-                    if shared.kernel.try_send(KernelMsg::Ban(k, ban)).is_err() {
-                        link.stats.dropped.fetch_add(1, Relaxed);
-                    }
+                    let _ = shared.kernel.send(KernelMsg::Ban(k, ban));
                 };
                 let proven = |k: SourceKey| {
                     manage && firewall::proven_pairs(k).is_ok_and(|pairs| !pairs.is_empty())
@@ -329,7 +327,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 fleet::run(&settings, key, &link, &outbox, &daemon);
             })?)
         }
-        _ => None,
+        None => None,
     };
     let ctl = {
         let shared = Arc::clone(&shared);

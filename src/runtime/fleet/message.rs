@@ -6,8 +6,6 @@
 //! is itself JSON text, and `sig` the hex HMAC-SHA256 of its bytes, so
 //! what is signed is exactly what is read.
 
-use std::collections::HashMap;
-
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -196,9 +194,6 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
         .collect()
 }
-
-/// Counts of refusals by reason.
-pub type Refusals = HashMap<Refusal, u64>;
 
 #[cfg(test)]
 mod tests {

@@ -122,6 +122,11 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Keeps `e` as the last broker error.
+    fn failed(&self, e: &FleetError) {
+        *self.error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = e.to_string();
+    }
+
     /// The counters as `status` shows them.
     pub fn report(&self, name: String) -> crate::runtime::protocol::FleetStatus {
         crate::runtime::protocol::FleetStatus {
@@ -271,9 +276,7 @@ impl<'a> Node<'a> {
         {
             Ok(m) => m,
             Err(refusal) => {
-                if let Some(c) = self.stats.refused.get(refusal.index()) {
-                    c.fetch_add(1, Relaxed);
-                }
+                self.refuse(refusal);
                 return (Vec::new(), None);
             }
         };
@@ -524,8 +527,7 @@ pub fn run(settings: &Settings, key: Vec<u8>, link: &Link, outbox: &Receiver<Out
                 // Bad credentials: this host protects itself alone, and
                 // says so, until it is stopped.
                 (d.log)(format!("error: fleet: {e}; running without the fleet"));
-                *stats.error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    e.to_string();
+                stats.failed(&e);
                 while !d.stop.load(Relaxed) {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -575,8 +577,7 @@ pub fn run(settings: &Settings, key: Vec<u8>, link: &Link, outbox: &Receiver<Out
                 match tokio::time::timeout(WAIT, made).await.map_err(nats).and_then(|r| r) {
                     Ok(c) => consumer = Some(c),
                     Err(e) => {
-                        *stats.error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                            e.to_string()
+                        stats.failed(&e);
                     }
                 }
             }
@@ -608,10 +609,7 @@ pub fn run(settings: &Settings, key: Vec<u8>, link: &Link, outbox: &Receiver<Out
                             queue.pop_front();
                         }
                         Err(e) => {
-                            *stats
-                                .error
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner) = e.to_string();
+                            stats.failed(&e);
                             consumer = None;
                             break;
                         }
@@ -632,8 +630,7 @@ pub fn run(settings: &Settings, key: Vec<u8>, link: &Link, outbox: &Receiver<Out
             let messages = match fetched.map_err(nats).and_then(|r| r) {
                 Ok(m) => m,
                 Err(e) => {
-                    *stats.error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                        e.to_string();
+                    stats.failed(&e);
                     consumer = None;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;

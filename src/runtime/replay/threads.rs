@@ -30,7 +30,6 @@
 //! shards; with either, one thread judges ([`super::threads_for`]).
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -74,7 +73,7 @@ pub(super) fn run(
                 .map_err(ReplayError::Write)?;
             workers.push(Worker { batches, results, pending: Batch::default(), spare: Vec::new() });
         }
-        let mut sharded = Sharded { workers, seq: 0, in_flight: VecDeque::new(), queued: 0 };
+        let mut sharded = Sharded { workers, seq: 0, in_flight: 0, queued: 0 };
         state.files(files, &mut sharded)
         // Dropping `sharded` closes the batch channels: the threads end.
     })
@@ -125,8 +124,8 @@ struct Sharded {
     /// The next item's sequence number: items are numbered in capture
     /// order, frames and sweeps alike.
     seq: u64,
-    /// One entry per batch sent and not yet accounted.
-    in_flight: VecDeque<()>,
+    /// Batches sent and not yet accounted.
+    in_flight: usize,
     /// Frames in the batch being filled.
     queued: usize,
 }
@@ -159,7 +158,7 @@ impl Drive for Sharded {
             self.drain(run, file)?;
         } else if self.queued >= BATCH {
             self.send(file.checksums.decided)?;
-            if self.in_flight.len() > DEPTH {
+            if self.in_flight > DEPTH {
                 self.merge_one(run, file)?;
             }
         }
@@ -200,14 +199,14 @@ impl Sharded {
             batch.end = end;
             w.batches.send(batch).map_err(|_| ReplayError::Thread)?;
         }
-        self.in_flight.push_back(());
+        self.in_flight += 1;
         self.queued = 0;
         Ok(())
     }
 
     /// Accounts for every batch sent.
     fn drain(&mut self, run: &mut Run<'_>, file: &mut File) -> Result<(), ReplayError> {
-        while !self.in_flight.is_empty() {
+        while self.in_flight > 0 {
             self.merge_one(run, file)?;
         }
         Ok(())
@@ -216,7 +215,7 @@ impl Sharded {
     /// Takes the oldest batch's results from every thread and accounts for
     /// them in capture order.
     fn merge_one(&mut self, run: &mut Run<'_>, file: &mut File) -> Result<(), ReplayError> {
-        self.in_flight.pop_front();
+        self.in_flight -= 1;
         let mut done = Vec::with_capacity(self.workers.len());
         for w in &self.workers {
             done.push(w.results.recv().map_err(|_| ReplayError::Thread)?);
